@@ -1,0 +1,248 @@
+//! Values of the maps shared by the XDP program and user space. All `#[repr(C)]` with
+//! explicit padding (hash keys are compared byte for byte) and a compile-time size check.
+
+use crate::{
+    action::ColourAction,
+    classify::FIELD_COUNT,
+    packet::{Family, PacketMeta},
+    policer::{BucketParams, TrTcm, COLOURS},
+    reason::REASON_COUNT,
+};
+
+/// One generation of the policy, in one of the two slots. A zero `generation` means the slot
+/// holds no policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicySlot {
+    /// Generation number (1, 2, ...); flow-cache entries of other generations are stale.
+    pub generation: u32,
+    /// Words of the rule vectors in use: ceil(rules / 64).
+    pub rule_words: u32,
+    /// Class of packets no rule matches.
+    pub default_class: u32,
+    /// Bit per [`crate::classify::Field`] that some rule constrains.
+    pub active_fields: u32,
+    /// Pool vector to use for a field the packet does not have (ports of a non-first
+    /// fragment or ICMP, the opcode of non-RoCE traffic): the rules that ignore the field.
+    pub absent_vector: [u32; FIELD_COUNT],
+}
+
+/// One class of one generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassConfig {
+    /// Committed and peak buckets.
+    pub policer: TrTcm,
+    /// Action per colour (green, yellow, red).
+    pub actions: [ColourAction; COLOURS],
+    /// Strict priority 0 (lowest) ..= 7 on the link budget.
+    pub priority: u8,
+    /// Padding.
+    pub _pad: u8,
+}
+
+/// Shared policer state of a class (both buckets' theoretical arrival times, in ticks).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicerState {
+    /// Committed bucket TAT.
+    pub committed_tat: u64,
+    /// Peak bucket TAT.
+    pub peak_tat: u64,
+}
+
+/// A registered interface, keyed by ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceConfig {
+    /// Counter and rule slot, 1..MAX_IFACES (0 is "unregistered").
+    pub slot: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// Link budget; unlimited = none.
+    pub link: BucketParams,
+}
+
+/// Shared link-budget state of an interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkState {
+    /// Link bucket TAT in ticks.
+    pub tat: u64,
+}
+
+/// Per-CPU counters of one class on one interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassCounters {
+    /// Packets classified into the class.
+    pub packets: u64,
+    /// Their bytes (whole frames).
+    pub bytes: u64,
+    /// Packets per colour: green, yellow, red.
+    pub colour_packets: [u64; COLOURS],
+    /// Packets dropped by policy (including non-ECT packets under an ECN action).
+    pub dropped_packets: u64,
+    /// Their bytes.
+    pub dropped_bytes: u64,
+    /// Packets newly marked CE.
+    pub ecn_marked_packets: u64,
+    /// Packets whose DSCP was rewritten.
+    pub remarked_packets: u64,
+}
+
+impl ClassCounters {
+    /// Adds another CPU's counters.
+    pub fn add(&mut self, o: &ClassCounters) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        for (a, b) in self.colour_packets.iter_mut().zip(o.colour_packets) {
+            *a += b;
+        }
+        self.dropped_packets += o.dropped_packets;
+        self.dropped_bytes += o.dropped_bytes;
+        self.ecn_marked_packets += o.ecn_marked_packets;
+        self.remarked_packets += o.remarked_packets;
+    }
+}
+
+/// Per-CPU counters of one interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IfaceCounters {
+    /// Packets per [`crate::reason::Reason`].
+    pub reasons: [u64; REASON_COUNT],
+    /// Flow-cache hits.
+    pub flow_cache_hits: u64,
+    /// Flow-cache misses (the packet was classified through the rule tables).
+    pub flow_cache_misses: u64,
+}
+
+impl Default for IfaceCounters {
+    fn default() -> Self {
+        IfaceCounters {
+            reasons: [0; REASON_COUNT],
+            flow_cache_hits: 0,
+            flow_cache_misses: 0,
+        }
+    }
+}
+
+impl IfaceCounters {
+    /// Adds another CPU's counters.
+    pub fn add(&mut self, o: &IfaceCounters) {
+        for (a, b) in self.reasons.iter_mut().zip(o.reasons) {
+            *a += b;
+        }
+        self.flow_cache_hits += o.flow_cache_hits;
+        self.flow_cache_misses += o.flow_cache_misses;
+    }
+}
+
+/// Flow-cache key: every field a rule can match on, so a cached class is exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// Source port (0 without ports).
+    pub src_port: u16,
+    /// Destination port (0 without ports).
+    pub dst_port: u16,
+    /// Ingress interface slot.
+    pub iface_slot: u8,
+    /// IP protocol.
+    pub protocol: u8,
+    /// DSCP.
+    pub dscp: u8,
+    /// RoCEv2 opcode (0 without one; see `flags`).
+    pub roce_opcode: u8,
+    /// [`FlowKey::FLAG_V6`] | [`FlowKey::FLAG_PORTS`] | [`FlowKey::FLAG_OPCODE`].
+    pub flags: u8,
+    /// Padding, always zero.
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// IPv6 packet.
+    pub const FLAG_V6: u8 = 1;
+    /// Ports present.
+    pub const FLAG_PORTS: u8 = 2;
+    /// RoCEv2 opcode present.
+    pub const FLAG_OPCODE: u8 = 4;
+
+    /// The key of a parsed packet.
+    #[inline(always)]
+    pub fn of(meta: &PacketMeta, iface_slot: u8) -> FlowKey {
+        let mut flags = 0;
+        if meta.family == Family::V6 {
+            flags |= Self::FLAG_V6;
+        }
+        if meta.has_ports {
+            flags |= Self::FLAG_PORTS;
+        }
+        if meta.roce_opcode.is_some() {
+            flags |= Self::FLAG_OPCODE;
+        }
+        FlowKey {
+            src: meta.src,
+            dst: meta.dst,
+            src_port: meta.src_port,
+            dst_port: meta.dst_port,
+            iface_slot,
+            protocol: meta.protocol,
+            dscp: meta.dscp(),
+            roce_opcode: match meta.roce_opcode {
+                Some(op) => op,
+                None => 0,
+            },
+            flags,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// A cached classification.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// Generation the class was computed under.
+    pub generation: u32,
+    /// Class id.
+    pub class: u32,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<PolicySlot>() == 48);
+    assert!(core::mem::size_of::<BucketParams>() == 16);
+    assert!(core::mem::size_of::<ClassConfig>() == 40);
+    assert!(core::mem::size_of::<PolicerState>() == 16);
+    assert!(core::mem::size_of::<IfaceConfig>() == 24);
+    assert!(core::mem::size_of::<LinkState>() == 8);
+    assert!(core::mem::size_of::<ClassCounters>() == 72);
+    assert!(core::mem::size_of::<IfaceCounters>() == 8 * (REASON_COUNT + 2));
+    assert!(core::mem::size_of::<FlowKey>() == 44);
+    assert!(core::mem::size_of::<FlowEntry>() == 8);
+    assert!(core::mem::size_of::<crate::classify::PrefixKey>() == 18);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    use crate::classify::{PrefixKey, RuleVector};
+
+    // SAFETY: all are #[repr(C)] plain data with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for PolicySlot {}
+    unsafe impl aya::Pod for ClassConfig {}
+    unsafe impl aya::Pod for PolicerState {}
+    unsafe impl aya::Pod for IfaceConfig {}
+    unsafe impl aya::Pod for LinkState {}
+    unsafe impl aya::Pod for ClassCounters {}
+    unsafe impl aya::Pod for IfaceCounters {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for PrefixKey {}
+    unsafe impl aya::Pod for RuleVector {}
+}

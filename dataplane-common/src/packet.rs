@@ -1,0 +1,257 @@
+//! Header parsing: Ethernet, up to two VLAN tags, IPv4 (with options) or IPv6 (with a bounded
+//! extension-header chain), then TCP/UDP/ICMP/ICMPv6 and the RoCEv2 BTH opcode.
+//!
+//! The parser is generic over [`PacketBytes`] so the same code runs on a byte slice in host
+//! tests and on the XDP frame in the kernel.
+
+use crate::{reason::Reason, MAX_IPV6_EXTENSION_HEADERS, MAX_VLAN_TAGS, ROCEV2_UDP_PORT};
+
+/// Bounds-checked reads from a frame.
+pub trait PacketBytes {
+    /// Frame length in bytes.
+    fn frame_len(&self) -> usize;
+    /// `N` bytes at `offset`, or `None` when they are not all inside the frame.
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+}
+
+impl PacketBytes for [u8] {
+    #[inline(always)]
+    fn frame_len(&self) -> usize {
+        self.len()
+    }
+
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let end = offset.checked_add(N)?;
+        self.get(offset..end)?.try_into().ok()
+    }
+}
+
+/// EtherType values we act on.
+pub mod ethertype {
+    /// IPv4.
+    pub const IPV4: u16 = 0x0800;
+    /// IPv6.
+    pub const IPV6: u16 = 0x86dd;
+    /// 802.1Q customer VLAN tag.
+    pub const VLAN: u16 = 0x8100;
+    /// 802.1ad service VLAN tag (QinQ outer tag).
+    pub const QINQ: u16 = 0x88a8;
+}
+
+/// IP protocol numbers we parse.
+pub mod ipproto {
+    /// IPv6 hop-by-hop options.
+    pub const HOPOPTS: u8 = 0;
+    /// ICMP.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// IPv6 routing header.
+    pub const ROUTING: u8 = 43;
+    /// IPv6 fragment header.
+    pub const FRAGMENT: u8 = 44;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
+    /// IPv6 destination options.
+    pub const DSTOPTS: u8 = 60;
+}
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const TCP_MIN_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+const ICMP_HLEN: usize = 8;
+const ICMPV6_HLEN: usize = 4;
+const ROCE_BTH_LEN: usize = 12;
+const IPV6_FRAGMENT_HLEN: usize = 8;
+
+/// IP version of a parsed packet.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4.
+    #[default]
+    V4 = 4,
+    /// IPv6.
+    V6 = 6,
+}
+
+/// What the classifier and the actions need to know about a packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketMeta {
+    /// Offset of the IP header in the frame.
+    pub l3_offset: usize,
+    /// IP version.
+    pub family: Family,
+    /// Upper-layer protocol (after the IPv6 extension chain).
+    pub protocol: u8,
+    /// The whole DS field: DSCP in the upper six bits, ECN in the lower two.
+    pub tos: u8,
+    /// Source address; IPv4 uses the first four bytes, the rest are zero.
+    pub src: [u8; 16],
+    /// Destination address, laid out like `src`.
+    pub dst: [u8; 16],
+    /// Source port; 0 when `has_ports` is false.
+    pub src_port: u16,
+    /// Destination port; 0 when `has_ports` is false.
+    pub dst_port: u16,
+    /// TCP or UDP header present (false for ICMP, other protocols and non-first fragments).
+    pub has_ports: bool,
+    /// A non-first fragment: classified on L3 fields only.
+    pub later_fragment: bool,
+    /// RoCEv2 BTH opcode, for UDP destination port 4791.
+    pub roce_opcode: Option<u8>,
+}
+
+impl PacketMeta {
+    /// DSCP (upper six bits of the DS field).
+    pub const fn dscp(&self) -> u8 {
+        self.tos >> 2
+    }
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Parses a frame. `Err` carries the reason the packet cannot be classified; such packets are
+/// passed to the kernel, never dropped.
+#[inline(always)]
+pub fn parse<P: PacketBytes + ?Sized>(pkt: &P) -> Result<PacketMeta, Reason> {
+    let ethertype_at = ETH_HLEN - 2;
+    let mut ethertype = be16(pkt.bytes(ethertype_at).ok_or(Reason::TruncatedEthernet)?);
+    let mut l3_offset = ETH_HLEN;
+    let mut tags = 0;
+    while ethertype == ethertype::VLAN || ethertype == ethertype::QINQ {
+        if tags == MAX_VLAN_TAGS {
+            return Err(Reason::TooManyVlanTags);
+        }
+        ethertype = be16(pkt.bytes(l3_offset + 2).ok_or(Reason::TruncatedVlan)?);
+        l3_offset += VLAN_HLEN;
+        tags += 1;
+    }
+    let mut meta = PacketMeta {
+        l3_offset,
+        ..PacketMeta::default()
+    };
+    let l4_offset = match ethertype {
+        ethertype::IPV4 => parse_ipv4(pkt, &mut meta)?,
+        ethertype::IPV6 => parse_ipv6(pkt, &mut meta)?,
+        _ => return Err(Reason::NotIp),
+    };
+    if !meta.later_fragment {
+        parse_l4(pkt, l4_offset, &mut meta)?;
+    }
+    Ok(meta)
+}
+
+/// Fills the IPv4 fields and returns the L4 offset.
+#[inline(always)]
+fn parse_ipv4<P: PacketBytes + ?Sized>(pkt: &P, meta: &mut PacketMeta) -> Result<usize, Reason> {
+    let off = meta.l3_offset;
+    let h: [u8; IPV4_MIN_HLEN] = pkt.bytes(off).ok_or(Reason::TruncatedIpv4)?;
+    let header_len = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || header_len < IPV4_MIN_HLEN {
+        return Err(Reason::BadIpv4Header);
+    }
+    if off + header_len > pkt.frame_len() {
+        return Err(Reason::TruncatedIpv4);
+    }
+    let total_len = usize::from(be16([h[2], h[3]]));
+    if total_len < header_len || off + total_len > pkt.frame_len() {
+        return Err(Reason::BadIpLength);
+    }
+    meta.family = Family::V4;
+    meta.tos = h[1];
+    meta.protocol = h[9];
+    meta.src[..4].copy_from_slice(&h[12..16]);
+    meta.dst[..4].copy_from_slice(&h[16..20]);
+    meta.later_fragment = be16([h[6], h[7]]) & 0x1fff != 0;
+    Ok(off + header_len)
+}
+
+/// Fills the IPv6 fields, walks the extension chain and returns the L4 offset.
+#[inline(always)]
+fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, meta: &mut PacketMeta) -> Result<usize, Reason> {
+    let off = meta.l3_offset;
+    let h: [u8; IPV6_HLEN] = pkt.bytes(off).ok_or(Reason::TruncatedIpv6)?;
+    if h[0] >> 4 != 6 {
+        return Err(Reason::TruncatedIpv6);
+    }
+    let payload_len = usize::from(be16([h[4], h[5]]));
+    if off + IPV6_HLEN + payload_len > pkt.frame_len() {
+        return Err(Reason::BadIpLength);
+    }
+    meta.family = Family::V6;
+    meta.tos = (h[0] << 4) | (h[1] >> 4);
+    meta.src.copy_from_slice(&h[8..24]);
+    meta.dst.copy_from_slice(&h[24..40]);
+    let mut next = h[6];
+    let mut cursor = off + IPV6_HLEN;
+    for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
+        match next {
+            ipproto::HOPOPTS | ipproto::ROUTING | ipproto::DSTOPTS => {
+                let ext: [u8; 2] = pkt.bytes(cursor).ok_or(Reason::BadIpv6ExtensionChain)?;
+                next = ext[0];
+                cursor += (usize::from(ext[1]) + 1) * 8;
+            }
+            ipproto::FRAGMENT => {
+                let frag: [u8; IPV6_FRAGMENT_HLEN] =
+                    pkt.bytes(cursor).ok_or(Reason::BadIpv6ExtensionChain)?;
+                next = frag[0];
+                cursor += IPV6_FRAGMENT_HLEN;
+                if be16([frag[2], frag[3]]) >> 3 != 0 {
+                    meta.later_fragment = true;
+                    meta.protocol = next;
+                    return Ok(cursor);
+                }
+            }
+            _ => {
+                meta.protocol = next;
+                return Ok(cursor);
+            }
+        }
+    }
+    Err(Reason::BadIpv6ExtensionChain)
+}
+
+/// Reads ports (TCP/UDP) and the RoCEv2 opcode; checks ICMP headers are whole.
+#[inline(always)]
+fn parse_l4<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    off: usize,
+    meta: &mut PacketMeta,
+) -> Result<(), Reason> {
+    let ports_len = match meta.protocol {
+        ipproto::TCP => TCP_MIN_HLEN,
+        ipproto::UDP => UDP_HLEN,
+        ipproto::ICMP if meta.family == Family::V4 => {
+            pkt.bytes::<ICMP_HLEN>(off).ok_or(Reason::TruncatedL4)?;
+            return Ok(());
+        }
+        ipproto::ICMPV6 if meta.family == Family::V6 => {
+            pkt.bytes::<ICMPV6_HLEN>(off).ok_or(Reason::TruncatedL4)?;
+            return Ok(());
+        }
+        _ => return Ok(()),
+    };
+    // Whole minimum header first, so a cut-short TCP header is reported as such.
+    if off + ports_len > pkt.frame_len() {
+        return Err(Reason::TruncatedL4);
+    }
+    let ports: [u8; 4] = pkt.bytes(off).ok_or(Reason::TruncatedL4)?;
+    meta.src_port = be16([ports[0], ports[1]]);
+    meta.dst_port = be16([ports[2], ports[3]]);
+    meta.has_ports = true;
+    if meta.protocol == ipproto::UDP && meta.dst_port == ROCEV2_UDP_PORT {
+        let bth: [u8; ROCE_BTH_LEN] = pkt.bytes(off + UDP_HLEN).ok_or(Reason::TruncatedRoce)?;
+        meta.roce_opcode = Some(bth[0]);
+    }
+    Ok(())
+}

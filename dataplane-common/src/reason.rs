@@ -1,0 +1,107 @@
+//! Every outcome that is not "passed or forwarded by policy", counted per interface.
+
+/// Why a packet left the pipeline early, or was dropped by policy.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Shorter than an Ethernet header.
+    TruncatedEthernet = 0,
+    /// A VLAN tag cut short.
+    TruncatedVlan = 1,
+    /// More than [`crate::MAX_VLAN_TAGS`] VLAN tags.
+    TooManyVlanTags = 2,
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...): handed to the kernel unclassified.
+    NotIp = 3,
+    /// IPv4 header (with its options) cut short.
+    TruncatedIpv4 = 4,
+    /// IPv4 version or IHL field invalid (IHL < 5).
+    BadIpv4Header = 5,
+    /// IPv6 fixed header cut short or version field invalid.
+    TruncatedIpv6 = 6,
+    /// IPv6 extension-header chain longer than we walk, or cut short.
+    BadIpv6ExtensionChain = 7,
+    /// IP total/payload length disagrees with the frame.
+    BadIpLength = 8,
+    /// TCP/UDP/ICMP header cut short.
+    TruncatedL4 = 9,
+    /// UDP 4791 without a whole RoCEv2 base transport header.
+    TruncatedRoce = 10,
+    /// No policy loaded yet: passed unclassified.
+    NoPolicy = 11,
+    /// A classifier table had no entry it should have had: passed (fail open).
+    ClassifierMiss = 12,
+    /// Dropped by a class action.
+    PolicyDrop = 13,
+    /// ECN action on a packet that is not ECN-capable: dropped.
+    EcnNotCapable = 14,
+    /// The packet could not be rewritten (header moved out of reach): passed unchanged.
+    RewriteFailed = 15,
+}
+
+/// Number of [`Reason`] variants (the width of the per-interface reason counters).
+pub const REASON_COUNT: usize = 16;
+
+impl Reason {
+    /// All variants, in index order.
+    pub const ALL: [Reason; REASON_COUNT] = [
+        Reason::TruncatedEthernet,
+        Reason::TruncatedVlan,
+        Reason::TooManyVlanTags,
+        Reason::NotIp,
+        Reason::TruncatedIpv4,
+        Reason::BadIpv4Header,
+        Reason::TruncatedIpv6,
+        Reason::BadIpv6ExtensionChain,
+        Reason::BadIpLength,
+        Reason::TruncatedL4,
+        Reason::TruncatedRoce,
+        Reason::NoPolicy,
+        Reason::ClassifierMiss,
+        Reason::PolicyDrop,
+        Reason::EcnNotCapable,
+        Reason::RewriteFailed,
+    ];
+
+    /// Metric label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Reason::TruncatedEthernet => "truncated_ethernet",
+            Reason::TruncatedVlan => "truncated_vlan",
+            Reason::TooManyVlanTags => "too_many_vlan_tags",
+            Reason::NotIp => "not_ip",
+            Reason::TruncatedIpv4 => "truncated_ipv4",
+            Reason::BadIpv4Header => "bad_ipv4_header",
+            Reason::TruncatedIpv6 => "truncated_ipv6",
+            Reason::BadIpv6ExtensionChain => "bad_ipv6_extension_chain",
+            Reason::BadIpLength => "bad_ip_length",
+            Reason::TruncatedL4 => "truncated_l4",
+            Reason::TruncatedRoce => "truncated_roce",
+            Reason::NoPolicy => "no_policy",
+            Reason::ClassifierMiss => "classifier_miss",
+            Reason::PolicyDrop => "policy_drop",
+            Reason::EcnNotCapable => "ecn_not_capable",
+            Reason::RewriteFailed => "rewrite_failed",
+        }
+    }
+
+    /// True for outcomes of malformed input (the parse-error metric).
+    pub const fn is_parse_error(self) -> bool {
+        (self as u32) <= Reason::TruncatedRoce as u32 && !matches!(self, Reason::NotIp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order_and_labels_are_unique() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert!(!r.label().is_empty());
+            for other in &Reason::ALL[..i] {
+                assert_ne!(other.label(), r.label());
+            }
+        }
+    }
+}
