@@ -109,15 +109,27 @@ mod tests {
         assert_eq!(apply(ColourAction::ECN, 0b1010_0000), Outcome::DropNotEct);
         assert_eq!(
             apply(ColourAction::ECN, 0b1010_0010),
-            Outcome::Pass { tos: 0b1010_0011, ecn_marked: true, remarked: false }
+            Outcome::Pass {
+                tos: 0b1010_0011,
+                ecn_marked: true,
+                remarked: false
+            }
         );
         assert_eq!(
             apply(ColourAction::ECN, 0b1010_0001),
-            Outcome::Pass { tos: 0b1010_0011, ecn_marked: true, remarked: false }
+            Outcome::Pass {
+                tos: 0b1010_0011,
+                ecn_marked: true,
+                remarked: false
+            }
         );
         assert_eq!(
             apply(ColourAction::ECN, 0b1010_0011),
-            Outcome::Pass { tos: 0b1010_0011, ecn_marked: false, remarked: false },
+            Outcome::Pass {
+                tos: 0b1010_0011,
+                ecn_marked: false,
+                remarked: false
+            },
             "already CE: nothing new"
         );
     }
@@ -126,16 +138,28 @@ mod tests {
     fn remark_keeps_ecn_bits() {
         assert_eq!(
             apply(ColourAction::remark(10), (46 << 2) | 0b10),
-            Outcome::Pass { tos: (10 << 2) | 0b10, ecn_marked: false, remarked: true }
+            Outcome::Pass {
+                tos: (10 << 2) | 0b10,
+                ecn_marked: false,
+                remarked: true
+            }
         );
         assert_eq!(
             apply(ColourAction::remark(10), 10 << 2),
-            Outcome::Pass { tos: 10 << 2, ecn_marked: false, remarked: false }
+            Outcome::Pass {
+                tos: 10 << 2,
+                ecn_marked: false,
+                remarked: false
+            }
         );
         assert_eq!(apply(ColourAction::DROP, 0), Outcome::Drop);
         assert_eq!(
             apply(ColourAction::PASS, 0xb8),
-            Outcome::Pass { tos: 0xb8, ecn_marked: false, remarked: false }
+            Outcome::Pass {
+                tos: 0xb8,
+                ecn_marked: false,
+                remarked: false
+            }
         );
     }
 }

@@ -10,7 +10,7 @@ use crate::{
 
 /// A set of rules, one bit each (bit `i` of word `i / 64` is rule `i`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RuleVector {
     /// The bits.
     pub words: [u64; RULE_WORDS],
@@ -39,6 +39,19 @@ impl RuleVector {
 
 /// Pool index of the all-ones vector, used for fields no rule constrains.
 pub const ALL_RULES_VECTOR: u32 = 0;
+
+/// Vectors one generation slot may hold besides the shared all-ones vector: the pool is
+/// split in halves so writing one slot never touches what the live slot reads.
+pub const VECTORS_PER_SLOT: u32 = (crate::VECTOR_POOL_ENTRIES as u32 - 1) / 2;
+
+/// Pool index of a policy's vector `id` (0 = all ones) written for generation slot `slot`.
+pub const fn pool_index(slot: u32, id: u32) -> u32 {
+    if id == ALL_RULES_VECTOR {
+        ALL_RULES_VECTOR
+    } else {
+        slot * VECTORS_PER_SLOT + id
+    }
+}
 
 /// The packet fields rules can constrain.
 #[repr(u32)]
@@ -108,8 +121,7 @@ impl Field {
 }
 
 /// Entries of one slot's field table.
-pub const FIELD_TABLE_SLOT_LEN: usize =
-    Field::RoceOpcode.table_base() + Field::RoceOpcode.domain();
+pub const FIELD_TABLE_SLOT_LEN: usize = Field::RoceOpcode.table_base() + Field::RoceOpcode.domain();
 /// Entries of the whole field table (all slots).
 pub const FIELD_TABLE_ENTRIES: usize = FIELD_TABLE_SLOT_LEN * GENERATION_SLOTS;
 
@@ -157,6 +169,8 @@ pub struct PrefixKey {
     pub field: u8,
     /// Address; IPv4 uses the first four bytes.
     pub addr: [u8; 16],
+    /// Padding (the trie wants the key a multiple of the value's alignment); never matched.
+    pub _pad: [u8; 2],
 }
 
 /// Bits of [`PrefixKey`] before the address: the LPM prefix length is this plus the
@@ -368,6 +382,9 @@ mod tests {
         assert_eq!(lowest_common_rule(&vs, 4), Some(130));
         assert_eq!(lowest_common_rule(&vs, 2), None, "scan stops at `words`");
         b.set(5);
-        assert_eq!(lowest_common_rule(&[&a, &b, &all, &all, &all, &all, &all, &all], 4), Some(5));
+        assert_eq!(
+            lowest_common_rule(&[&a, &b, &all, &all, &all, &all, &all, &all], 4),
+            Some(5)
+        );
     }
 }

@@ -25,6 +25,16 @@ pub struct PolicySlot {
     /// Pool vector to use for a field the packet does not have (ports of a non-first
     /// fragment or ICMP, the opcode of non-RoCE traffic): the rules that ignore the field.
     pub absent_vector: [u32; FIELD_COUNT],
+    /// [`PolicySlot::FLOW_CACHE`] or 0.
+    pub flags: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+impl PolicySlot {
+    /// Cache each flow's class (off: classify every packet through the tables, for policies
+    /// whose flows are too short-lived to pay for the cache, and to measure the miss path).
+    pub const FLOW_CACHE: u32 = 1;
 }
 
 /// One class of one generation.
@@ -194,10 +204,7 @@ impl FlowKey {
             iface_slot,
             protocol: meta.protocol,
             dscp: meta.dscp(),
-            roce_opcode: match meta.roce_opcode {
-                Some(op) => op,
-                None => 0,
-            },
+            roce_opcode: meta.roce_opcode.unwrap_or_default(),
             flags,
             _pad: [0; 3],
         }
@@ -215,7 +222,7 @@ pub struct FlowEntry {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<PolicySlot>() == 48);
+    assert!(core::mem::size_of::<PolicySlot>() == 56);
     assert!(core::mem::size_of::<BucketParams>() == 16);
     assert!(core::mem::size_of::<ClassConfig>() == 40);
     assert!(core::mem::size_of::<PolicerState>() == 16);
@@ -225,7 +232,7 @@ const _: () = {
     assert!(core::mem::size_of::<IfaceCounters>() == 8 * (REASON_COUNT + 2));
     assert!(core::mem::size_of::<FlowKey>() == 44);
     assert!(core::mem::size_of::<FlowEntry>() == 8);
-    assert!(core::mem::size_of::<crate::classify::PrefixKey>() == 18);
+    assert!(core::mem::size_of::<crate::classify::PrefixKey>() == 20);
 };
 
 #[cfg(feature = "user")]
@@ -245,4 +252,57 @@ mod pod {
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for PrefixKey {}
     unsafe impl aya::Pod for RuleVector {}
+}
+
+/// Names of the maps in the eBPF object (the BTF map names), defined once for user space.
+pub mod names {
+    /// `Array<u32, 1>`: the active generation slot.
+    pub const ACTIVE_SLOT: &str = "ACTIVE_SLOT";
+    /// `Array<PolicySlot, GENERATION_SLOTS>`.
+    pub const POLICY_SLOTS: &str = "POLICY_SLOTS";
+    /// `Array<ClassConfig, GENERATION_SLOTS * MAX_CLASSES>`.
+    pub const CLASSES: &str = "CLASSES";
+    /// `Array<u32, GENERATION_SLOTS * MAX_RULES>`: class id of each rule.
+    pub const RULE_CLASSES: &str = "RULE_CLASSES";
+    /// `Array<u32, FIELD_TABLE_ENTRIES>`: small-domain field value -> pool vector.
+    pub const FIELD_TABLE: &str = "FIELD_TABLE";
+    /// `LpmTrie<PrefixKey, u32>`: address prefix -> pool vector.
+    pub const PREFIXES: &str = "PREFIXES";
+    /// `Array<RuleVector, VECTOR_POOL_ENTRIES>`.
+    pub const VECTOR_POOL: &str = "VECTOR_POOL";
+    /// `Array<PolicerState, MAX_CLASSES>`.
+    pub const POLICERS: &str = "POLICERS";
+    /// `HashMap<u32 ifindex, IfaceConfig>`.
+    pub const IFACES: &str = "IFACES";
+    /// `Array<LinkState, MAX_IFACES>`.
+    pub const LINKS: &str = "LINKS";
+    /// `LruHashMap<FlowKey, FlowEntry>`.
+    pub const FLOW_CACHE: &str = "FLOW_CACHE";
+    /// `PerCpuArray<ClassCounters, MAX_IFACES * MAX_CLASSES>`.
+    pub const CLASS_COUNTERS: &str = "CLASS_COUNTERS";
+    /// `PerCpuArray<IfaceCounters, MAX_IFACES>`.
+    pub const IFACE_COUNTERS: &str = "IFACE_COUNTERS";
+
+    /// Every map, for checks that the object and the pins hold them all.
+    pub const ALL: [&str; 13] = [
+        ACTIVE_SLOT,
+        POLICY_SLOTS,
+        CLASSES,
+        RULE_CLASSES,
+        FIELD_TABLE,
+        PREFIXES,
+        VECTOR_POOL,
+        POLICERS,
+        IFACES,
+        LINKS,
+        FLOW_CACHE,
+        CLASS_COUNTERS,
+        IFACE_COUNTERS,
+    ];
+}
+
+/// Index of the counters of class `class` on interface slot `iface_slot`.
+#[inline(always)]
+pub const fn class_counter_index(iface_slot: u32, class: u32) -> u32 {
+    iface_slot * crate::MAX_CLASSES as u32 + class
 }

@@ -140,20 +140,28 @@ pub fn parse<P: PacketBytes + ?Sized>(pkt: &P) -> Result<PacketMeta, Reason> {
         l3_offset,
         ..PacketMeta::default()
     };
-    let l4_offset = match ethertype {
+    let span = match ethertype {
         ethertype::IPV4 => parse_ipv4(pkt, &mut meta)?,
         ethertype::IPV6 => parse_ipv6(pkt, &mut meta)?,
         _ => return Err(Reason::NotIp),
     };
     if !meta.later_fragment {
-        parse_l4(pkt, l4_offset, &mut meta)?;
+        parse_l4(pkt, span, &mut meta)?;
     }
     Ok(meta)
 }
 
-/// Fills the IPv4 fields and returns the L4 offset.
+/// Where the upper-layer header starts and where the IP packet ends (Ethernet padding may
+/// follow it; nothing past `end` belongs to the packet).
+#[derive(Clone, Copy)]
+struct L4Span {
+    start: usize,
+    end: usize,
+}
+
+/// Fills the IPv4 fields and returns the L4 span.
 #[inline(always)]
-fn parse_ipv4<P: PacketBytes + ?Sized>(pkt: &P, meta: &mut PacketMeta) -> Result<usize, Reason> {
+fn parse_ipv4<P: PacketBytes + ?Sized>(pkt: &P, meta: &mut PacketMeta) -> Result<L4Span, Reason> {
     let off = meta.l3_offset;
     let h: [u8; IPV4_MIN_HLEN] = pkt.bytes(off).ok_or(Reason::TruncatedIpv4)?;
     let header_len = usize::from(h[0] & 0x0f) * 4;
@@ -173,28 +181,34 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(pkt: &P, meta: &mut PacketMeta) -> Result
     meta.src[..4].copy_from_slice(&h[12..16]);
     meta.dst[..4].copy_from_slice(&h[16..20]);
     meta.later_fragment = be16([h[6], h[7]]) & 0x1fff != 0;
-    Ok(off + header_len)
+    Ok(L4Span {
+        start: off + header_len,
+        end: off + total_len,
+    })
 }
 
-/// Fills the IPv6 fields, walks the extension chain and returns the L4 offset.
+/// Fills the IPv6 fields, walks the extension chain and returns the L4 span.
 #[inline(always)]
-fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, meta: &mut PacketMeta) -> Result<usize, Reason> {
+fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, meta: &mut PacketMeta) -> Result<L4Span, Reason> {
     let off = meta.l3_offset;
-    let h: [u8; IPV6_HLEN] = pkt.bytes(off).ok_or(Reason::TruncatedIpv6)?;
+    // Read in pieces: a 40-byte copy costs scarce BPF stack.
+    let h: [u8; 8] = pkt.bytes(off).ok_or(Reason::TruncatedIpv6)?;
     if h[0] >> 4 != 6 {
         return Err(Reason::TruncatedIpv6);
     }
+    meta.src = pkt.bytes(off + 8).ok_or(Reason::TruncatedIpv6)?;
+    meta.dst = pkt.bytes(off + 24).ok_or(Reason::TruncatedIpv6)?;
     let payload_len = usize::from(be16([h[4], h[5]]));
     if off + IPV6_HLEN + payload_len > pkt.frame_len() {
         return Err(Reason::BadIpLength);
     }
     meta.family = Family::V6;
     meta.tos = (h[0] << 4) | (h[1] >> 4);
-    meta.src.copy_from_slice(&h[8..24]);
-    meta.dst.copy_from_slice(&h[24..40]);
+    let end = off + IPV6_HLEN + payload_len;
     let mut next = h[6];
     let mut cursor = off + IPV6_HLEN;
-    for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
+    // One pass per extension header we accept, plus one to reach the upper layer.
+    for _ in 0..=MAX_IPV6_EXTENSION_HEADERS {
         match next {
             ipproto::HOPOPTS | ipproto::ROUTING | ipproto::DSTOPTS => {
                 let ext: [u8; 2] = pkt.bytes(cursor).ok_or(Reason::BadIpv6ExtensionChain)?;
@@ -206,16 +220,20 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, meta: &mut PacketMeta) -> Result
                     pkt.bytes(cursor).ok_or(Reason::BadIpv6ExtensionChain)?;
                 next = frag[0];
                 cursor += IPV6_FRAGMENT_HLEN;
-                if be16([frag[2], frag[3]]) >> 3 != 0 {
-                    meta.later_fragment = true;
-                    meta.protocol = next;
-                    return Ok(cursor);
-                }
+                meta.later_fragment = be16([frag[2], frag[3]]) >> 3 != 0;
             }
             _ => {
                 meta.protocol = next;
-                return Ok(cursor);
+                return Ok(L4Span { start: cursor, end });
             }
+        }
+        // The whole extension header must lie inside the payload.
+        if cursor > end {
+            return Err(Reason::BadIpv6ExtensionChain);
+        }
+        if meta.later_fragment {
+            meta.protocol = next;
+            return Ok(L4Span { start: cursor, end });
         }
     }
     Err(Reason::BadIpv6ExtensionChain)
@@ -225,31 +243,32 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, meta: &mut PacketMeta) -> Result
 #[inline(always)]
 fn parse_l4<P: PacketBytes + ?Sized>(
     pkt: &P,
-    off: usize,
+    span: L4Span,
     meta: &mut PacketMeta,
 ) -> Result<(), Reason> {
-    let ports_len = match meta.protocol {
+    let off = span.start;
+    let header_len = match meta.protocol {
         ipproto::TCP => TCP_MIN_HLEN,
         ipproto::UDP => UDP_HLEN,
-        ipproto::ICMP if meta.family == Family::V4 => {
-            pkt.bytes::<ICMP_HLEN>(off).ok_or(Reason::TruncatedL4)?;
-            return Ok(());
-        }
-        ipproto::ICMPV6 if meta.family == Family::V6 => {
-            pkt.bytes::<ICMPV6_HLEN>(off).ok_or(Reason::TruncatedL4)?;
-            return Ok(());
-        }
+        ipproto::ICMP if meta.family == Family::V4 => ICMP_HLEN,
+        ipproto::ICMPV6 if meta.family == Family::V6 => ICMPV6_HLEN,
         _ => return Ok(()),
     };
-    // Whole minimum header first, so a cut-short TCP header is reported as such.
-    if off + ports_len > pkt.frame_len() {
+    // The whole minimum header, inside the IP packet (not in Ethernet padding).
+    if off + header_len > span.end {
         return Err(Reason::TruncatedL4);
+    }
+    if meta.protocol != ipproto::TCP && meta.protocol != ipproto::UDP {
+        return Ok(());
     }
     let ports: [u8; 4] = pkt.bytes(off).ok_or(Reason::TruncatedL4)?;
     meta.src_port = be16([ports[0], ports[1]]);
     meta.dst_port = be16([ports[2], ports[3]]);
     meta.has_ports = true;
     if meta.protocol == ipproto::UDP && meta.dst_port == ROCEV2_UDP_PORT {
+        if off + UDP_HLEN + ROCE_BTH_LEN > span.end {
+            return Err(Reason::TruncatedRoce);
+        }
         let bth: [u8; ROCE_BTH_LEN] = pkt.bytes(off + UDP_HLEN).ok_or(Reason::TruncatedRoce)?;
         meta.roce_opcode = Some(bth[0]);
     }

@@ -49,7 +49,9 @@ impl BucketParams {
         let burst = (u128::from(burst_bytes) * tpb) >> 32;
         BucketParams {
             ticks_per_byte,
-            burst_ticks: u64::try_from(burst).unwrap_or(i64::MAX as u64).min(i64::MAX as u64),
+            burst_ticks: u64::try_from(burst)
+                .unwrap_or(i64::MAX as u64)
+                .min(i64::MAX as u64),
         }
     }
 
@@ -139,7 +141,12 @@ mod tests {
         if !p.committed.is_limited() {
             return Colour::Yellow;
         }
-        match gcra_admit(tats.0, now, p.committed.cost(bytes), p.committed.burst_ticks) {
+        match gcra_admit(
+            tats.0,
+            now,
+            p.committed.cost(bytes),
+            p.committed.burst_ticks,
+        ) {
             Some(t) => {
                 tats.0 = t;
                 Colour::Green
@@ -154,7 +161,10 @@ mod tests {
             let b = BucketParams::new(rate, 10_000);
             let expect = 1500.0 * 256e9 / rate as f64;
             let got = b.cost(1500) as f64;
-            assert!((got - expect).abs() / expect < 1e-3, "rate {rate}: {got} vs {expect}");
+            assert!(
+                (got - expect).abs() / expect < 1e-3,
+                "rate {rate}: {got} vs {expect}"
+            );
         }
     }
 
@@ -177,7 +187,11 @@ mod tests {
         }
         let within = |got: u64, want: f64| (got as f64 - want).abs() / want < 0.001;
         assert!(within(green, 125_000_000.0), "green {green}");
-        assert!(within(green + yellow, 250_000_000.0), "green+yellow {}", green + yellow);
+        assert!(
+            within(green + yellow, 250_000_000.0),
+            "green+yellow {}",
+            green + yellow
+        );
     }
 
     #[test]
@@ -201,7 +215,13 @@ mod tests {
         let tat = gcra_admit(now, now, b.cost(1000), b.burst_ticks).expect("first fits");
         assert!(tat < now, "wrapped");
         assert!(gcra_admit(tat, now, b.cost(1000), b.burst_ticks).is_some());
-        assert!(gcra_admit(tat.wrapping_add(b.cost(1000)), now, b.cost(1000), b.burst_ticks).is_none());
+        assert!(gcra_admit(
+            tat.wrapping_add(b.cost(1000)),
+            now,
+            b.cost(1000),
+            b.burst_ticks
+        )
+        .is_none());
     }
 
     #[test]

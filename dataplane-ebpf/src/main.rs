@@ -1,2 +1,94 @@
+//! The dataplane XDP program: parse → classify → police → act, every outcome counted once.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod act;
+mod classify;
+mod frame;
+mod maps;
+mod police;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use dataplane_common::{
+    maps::{class_counter_index, IfaceConfig, IfaceCounters},
+    packet::{parse, PacketBytes},
+    reason::Reason,
+    GENERATION_SLOTS, MAX_CLASSES,
+};
+
+use crate::{
+    frame::Frame,
+    maps::{ACTIVE_SLOT, CLASSES, CLASS_COUNTERS, IFACES, IFACE_COUNTERS, POLICY_SLOTS},
+};
+
+#[xdp]
+pub fn dataplane(ctx: XdpContext) -> u32 {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: hash values are plain data, replaced whole by user space.
+    let iface = unsafe { IFACES.get(&ifindex) };
+    let iface_slot = iface.map_or(0, |i| i.slot);
+    match pipeline(&Frame::new(&ctx), iface, iface_slot) {
+        Ok(()) => xdp_action::XDP_PASS,
+        Err(reason) => record(iface_slot, reason),
+    }
+}
+
+/// Passes everything: the floor the pipeline's cost is measured against, and the program a
+/// veth peer needs to accept redirected frames.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// The single funnel for outcomes other than "passed by policy": counts and picks the verdict.
+#[inline(always)]
+fn record(iface_slot: u32, reason: Reason) -> u32 {
+    if let Some(c) = IFACE_COUNTERS.get_ptr_mut(iface_slot) {
+        // SAFETY: per-CPU value; XDP does not nest on one CPU. Index bounded by REASON_COUNT.
+        if let Some(n) = unsafe { (*c).reasons.get_mut(reason as usize) } {
+            *n += 1;
+        }
+    }
+    match reason {
+        Reason::PolicyDrop | Reason::EcnNotCapable => xdp_action::XDP_DROP,
+        // Everything else is passed: we never drop what we could not classify.
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+#[inline(always)]
+fn pipeline(frame: &Frame, iface: Option<&IfaceConfig>, iface_slot: u32) -> Result<(), Reason> {
+    let meta = parse(frame)?;
+
+    let slot = ACTIVE_SLOT.get(0).copied().unwrap_or(0) % GENERATION_SLOTS as u32;
+    let policy = POLICY_SLOTS.get(slot).ok_or(Reason::NoPolicy)?;
+    if policy.generation == 0 {
+        return Err(Reason::NoPolicy);
+    }
+    let iface_counters: Option<*mut IfaceCounters> = IFACE_COUNTERS.get_ptr_mut(iface_slot);
+    let class = classify::class_of(&meta, iface_slot, slot, policy, iface_counters)?;
+    if class >= MAX_CLASSES as u32 {
+        return Err(Reason::ClassifierMiss);
+    }
+    let cfg = CLASSES
+        .get(slot * MAX_CLASSES as u32 + class)
+        .ok_or(Reason::ClassifierMiss)?;
+
+    let bytes = frame.frame_len() as u32;
+    let colour = police::colour(class, cfg, iface, iface_slot, bytes);
+
+    let counters = CLASS_COUNTERS.get_ptr_mut(class_counter_index(iface_slot, class));
+    act::act(frame, &meta, cfg, colour, bytes, counters)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,7 @@
+//! dataplane user space: policy files, their compilation into kernel tables, and the loaded
+//! XDP program. The `dataplane` binary is a thin caller.
+
+pub mod compile;
+pub mod config;
+pub mod dataplane;
+pub mod units;

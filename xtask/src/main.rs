@@ -1,1 +1,141 @@
-fn main(){}
+//! Project tasks: `setup` installs what a fresh Debian machine needs, `test` runs every test
+//! (host and kernel) the way CI does.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Debian packages: the eBPF toolchain (rustc with a prebuilt BPF `core`, LLVM 22 for
+/// bpf-linker) and the tools the kernel tests drive.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "pkg-config",
+    "libelf-dev",
+    "iproute2",
+    "bpftool",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(Parser)]
+#[command(about = "dataplane project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the Debian packages and bpf-linker the build and tests need (idempotent, root).
+    Setup,
+    /// Format and lint checks, then every host and kernel test (root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::Test { args } => test(&args),
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn require_root(task: &str) -> Result<()> {
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("cannot run `id -u`")?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
+        bail!(
+            "`cargo xtask {task}` must run as root (it needs apt-get, CAP_BPF and CAP_NET_ADMIN)"
+        );
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn package_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn setup() -> Result<()> {
+    require_root("setup")?;
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("Debian packages: all present");
+    } else {
+        eprintln!("Debian packages: installing {}", missing.join(" "));
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let linker = Command::new("bpf-linker").arg("--version").output();
+    if linker.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)) {
+        eprintln!("bpf-linker {BPF_LINKER_VERSION}: present");
+    } else {
+        eprintln!("bpf-linker {BPF_LINKER_VERSION}: building against LLVM 22");
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--locked", "--no-default-features"])
+            .args(["--version", BPF_LINKER_VERSION, "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    eprintln!("setup complete");
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    require_root("test")?;
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["test", "--workspace"])
+        .args(args))
+}

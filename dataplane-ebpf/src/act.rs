@@ -1,0 +1,85 @@
+//! Act: apply the class's action for the packet's colour and rewrite the DS field
+//! (IPv4 checksum updated incrementally, IPv6 traffic class split across two bytes).
+
+use dataplane_common::{
+    action::{apply, Outcome},
+    checksum::replace_word,
+    maps::{ClassConfig, ClassCounters},
+    packet::{Family, PacketMeta},
+    policer::Colour,
+    reason::Reason,
+};
+
+use crate::frame::Frame;
+
+const IPV4_CHECKSUM_OFFSET: usize = 10;
+
+/// Applies the action and counts the class's packet; `Err` for drops and failed rewrites.
+#[inline(always)]
+pub fn act(
+    frame: &Frame,
+    meta: &PacketMeta,
+    cfg: &ClassConfig,
+    colour: Colour,
+    bytes: u32,
+    counters: Option<*mut ClassCounters>,
+) -> Result<(), Reason> {
+    let outcome = apply(cfg.actions[colour as usize], meta.tos);
+    if let Some(c) = counters {
+        // SAFETY: per-CPU value; XDP does not nest on one CPU.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += u64::from(bytes);
+        c.colour_packets[colour as usize] += 1;
+        match outcome {
+            Outcome::Drop | Outcome::DropNotEct => {
+                c.dropped_packets += 1;
+                c.dropped_bytes += u64::from(bytes);
+            }
+            Outcome::Pass {
+                ecn_marked,
+                remarked,
+                ..
+            } => {
+                c.ecn_marked_packets += u64::from(ecn_marked);
+                c.remarked_packets += u64::from(remarked);
+            }
+        }
+    }
+    match outcome {
+        Outcome::Drop => Err(Reason::PolicyDrop),
+        Outcome::DropNotEct => Err(Reason::EcnNotCapable),
+        Outcome::Pass { tos, .. } if tos != meta.tos => rewrite_tos(frame, meta, tos),
+        Outcome::Pass { .. } => Ok(()),
+    }
+}
+
+#[inline(always)]
+fn rewrite_tos(frame: &Frame, meta: &PacketMeta, tos: u8) -> Result<(), Reason> {
+    match meta.family {
+        Family::V4 => {
+            let h = frame
+                .slice_mut::<{ IPV4_CHECKSUM_OFFSET + 2 }>(meta.l3_offset)
+                .ok_or(Reason::RewriteFailed)?;
+            // SAFETY: slice_mut checked the bytes lie inside the frame.
+            let h = unsafe { &mut *h };
+            let old = u16::from_be_bytes([h[0], h[1]]);
+            let new = u16::from_be_bytes([h[0], tos]);
+            let check = u16::from_be_bytes([h[IPV4_CHECKSUM_OFFSET], h[IPV4_CHECKSUM_OFFSET + 1]]);
+            h[1] = tos;
+            let check = replace_word(check, old, new).to_be_bytes();
+            h[IPV4_CHECKSUM_OFFSET] = check[0];
+            h[IPV4_CHECKSUM_OFFSET + 1] = check[1];
+        }
+        Family::V6 => {
+            let h = frame
+                .slice_mut::<2>(meta.l3_offset)
+                .ok_or(Reason::RewriteFailed)?;
+            // SAFETY: as above.
+            let h = unsafe { &mut *h };
+            h[0] = (h[0] & 0xf0) | (tos >> 4);
+            h[1] = (h[1] & 0x0f) | (tos << 4);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Classify: flow-cache lookup, else the AND of the per-field rule vectors.
+
+use aya_ebpf::btf_maps::lpm_trie::Key;
+use dataplane_common::{
+    classify::{
+        field_table_index, lowest_common_rule, AddrField, Field, PrefixKey, RuleVector,
+        ALL_RULES_VECTOR, FIELD_COUNT, PREFIX_KEY_HEADER_BITS,
+    },
+    maps::{FlowEntry, FlowKey, IfaceCounters, PolicySlot},
+    packet::PacketMeta,
+    reason::Reason,
+    MAX_RULES,
+};
+
+use crate::maps::{FIELD_TABLE, FLOW_CACHE, PREFIXES, RULE_CLASSES, VECTOR_POOL};
+
+/// The class of `meta`, from the flow cache when it holds an entry of this generation.
+#[inline(always)]
+pub fn class_of(
+    meta: &PacketMeta,
+    iface_slot: u32,
+    slot: u32,
+    policy: &PolicySlot,
+    counters: Option<*mut IfaceCounters>,
+) -> Result<u32, Reason> {
+    if policy.flags & PolicySlot::FLOW_CACHE == 0 {
+        bump(counters, |c| c.flow_cache_misses += 1);
+        return classify(meta, iface_slot, slot, policy);
+    }
+    let key = FlowKey::of(meta, iface_slot as u8);
+    // SAFETY: LRU hash values are plain data; a concurrent update replaces the element.
+    if let Some(entry) = unsafe { FLOW_CACHE.get(&key) } {
+        if entry.generation == policy.generation {
+            bump(counters, |c| c.flow_cache_hits += 1);
+            return Ok(entry.class);
+        }
+    }
+    bump(counters, |c| c.flow_cache_misses += 1);
+    let class = classify(meta, iface_slot, slot, policy)?;
+    let entry = FlowEntry {
+        generation: policy.generation,
+        class,
+    };
+    // A full cache evicts the least recently used flow; a failed insert only costs a miss.
+    let _ = FLOW_CACHE.insert(&key, &entry, 0);
+    Ok(class)
+}
+
+#[inline(always)]
+fn bump(counters: Option<*mut IfaceCounters>, f: impl FnOnce(&mut IfaceCounters)) {
+    if let Some(c) = counters {
+        // SAFETY: per-CPU value; XDP does not nest on one CPU.
+        f(unsafe { &mut *c });
+    }
+}
+
+/// Runs the compiled rule tables of generation slot `slot`.
+#[inline(always)]
+fn classify(
+    meta: &PacketMeta,
+    iface_slot: u32,
+    slot: u32,
+    policy: &PolicySlot,
+) -> Result<u32, Reason> {
+    let active = policy.active_fields;
+    let absent = &policy.absent_vector;
+    let table = |field: Field, value: Option<u32>| -> Result<u32, Reason> {
+        if active & field.bit() == 0 {
+            return Ok(ALL_RULES_VECTOR);
+        }
+        match value {
+            Some(v) => FIELD_TABLE
+                .get(field_table_index(slot, field, v))
+                .copied()
+                .ok_or(Reason::ClassifierMiss),
+            None => Ok(absent[field as usize]),
+        }
+    };
+    let prefix = |field: Field, addr: &[u8; 16]| -> Result<u32, Reason> {
+        if active & field.bit() == 0 {
+            return Ok(ALL_RULES_VECTOR);
+        }
+        let key = Key::new(
+            PREFIX_KEY_HEADER_BITS + 128,
+            PrefixKey {
+                slot: slot as u8,
+                field: AddrField::of(meta.family, field) as u8,
+                addr: *addr,
+                _pad: [0; 2],
+            },
+        );
+        PREFIXES.get(&key).copied().ok_or(Reason::ClassifierMiss)
+    };
+    let ports = meta.has_ports;
+    let indices: [u32; FIELD_COUNT] = [
+        prefix(Field::SrcAddr, &meta.src)?,
+        prefix(Field::DstAddr, &meta.dst)?,
+        table(Field::Protocol, Some(u32::from(meta.protocol)))?,
+        table(Field::SrcPort, ports.then_some(u32::from(meta.src_port)))?,
+        table(Field::DstPort, ports.then_some(u32::from(meta.dst_port)))?,
+        table(Field::Dscp, Some(u32::from(meta.dscp())))?,
+        table(
+            Field::Iface,
+            Some(iface_slot % dataplane_common::MAX_IFACES as u32),
+        )?,
+        table(Field::RoceOpcode, meta.roce_opcode.map(u32::from))?,
+    ];
+    let vector = |i: usize| -> Result<&RuleVector, Reason> {
+        VECTOR_POOL.get(indices[i]).ok_or(Reason::ClassifierMiss)
+    };
+    let vectors = [
+        vector(0)?,
+        vector(1)?,
+        vector(2)?,
+        vector(3)?,
+        vector(4)?,
+        vector(5)?,
+        vector(6)?,
+        vector(7)?,
+    ];
+    match lowest_common_rule(&vectors, policy.rule_words) {
+        Some(rule) => RULE_CLASSES
+            .get(slot * MAX_RULES as u32 + rule)
+            .copied()
+            .ok_or(Reason::ClassifierMiss),
+        None => Ok(policy.default_class),
+    }
+}

@@ -1,0 +1,57 @@
+//! Every map of the program, one line each on what it is for. Names are listed once more in
+//! `dataplane_common::maps::names` for user space.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use dataplane_common::{
+    classify::{PrefixKey, RuleVector, FIELD_TABLE_ENTRIES},
+    maps::{
+        ClassConfig, ClassCounters, FlowEntry, FlowKey, IfaceConfig, IfaceCounters, LinkState,
+        PolicerState, PolicySlot,
+    },
+    FLOW_CACHE_ENTRIES, GENERATION_SLOTS, MAX_CLASSES, MAX_IFACES, MAX_RULES, PREFIX_ENTRIES,
+    VECTOR_POOL_ENTRIES,
+};
+
+/// Which generation slot is live; user space flips it in one write.
+#[btf_map]
+pub static ACTIVE_SLOT: Array<u32, 1> = Array::new();
+/// Per slot: generation number, scan width, default class, absent-field vectors.
+#[btf_map]
+pub static POLICY_SLOTS: Array<PolicySlot, GENERATION_SLOTS> = Array::new();
+/// Per slot and class id: policer parameters, colour actions, priority.
+#[btf_map]
+pub static CLASSES: Array<ClassConfig, { GENERATION_SLOTS * MAX_CLASSES }> = Array::new();
+/// Per slot and rule index: the class the rule selects.
+#[btf_map]
+pub static RULE_CLASSES: Array<u32, { GENERATION_SLOTS * MAX_RULES }> = Array::new();
+/// Per slot, field and value (ports, protocol, DSCP, iface, opcode): pool vector index.
+#[btf_map]
+pub static FIELD_TABLE: Array<u32, FIELD_TABLE_ENTRIES> = Array::new();
+/// Per slot and address field, longest prefix: pool vector index.
+#[btf_map]
+pub static PREFIXES: LpmTrie<PrefixKey, u32, PREFIX_ENTRIES> = LpmTrie::new();
+/// Deduplicated rule bit-vectors; index 0 is all ones.
+#[btf_map]
+pub static VECTOR_POOL: Array<RuleVector, VECTOR_POOL_ENTRIES> = Array::new();
+/// Per class id: shared trTCM state, updated with compare-and-swap.
+#[btf_map]
+pub static POLICERS: Array<PolicerState, MAX_CLASSES> = Array::new();
+/// Registered interfaces by ifindex: counter slot and link budget.
+#[btf_map]
+pub static IFACES: HashMap<u32, IfaceConfig, MAX_IFACES> = HashMap::new();
+/// Per interface slot: shared link-budget state.
+#[btf_map]
+pub static LINKS: Array<LinkState, MAX_IFACES> = Array::new();
+/// Flow -> class, tagged with the generation it was computed under.
+#[btf_map]
+pub static FLOW_CACHE: LruHashMap<FlowKey, FlowEntry, FLOW_CACHE_ENTRIES> = LruHashMap::new();
+/// Per interface slot and class: packets, bytes, colours, drops, marks.
+#[btf_map]
+pub static CLASS_COUNTERS: PerCpuArray<ClassCounters, { MAX_IFACES * MAX_CLASSES }> =
+    PerCpuArray::new();
+/// Per interface slot: outcomes by reason, flow-cache hits and misses.
+#[btf_map]
+pub static IFACE_COUNTERS: PerCpuArray<IfaceCounters, MAX_IFACES> = PerCpuArray::new();

@@ -1,0 +1,461 @@
+//! Compiles a validated [`Policy`] into the lookup tables the XDP program reads: one rule
+//! bit-vector per distinct field value (deduplicated), field tables mapping values to vectors,
+//! and address prefixes for the LPM trie. The kernel then classifies with a handful of lookups
+//! and an AND scan, however many rules there are.
+
+use std::collections::HashMap;
+
+use dataplane_common::{
+    action::ColourAction,
+    classify::{lowest_common_rule, AddrField, Field, Prefix, RuleSpec, RuleVector, FIELD_COUNT},
+    maps::ClassConfig,
+    packet::{Family, PacketMeta},
+    policer::{BucketParams, TrTcm},
+    MAX_RULES,
+};
+
+use crate::config::{ClassSpec, Policy};
+
+/// Local id of a vector within one compiled policy; 0 is always the all-rules vector.
+pub type VectorId = u32;
+
+/// The rules in the form the kernel tables take.
+#[derive(Debug, Clone)]
+pub struct RuleTables {
+    /// Distinct rule vectors; `vectors[0]` is all ones.
+    pub vectors: Vec<RuleVector>,
+    /// Class id of each rule.
+    pub rule_classes: Vec<u32>,
+    /// Bit per field some rule constrains.
+    pub active_fields: u32,
+    /// Per field: the vector of rules that do not constrain it.
+    pub absent_vector: [VectorId; FIELD_COUNT],
+    /// Per active table field: the vector of every value (length = the field's domain).
+    pub field_tables: Vec<(Field, Vec<VectorId>)>,
+    /// Address prefixes and their vectors.
+    pub prefixes: Vec<(AddrField, Prefix, VectorId)>,
+}
+
+/// A whole policy in kernel form.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    /// The classifier.
+    pub tables: RuleTables,
+    /// Class configs by class id.
+    pub classes: Vec<ClassConfig>,
+    /// Class of packets no rule matches.
+    pub default_class: u32,
+    /// Cache each flow's class.
+    pub flow_cache: bool,
+}
+
+/// Pool of distinct vectors.
+struct Interner {
+    vectors: Vec<RuleVector>,
+    ids: HashMap<RuleVector, VectorId>,
+}
+
+impl Interner {
+    fn new() -> Interner {
+        let mut i = Interner {
+            vectors: Vec::new(),
+            ids: HashMap::new(),
+        };
+        i.intern(&RuleVector::ALL);
+        i
+    }
+
+    fn intern(&mut self, v: &RuleVector) -> VectorId {
+        if let Some(id) = self.ids.get(v) {
+            return *id;
+        }
+        let id = self.vectors.len() as VectorId;
+        self.vectors.push(*v);
+        self.ids.insert(*v, id);
+        id
+    }
+}
+
+/// The rules that leave `field` unconstrained.
+fn wildcard(rules: &[RuleSpec], field: Field) -> RuleVector {
+    let mut v = RuleVector::EMPTY;
+    for (i, r) in rules.iter().enumerate() {
+        if !r.constrains(field) {
+            v.set(i);
+        }
+    }
+    v
+}
+
+/// Builds a table field by sweeping the range boundaries: the vector of an elementary
+/// interval is the wildcard rules plus every rule whose range covers it.
+fn compile_table(rules: &[RuleSpec], field: Field, pool: &mut Interner) -> Vec<VectorId> {
+    let domain = field.domain();
+    let mut starts: Vec<Vec<usize>> = vec![Vec::new(); domain + 1];
+    let mut ends: Vec<Vec<usize>> = vec![Vec::new(); domain + 1];
+    for (i, r) in rules.iter().enumerate() {
+        if let Some(range) = r.range(field) {
+            let lo = (range.lo as usize).min(domain);
+            let hi = (range.hi as usize + 1).min(domain);
+            if lo < hi {
+                starts[lo].push(i);
+                ends[hi].push(i);
+            }
+        }
+    }
+    let mut current = wildcard(rules, field);
+    let mut table = Vec::with_capacity(domain);
+    let mut id = pool.intern(&current);
+    for value in 0..domain {
+        if !starts[value].is_empty() || !ends[value].is_empty() {
+            for &i in &ends[value] {
+                current.words[i / 64] &= !(1 << (i % 64));
+            }
+            for &i in &starts[value] {
+                current.set(i);
+            }
+            id = pool.intern(&current);
+        }
+        table.push(id);
+    }
+    table
+}
+
+/// Builds an address field: every distinct rule prefix (plus /0) gets the wildcard rules and
+/// the rules whose prefix covers it, found through its at most 129 ancestors.
+fn compile_prefixes(
+    rules: &[RuleSpec],
+    field: Field,
+    pool: &mut Interner,
+    out: &mut Vec<(AddrField, Prefix, VectorId)>,
+) {
+    let wild = wildcard(rules, field);
+    let prefix_of = |r: &RuleSpec| {
+        if field == Field::SrcAddr {
+            r.src
+        } else {
+            r.dst
+        }
+    };
+    for family in [Family::V4, Family::V6] {
+        let mut by_prefix: HashMap<(u8, [u8; 16]), Vec<usize>> = HashMap::new();
+        for (i, r) in rules.iter().enumerate() {
+            if let Some(p) = prefix_of(r).filter(|p| p.family == family) {
+                by_prefix.entry((p.len, p.addr)).or_default().push(i);
+            }
+        }
+        let root = Prefix {
+            family,
+            addr: [0; 16],
+            len: 0,
+        };
+        let mut stored: Vec<Prefix> = by_prefix
+            .keys()
+            .map(|&(len, addr)| Prefix { family, addr, len })
+            .collect();
+        if !by_prefix.contains_key(&(0, [0; 16])) {
+            stored.push(root);
+        }
+        stored.sort_by_key(|p| (p.len, p.addr));
+        for p in stored {
+            let mut v = wild;
+            for len in 0..=p.len {
+                if let Some(list) = by_prefix.get(&(len, mask(&p.addr, len))) {
+                    for &i in list {
+                        v.set(i);
+                    }
+                }
+            }
+            out.push((AddrField::of(family, field), p, pool.intern(&v)));
+        }
+    }
+}
+
+/// `addr` with all but the first `len` bits cleared.
+pub fn mask(addr: &[u8; 16], len: u8) -> [u8; 16] {
+    let mut out = [0; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        let bits = (usize::from(len)).saturating_sub(i * 8).min(8);
+        *byte = addr[i] & (0xffu16 << (8 - bits)) as u8;
+    }
+    out
+}
+
+/// The kernel form of a class.
+pub fn class_config(c: &ClassSpec) -> ClassConfig {
+    let committed = if c.rate_bytes_per_sec > 0 {
+        BucketParams::new(c.rate_bytes_per_sec, c.burst_bytes)
+    } else {
+        BucketParams::UNLIMITED
+    };
+    let peak = match c.ceil_bytes_per_sec {
+        Some(ceil) => BucketParams::new(ceil, c.ceil_burst_bytes),
+        None => BucketParams::UNLIMITED,
+    };
+    let actions: [ColourAction; 3] = [c.conform, c.exceed, c.violate];
+    ClassConfig {
+        policer: TrTcm { committed, peak },
+        actions,
+        priority: c.priority,
+        _pad: 0,
+    }
+}
+
+impl CompiledPolicy {
+    /// Compiles `policy`. Validation already bounded the rule and class counts.
+    pub fn new(policy: &Policy) -> CompiledPolicy {
+        CompiledPolicy {
+            tables: RuleTables::new(&policy.rules[..policy.rules.len().min(MAX_RULES)]),
+            classes: policy.classes.iter().map(class_config).collect(),
+            default_class: policy.default_class,
+            flow_cache: true,
+        }
+    }
+}
+
+impl RuleTables {
+    /// Compiles `rules` (at most [`MAX_RULES`]).
+    pub fn new(rules: &[RuleSpec]) -> RuleTables {
+        let mut pool = Interner::new();
+        let mut active_fields = 0;
+        let mut absent_vector = [0; FIELD_COUNT];
+        let mut field_tables = Vec::new();
+        let mut prefixes = Vec::new();
+        for field in Field::ALL {
+            if !rules.iter().any(|r| r.constrains(field)) {
+                continue;
+            }
+            active_fields |= field.bit();
+            absent_vector[field as usize] = pool.intern(&wildcard(rules, field));
+            match field {
+                Field::SrcAddr | Field::DstAddr => {
+                    compile_prefixes(rules, field, &mut pool, &mut prefixes)
+                }
+                _ => field_tables.push((field, compile_table(rules, field, &mut pool))),
+            }
+        }
+        RuleTables {
+            vectors: pool.vectors,
+            rule_classes: rules.iter().map(|r| r.class).collect(),
+            active_fields,
+            absent_vector,
+            field_tables,
+            prefixes,
+        }
+    }
+
+    /// 64-bit words of the rule vectors that hold rules.
+    pub fn rule_words(&self) -> u32 {
+        self.rule_classes.len().div_ceil(64) as u32
+    }
+
+    /// The first matching rule's class the way the kernel finds it, from the tables (for
+    /// tests); `None` when no rule matches.
+    pub fn classify(&self, meta: &PacketMeta, iface_slot: u32) -> Option<u32> {
+        let table = |field: Field, value: Option<u32>| -> VectorId {
+            if self.active_fields & field.bit() == 0 {
+                return 0;
+            }
+            match value {
+                None => self.absent_vector[field as usize],
+                Some(v) => self
+                    .field_tables
+                    .iter()
+                    .find(|(f, _)| *f == field)
+                    .and_then(|(_, t)| t.get(v as usize).copied())
+                    .unwrap_or(0),
+            }
+        };
+        let prefix = |field: Field, addr: &[u8; 16]| -> VectorId {
+            if self.active_fields & field.bit() == 0 {
+                return 0;
+            }
+            let part = AddrField::of(meta.family, field);
+            self.prefixes
+                .iter()
+                .filter(|(f, p, _)| *f == part && p.contains(meta.family, addr))
+                .max_by_key(|(_, p, _)| p.len)
+                .map_or(0, |(_, _, id)| *id)
+        };
+        let ports = meta.has_ports;
+        let ids = [
+            prefix(Field::SrcAddr, &meta.src),
+            prefix(Field::DstAddr, &meta.dst),
+            table(Field::Protocol, Some(u32::from(meta.protocol))),
+            table(Field::SrcPort, ports.then_some(u32::from(meta.src_port))),
+            table(Field::DstPort, ports.then_some(u32::from(meta.dst_port))),
+            table(Field::Dscp, Some(u32::from(meta.dscp()))),
+            table(Field::Iface, Some(iface_slot)),
+            table(Field::RoceOpcode, meta.roce_opcode.map(u32::from)),
+        ];
+        let vs = ids.map(|id| &self.vectors[id as usize]);
+        lowest_common_rule(&vs, self.rule_words()).map(|rule| self.rule_classes[rule as usize])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dataplane_common::classify::{first_match, Range};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn v4_prefix(a: [u8; 4], len: u8) -> Prefix {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&a);
+        Prefix {
+            family: Family::V4,
+            addr: mask(&addr, len),
+            len,
+        }
+    }
+
+    fn v6_prefix(tail: u8, len: u8) -> Prefix {
+        let mut addr = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        addr[15] = tail;
+        addr[8] = tail;
+        Prefix {
+            family: Family::V6,
+            addr: mask(&addr, len),
+            len,
+        }
+    }
+
+    /// Prefixes from a small universe so that rules overlap and nest.
+    fn prefix() -> impl Strategy<Value = Prefix> {
+        prop_oneof![
+            (
+                0u8..4,
+                prop::sample::select(vec![0u8, 8, 15, 16, 24, 30, 32])
+            )
+                .prop_map(|(x, len)| v4_prefix([198, 18 + (x & 1), x, 1 + x], len)),
+            (
+                0u8..4,
+                prop::sample::select(vec![0u8, 32, 64, 72, 127, 128])
+            )
+                .prop_map(|(x, len)| v6_prefix(x, len)),
+        ]
+    }
+
+    fn range(max: u32) -> impl Strategy<Value = Range> {
+        (0..max, 0..4u32).prop_map(move |(lo, w)| Range {
+            lo,
+            hi: (lo + w).min(max),
+        })
+    }
+
+    fn rule(classes: u32) -> impl Strategy<Value = RuleSpec> {
+        (
+            0..classes,
+            prop::option::weighted(0.3, prefix()),
+            prop::option::weighted(0.3, prefix()),
+            prop::option::weighted(
+                0.3,
+                prop::sample::select(vec![1u32, 6, 17]).prop_map(Range::one),
+            ),
+            prop::option::weighted(0.3, range(12)),
+            prop::option::weighted(0.3, range(12)),
+            prop::option::weighted(0.2, range(4)),
+            prop::option::weighted(0.2, range(3)),
+            prop::option::weighted(0.2, range(4)),
+        )
+            .prop_map(
+                |(class, src, dst, protocol, sp, dp, dscp, iface, op)| RuleSpec {
+                    class,
+                    src,
+                    dst,
+                    protocol,
+                    src_ports: sp,
+                    dst_ports: dp,
+                    dscp,
+                    iface,
+                    roce_opcode: op,
+                },
+            )
+    }
+
+    fn packet() -> impl Strategy<Value = (PacketMeta, u32)> {
+        (
+            any::<bool>(),
+            (0u8..4, 0u8..4),
+            prop::sample::select(vec![1u8, 6, 17, 47]),
+            (0u16..14, 0u16..14),
+            0u8..5,
+            0u32..4,
+            prop::option::of(0u8..6),
+            any::<bool>(),
+        )
+            .prop_map(|(v6, (s, d), protocol, (sp, dpt), dscp, iface, op, frag)| {
+                let addr = |x: u8| {
+                    if v6 {
+                        v6_prefix(x, 128).addr
+                    } else {
+                        v4_prefix([198, 18 + (x & 1), x, 1 + x], 32).addr
+                    }
+                };
+                let has_ports = (protocol == 6 || protocol == 17) && !frag;
+                let meta = PacketMeta {
+                    l3_offset: 14,
+                    family: if v6 { Family::V6 } else { Family::V4 },
+                    protocol,
+                    tos: dscp << 2,
+                    src: addr(s),
+                    dst: addr(d),
+                    src_port: if has_ports { sp } else { 0 },
+                    dst_port: if has_ports { dpt } else { 0 },
+                    has_ports,
+                    later_fragment: frag,
+                    roce_opcode: if has_ports && protocol == 17 {
+                        op
+                    } else {
+                        None
+                    },
+                };
+                (meta, iface)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The compiled tables pick exactly the rule a naive first-match scan picks.
+        #[test]
+        fn compiled_tables_agree_with_first_match(
+            rules in prop::collection::vec(rule(5), 0..150),
+            packets in prop::collection::vec(packet(), 1..40),
+        ) {
+            let tables = RuleTables::new(&rules);
+            for (meta, iface) in &packets {
+                prop_assert_eq!(
+                    tables.classify(meta, *iface),
+                    first_match(&rules, meta, *iface),
+                    "packet {:?} on iface {}", meta, iface
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn identical_vectors_are_stored_once() {
+        let rules: Vec<RuleSpec> = (0..1000)
+            .map(|i| RuleSpec {
+                class: 1,
+                dst_ports: Some(Range::one(10_000 + i)),
+                ..RuleSpec::default()
+            })
+            .collect();
+        let t = RuleTables::new(&rules);
+        // all-ones, the "no rule" vector of unmatched ports, one per port.
+        assert_eq!(t.vectors.len(), 1002);
+        assert_eq!(t.rule_words(), 16);
+        assert_eq!(t.active_fields, Field::DstPort.bit());
+    }
+
+    #[test]
+    fn mask_clears_host_bits() {
+        let a = [0xff; 16];
+        assert_eq!(mask(&a, 0), [0; 16]);
+        assert_eq!(mask(&a, 12)[..3], [0xff, 0xf0, 0]);
+        assert_eq!(mask(&a, 128), a);
+    }
+}

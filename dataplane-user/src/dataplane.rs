@@ -1,0 +1,378 @@
+//! The loaded XDP program and its maps: load, write a policy generation and switch to it in
+//! one step, register interfaces, attach, read counters.
+
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, MapData, MapError, PerCpuArray,
+    },
+    programs::{ProgramError, Xdp, XdpMode},
+    Ebpf, EbpfError,
+};
+use dataplane_common::{
+    classify::{
+        field_table_index, pool_index, PrefixKey, RuleVector, PREFIX_KEY_HEADER_BITS,
+        VECTORS_PER_SLOT,
+    },
+    maps::{
+        class_counter_index, names, ClassConfig, ClassCounters, IfaceConfig, IfaceCounters,
+        PolicySlot,
+    },
+    policer::BucketParams,
+    GENERATION_SLOTS, MAX_CLASSES, MAX_IFACES, MAX_RULES,
+};
+
+use crate::{
+    compile::{CompiledPolicy, RuleTables},
+    config::Policy,
+};
+
+/// The ifindex of interface `name`, if it exists.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// The eBPF object, built from this source tree by the build script.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane.bpf.o"));
+
+/// Name of the XDP program in the object.
+pub const PROGRAM_NAME: &str = "dataplane";
+/// Name of the pass-everything XDP program in the object.
+pub const PASS_PROGRAM_NAME: &str = "xdp_pass";
+
+/// What can go wrong with the kernel side.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// Loading the object failed.
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] EbpfError),
+    /// The program could not be loaded, verified or attached.
+    #[error("XDP program: {0}")]
+    Program(#[from] ProgramError),
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// Cause.
+        source: MapError,
+    },
+    /// The object lacks a program we need.
+    #[error("the eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    /// The object lacks a map we need.
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    /// The policy does not fit the kernel tables.
+    #[error("policy too large: {0}")]
+    TooLarge(String),
+    /// The interface is unknown or all slots are taken.
+    #[error("interface {0}")]
+    Interface(String),
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// A loaded dataplane.
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads the object and the program into the kernel (verifier included). No policy is
+    /// active until [`Dataplane::apply`]; until then packets pass and count as `no_policy`.
+    pub fn load() -> Result<Dataplane, DataplaneError> {
+        let mut dp = Dataplane {
+            ebpf: Ebpf::load(EBPF_OBJECT)?,
+        };
+        dp.program()?.load()?;
+        dp.pass_program()?.load()?;
+        dp.array::<RuleVector>(names::VECTOR_POOL)?
+            .set(0, RuleVector::ALL, 0)
+            .map_err(map_err(names::VECTOR_POOL))?;
+        Ok(dp)
+    }
+
+    fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, DataplaneError> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram(name))?
+            .try_into()?)
+    }
+
+    /// The loaded dataplane XDP program, shared (test runs need no more).
+    pub fn loaded_program(&self) -> Result<&Xdp, DataplaneError> {
+        Ok(self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(DataplaneError::MissingProgram(PROGRAM_NAME))?
+            .try_into()?)
+    }
+
+    /// The dataplane XDP program (for attaching and test runs).
+    pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        self.xdp(PROGRAM_NAME)
+    }
+
+    /// The pass-everything XDP program.
+    pub fn pass_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        self.xdp(PASS_PROGRAM_NAME)
+    }
+
+    /// Attaches to `iface` (`mode`).
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        self.program()?.attach(iface, mode)?;
+        Ok(())
+    }
+
+    fn array<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut MapData, V>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        Array::try_from(map).map_err(map_err(name))
+    }
+
+    fn per_cpu<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<PerCpuArray<&MapData, V>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        PerCpuArray::try_from(map).map_err(map_err(name))
+    }
+
+    fn slots(&mut self) -> Result<(u32, [PolicySlot; GENERATION_SLOTS]), DataplaneError> {
+        let active = self
+            .array::<u32>(names::ACTIVE_SLOT)?
+            .get(&0, 0)
+            .map_err(map_err(names::ACTIVE_SLOT))?;
+        let slots = self.array::<PolicySlot>(names::POLICY_SLOTS)?;
+        let mut out = [PolicySlot::default(); GENERATION_SLOTS];
+        for (i, s) in out.iter_mut().enumerate() {
+            *s = slots
+                .get(&(i as u32), 0)
+                .map_err(map_err(names::POLICY_SLOTS))?;
+        }
+        Ok((active % GENERATION_SLOTS as u32, out))
+    }
+
+    /// The generation in force (0 before the first policy).
+    pub fn generation(&mut self) -> Result<u32, DataplaneError> {
+        let (active, slots) = self.slots()?;
+        Ok(slots[active as usize].generation)
+    }
+
+    /// Writes `policy` into the idle generation slot, then makes it live with one map write.
+    /// Packets see either the old policy or the new one, never a mix; cached flows are
+    /// reclassified because their generation tag no longer matches. Returns the generation.
+    pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<u32, DataplaneError> {
+        let tables = &policy.tables;
+        if tables.vectors.len() > VECTORS_PER_SLOT as usize + 1 {
+            return Err(DataplaneError::TooLarge(format!(
+                "{} distinct rule vectors, at most {} fit",
+                tables.vectors.len(),
+                VECTORS_PER_SLOT + 1
+            )));
+        }
+        if tables.rule_classes.len() > MAX_RULES || policy.classes.len() > MAX_CLASSES {
+            return Err(DataplaneError::TooLarge(format!(
+                "{} rules and {} classes, at most {MAX_RULES} and {MAX_CLASSES}",
+                tables.rule_classes.len(),
+                policy.classes.len()
+            )));
+        }
+        let (active, slots) = self.slots()?;
+        let slot = if slots[active as usize].generation == 0 {
+            active
+        } else {
+            (active + 1) % GENERATION_SLOTS as u32
+        };
+        let generation = slots.iter().map(|s| s.generation).max().unwrap_or(0) + 1;
+
+        let mut pool = self.array::<RuleVector>(names::VECTOR_POOL)?;
+        for (id, v) in tables.vectors.iter().enumerate().skip(1) {
+            pool.set(pool_index(slot, id as u32), v, 0)
+                .map_err(map_err(names::VECTOR_POOL))?;
+        }
+        let mut table = self.array::<u32>(names::FIELD_TABLE)?;
+        for (field, values) in &tables.field_tables {
+            for (value, id) in values.iter().enumerate() {
+                table
+                    .set(
+                        field_table_index(slot, *field, value as u32),
+                        pool_index(slot, *id),
+                        0,
+                    )
+                    .map_err(map_err(names::FIELD_TABLE))?;
+            }
+        }
+        self.write_prefixes(slot, tables)?;
+        let mut rules = self.array::<u32>(names::RULE_CLASSES)?;
+        for (i, class) in tables.rule_classes.iter().enumerate() {
+            rules
+                .set(slot * MAX_RULES as u32 + i as u32, class, 0)
+                .map_err(map_err(names::RULE_CLASSES))?;
+        }
+        let mut classes = self.array::<ClassConfig>(names::CLASSES)?;
+        for (id, c) in policy.classes.iter().enumerate() {
+            classes
+                .set(slot * MAX_CLASSES as u32 + id as u32, c, 0)
+                .map_err(map_err(names::CLASSES))?;
+        }
+        let header = PolicySlot {
+            generation,
+            rule_words: tables.rule_words(),
+            default_class: policy.default_class,
+            active_fields: tables.active_fields,
+            absent_vector: tables.absent_vector.map(|id| pool_index(slot, id)),
+            flags: if policy.flow_cache {
+                PolicySlot::FLOW_CACHE
+            } else {
+                0
+            },
+            _pad: 0,
+        };
+        self.array::<PolicySlot>(names::POLICY_SLOTS)?
+            .set(slot, header, 0)
+            .map_err(map_err(names::POLICY_SLOTS))?;
+        // The switch: one word.
+        self.array::<u32>(names::ACTIVE_SLOT)?
+            .set(0, slot, 0)
+            .map_err(map_err(names::ACTIVE_SLOT))?;
+        Ok(generation)
+    }
+
+    fn write_prefixes(&mut self, slot: u32, tables: &RuleTables) -> Result<(), DataplaneError> {
+        let name = names::PREFIXES;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let mut trie: LpmTrie<&mut MapData, PrefixKey, u32> =
+            LpmTrie::try_from(map).map_err(map_err(name))?;
+        let stale: Vec<Key<PrefixKey>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| u32::from(k.data().slot) == slot)
+            .collect();
+        for k in &stale {
+            trie.remove(k).map_err(map_err(name))?;
+        }
+        for (field, prefix, id) in &tables.prefixes {
+            let key = Key::new(
+                PREFIX_KEY_HEADER_BITS + u32::from(prefix.len),
+                PrefixKey {
+                    slot: slot as u8,
+                    field: *field as u8,
+                    addr: prefix.addr,
+                    _pad: [0; 2],
+                },
+            );
+            trie.insert(&key, pool_index(slot, *id), 0)
+                .map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    /// Registers interface `ifindex` under counter/rule slot `slot` (1..MAX_IFACES) with an
+    /// optional link budget of `rate` bytes/s and `burst` bytes.
+    pub fn register_iface(
+        &mut self,
+        ifindex: u32,
+        slot: u32,
+        link: Option<(u64, u64)>,
+    ) -> Result<(), DataplaneError> {
+        if slot == 0 || slot as usize >= MAX_IFACES {
+            return Err(DataplaneError::Interface(format!(
+                "slot {slot} outside 1..{MAX_IFACES}"
+            )));
+        }
+        let cfg = IfaceConfig {
+            slot,
+            _pad: 0,
+            link: link.map_or(BucketParams::UNLIMITED, |(rate, burst)| {
+                BucketParams::new(rate, burst)
+            }),
+        };
+        let name = names::IFACES;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let mut ifaces: HashMap<&mut MapData, u32, IfaceConfig> =
+            HashMap::try_from(map).map_err(map_err(name))?;
+        ifaces.insert(ifindex, cfg, 0).map_err(map_err(name))
+    }
+
+    /// Registers the policy's interfaces (slot = position + 1) and then `attached` ones the
+    /// policy does not name. Interfaces missing on this host are skipped (their rules cannot
+    /// match here) and returned so the caller can warn.
+    pub fn register_interfaces(
+        &mut self,
+        policy: &Policy,
+        attached: &[String],
+    ) -> Result<Vec<String>, DataplaneError> {
+        let mut names: Vec<(String, Option<(u64, u64)>)> = policy
+            .interfaces
+            .iter()
+            .map(|i| {
+                (
+                    i.name.clone(),
+                    i.link_rate_bytes_per_sec.map(|r| (r, i.link_burst_bytes)),
+                )
+            })
+            .collect();
+        for a in attached {
+            if !names.iter().any(|(n, _)| n == a) {
+                names.push((a.clone(), None));
+            }
+        }
+        let mut missing = Vec::new();
+        for (i, (name, link)) in names.into_iter().enumerate() {
+            match ifindex(&name) {
+                Some(index) => self.register_iface(index, i as u32 + 1, link)?,
+                None => missing.push(name),
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Counters of `class` on interface slot `iface_slot`, summed over CPUs.
+    pub fn class_counters(
+        &self,
+        iface_slot: u32,
+        class: u32,
+    ) -> Result<ClassCounters, DataplaneError> {
+        let values = self
+            .per_cpu::<ClassCounters>(names::CLASS_COUNTERS)?
+            .get(&class_counter_index(iface_slot, class), 0)
+            .map_err(map_err(names::CLASS_COUNTERS))?;
+        let mut sum = ClassCounters::default();
+        values.iter().for_each(|v| sum.add(v));
+        Ok(sum)
+    }
+
+    /// Counters of interface slot `iface_slot`, summed over CPUs.
+    pub fn iface_counters(&self, iface_slot: u32) -> Result<IfaceCounters, DataplaneError> {
+        let values = self
+            .per_cpu::<IfaceCounters>(names::IFACE_COUNTERS)?
+            .get(&iface_slot, 0)
+            .map_err(map_err(names::IFACE_COUNTERS))?;
+        let mut sum = IfaceCounters::default();
+        values.iter().for_each(|v| sum.add(v));
+        Ok(sum)
+    }
+}

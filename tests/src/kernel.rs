@@ -1,0 +1,87 @@
+//! Helpers for tests that load the real XDP object into the running kernel.
+
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use dataplane::{compile::CompiledPolicy, config::Policy, dataplane::Dataplane};
+
+/// Fails the test loudly unless it runs as root: kernel tests never skip.
+pub fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        });
+    assert_eq!(
+        uid.as_deref(),
+        Some("0"),
+        "kernel tests need root (CAP_BPF, CAP_NET_ADMIN): run `sudo cargo xtask test`"
+    );
+}
+
+/// Parses `toml`, loads a fresh dataplane and applies the policy.
+pub fn load_policy(toml: &str) -> (Dataplane, Policy) {
+    require_root();
+    let policy = Policy::from_toml_str(toml, "test policy").expect("test policy is valid");
+    let mut dp = Dataplane::load().expect("the XDP object loads and passes the verifier");
+    dp.apply(&CompiledPolicy::new(&policy))
+        .expect("policy applies");
+    (dp, policy)
+}
+
+/// Ifindex of loopback, the device BPF_PROG_TEST_RUN attributes frames to by default.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Result of one frame through BPF_PROG_TEST_RUN.
+pub struct Run {
+    /// XDP verdict.
+    pub action: u32,
+    /// The frame after the program (rewrites included).
+    pub output: Vec<u8>,
+}
+
+/// Runs `frame` through `prog` once.
+pub fn run_once(prog: &Xdp, frame: &[u8]) -> Run {
+    let mut out = vec![0u8; frame.len() + 256];
+    let res = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(res.data_size_out as usize);
+    Run {
+        action: res.return_value,
+        output: out,
+    }
+}
+
+/// Runs `frame` `repeat` times; returns the kernel's mean time per run in nanoseconds.
+pub fn run_repeated(prog: &Xdp, frame: &[u8], repeat: u32) -> f64 {
+    let res = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    res.duration.as_nanos() as f64
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the call only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! Policing in the kernel: offered load far above the configured rates through
+//! BPF_PROG_TEST_RUN, on one and two CPUs at once, admitted bytes read from the class counters.
+//! Admitted rate = (admitted bytes - burst) / elapsed time, within ±1% of the configured rate.
+
+use std::{
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use dataplane::dataplane::Dataplane;
+use dataplane_common::policer::Colour;
+use dataplane_tests::{
+    frames::Frame,
+    kernel::{load_policy, pin_to_cpu, run_repeated},
+};
+
+const FRAME_BYTES: usize = 1000;
+/// Time the senders run before the first sample, so the buckets are in steady state.
+const WARM_UP: Duration = Duration::from_millis(150);
+/// Time between the two counter samples.
+const WINDOW: Duration = Duration::from_millis(700);
+/// Bounds every load loop in packets, whatever the calibration says.
+const MAX_REPEAT: u32 = 50_000_000;
+
+/// Policing tests measure rates: they must not share the CPUs with each other.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn udp_frame(dport: u16) -> Vec<u8> {
+    Frame::eth()
+        .ipv4([198, 18, 0, 1], [198, 19, 0, 1])
+        .udp(40000, dport)
+        .pad_to(FRAME_BYTES)
+        .build()
+}
+
+/// Admitted (green, yellow) bytes per class over a window and the window's length.
+///
+/// Each sender is one long BPF_PROG_TEST_RUN call on its own CPU; the counters are sampled
+/// twice while every call is still running, so neither the calls' setup time nor the
+/// buckets' initial burst enters the figures.
+fn measure(
+    dp: &Dataplane,
+    iface_slot: u32,
+    classes: &[u32],
+    senders: &[(&[u8], usize)],
+) -> (Vec<(f64, f64)>, Duration) {
+    let prog = dp.loaded_program().expect("program");
+    let ns_per_packet = run_repeated(prog, senders[0].0, 100_000).max(1.0);
+    let run_for = (WARM_UP + WINDOW) * 2;
+    let repeat = ((run_for.as_nanos() as f64 / ns_per_packet) as u32).min(MAX_REPEAT);
+    let sample = || -> (Instant, Vec<(f64, f64)>) {
+        let values = classes
+            .iter()
+            .map(|&class| {
+                let c = dp.class_counters(iface_slot, class).expect("counters");
+                let bytes = |colour: Colour| {
+                    (c.colour_packets[colour as usize] * FRAME_BYTES as u64) as f64
+                };
+                (bytes(Colour::Green), bytes(Colour::Yellow))
+            })
+            .collect();
+        (Instant::now(), values)
+    };
+    let (first, second) = std::thread::scope(|s| {
+        let handles: Vec<_> = senders
+            .iter()
+            .map(|&(frame, cpu)| {
+                s.spawn(move || {
+                    pin_to_cpu(cpu);
+                    run_repeated(prog, frame, repeat);
+                })
+            })
+            .collect();
+        std::thread::sleep(WARM_UP);
+        let first = sample();
+        std::thread::sleep(WINDOW);
+        let second = sample();
+        assert!(
+            handles.iter().all(|h| !h.is_finished()),
+            "a sender stopped before the second sample: the window saw no offered load"
+        );
+        for h in handles {
+            h.join().expect("sender thread");
+        }
+        (first, second)
+    });
+    let deltas = first
+        .1
+        .iter()
+        .zip(&second.1)
+        .map(|(a, b)| (b.0 - a.0, b.1 - a.1))
+        .collect();
+    (deltas, second.0 - first.0)
+}
+
+fn assert_rate(what: &str, bytes: f64, elapsed: Duration, rate_bps: f64, tolerance: f64) {
+    let rate = rate_bps / 8.0;
+    let got = bytes / elapsed.as_secs_f64();
+    let err = (got - rate) / rate;
+    eprintln!(
+        "{what}: configured {rate:.0} B/s, admitted {got:.0} B/s ({:+.3}%)",
+        err * 100.0
+    );
+    assert!(
+        err.abs() <= tolerance,
+        "{what}: admitted {got:.0} B/s vs {rate:.0} B/s configured ({:+.3}%)",
+        err * 100.0
+    );
+}
+
+fn policy(rate: &str) -> String {
+    format!(
+        r#"
+[[class]]
+name = "default"
+
+[[class]]
+name = "limited"
+rate = "{rate}"
+exceed = "drop"
+
+[[rule]]
+class = "limited"
+protocol = "udp"
+dst_port = 5001
+"#
+    )
+}
+
+#[test]
+fn committed_rate_holds_on_one_cpu() {
+    let _serial = serial();
+    for (rate, bps) in [("100Mbit", 100e6), ("1Gbit", 1e9), ("5Gbit", 5e9)] {
+        let (dp, p) = load_policy(&policy(rate));
+        let class = p.class_id("limited").expect("class");
+        let frame = udp_frame(5001);
+        let (admitted, elapsed) = measure(&dp, 0, &[class], &[(&frame, 0)]);
+        let offered = dp.class_counters(0, class).expect("counters").bytes as f64;
+        assert!(
+            offered > 2.0 * admitted[0].0,
+            "{rate}: offered load must exceed the rate"
+        );
+        assert_rate(rate, admitted[0].0, elapsed, bps, 0.01);
+    }
+}
+
+#[test]
+fn committed_rate_holds_across_two_cpus() {
+    let _serial = serial();
+    let (dp, p) = load_policy(&policy("2Gbit"));
+    let class = p.class_id("limited").expect("class");
+    let frame = udp_frame(5001);
+    let (admitted, elapsed) = measure(&dp, 0, &[class], &[(&frame, 0), (&frame, 1)]);
+    assert_rate("2Gbit on two CPUs", admitted[0].0, elapsed, 2e9, 0.01);
+}
+
+#[test]
+fn peak_rate_separates_yellow_from_red() {
+    let _serial = serial();
+    let toml = r#"
+[[class]]
+name = "default"
+
+[[class]]
+name = "burst"
+rate = "500Mbit"
+ceil = "1500Mbit"
+exceed = "pass"
+violate = "drop"
+
+[[rule]]
+class = "burst"
+protocol = "udp"
+dst_port = 5001
+"#;
+    let (dp, p) = load_policy(toml);
+    let class = p.class_id("burst").expect("class");
+    let frame = udp_frame(5001);
+    let (admitted, elapsed) = measure(&dp, 0, &[class], &[(&frame, 0)]);
+    let (green, yellow) = admitted[0];
+    let c = dp.class_counters(0, class).expect("counters");
+    assert!(c.dropped_packets > 0 && c.dropped_packets == c.colour_packets[Colour::Red as usize]);
+    assert_rate("green (committed)", green, elapsed, 500e6, 0.01);
+    assert_rate(
+        "green + yellow (peak)",
+        green + yellow,
+        elapsed,
+        1500e6,
+        0.01,
+    );
+}
+
+/// Link budget 1 Gbit/s on loopback (BPF_PROG_TEST_RUN's ingress device); `hi` (priority 7)
+/// and `lo` (priority 0) each offer far more from their own CPU.
+fn contention_policy(hi_rate: &str, lo_rate: &str) -> String {
+    format!(
+        r#"
+[[interface]]
+name = "lo"
+link_rate = "1Gbit"
+link_burst = "2MiB"
+
+[[class]]
+name = "default"
+
+[[class]]
+name = "hi"
+priority = 7
+rate = "{hi_rate}"
+exceed = "pass"
+violate = "drop"
+
+[[class]]
+name = "lo"
+priority = 0
+rate = "{lo_rate}"
+exceed = "pass"
+violate = "drop"
+
+[[rule]]
+class = "hi"
+protocol = "udp"
+dst_port = 5001
+
+[[rule]]
+class = "lo"
+protocol = "udp"
+dst_port = 5002
+"#
+    )
+}
+
+/// Admitted (green + yellow) bytes of `hi` and `lo` while both contend, and the time.
+fn contend(toml: &str) -> (f64, f64, Duration) {
+    let (mut dp, p) = load_policy(toml);
+    dp.register_interfaces(&p, &[]).expect("register lo");
+    let hi = p.class_id("hi").expect("hi");
+    let lo = p.class_id("lo").expect("lo");
+    let (hi_frame, lo_frame) = (udp_frame(5001), udp_frame(5002));
+    let (admitted, elapsed) = measure(&dp, 1, &[hi, lo], &[(&hi_frame, 0), (&lo_frame, 1)]);
+    let sum = |(g, y): (f64, f64)| g + y;
+    (sum(admitted[0]), sum(admitted[1]), elapsed)
+}
+
+#[test]
+fn low_priority_loses_first_when_the_link_budget_runs_low() {
+    let _serial = serial();
+    // Nothing guaranteed: the excess of both competes for the link by priority alone.
+    let (hi, lo, elapsed) = contend(&contention_policy("1kbit", "1kbit"));
+    let link = 1e9 / 8.0 * elapsed.as_secs_f64();
+    eprintln!(
+        "hi {:.1}% of link, lo {:.1}% of link",
+        hi / link * 100.0,
+        lo / link * 100.0
+    );
+    assert_rate("hi + lo (link budget)", hi + lo, elapsed, 1e9, 0.01);
+    assert!(
+        hi > 0.95 * link,
+        "high priority keeps the link under contention"
+    );
+    assert!(lo < 0.05 * link, "low priority loses first");
+}
+
+#[test]
+fn guaranteed_rates_hold_under_link_contention() {
+    let _serial = serial();
+    // lo is guaranteed 200 Mbit/s, hi 300 Mbit/s; hi (higher priority) takes the rest.
+    let (hi, lo, elapsed) = contend(&contention_policy("300Mbit", "200Mbit"));
+    assert_rate("lo keeps its guarantee", lo, elapsed, 200e6, 0.01);
+    assert_rate("hi gets the rest of the link", hi, elapsed, 800e6, 0.01);
+}
