@@ -42,20 +42,24 @@ pub struct Run {
 
 /// Runs `frame` through `prog` once.
 pub fn run_once(prog: &Xdp, frame: &[u8]) -> Run {
+    try_run_once(prog, frame).expect("BPF_PROG_TEST_RUN")
+}
+
+/// Runs `frame` through `prog` once; the kernel refuses frames shorter than an Ethernet
+/// header before the program sees them.
+pub fn try_run_once(prog: &Xdp, frame: &[u8]) -> Result<Run, aya::programs::ProgramError> {
     let mut out = vec![0u8; frame.len() + 256];
-    let res = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat: 1,
-            ..TestRunOptions::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
+    let res = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat: 1,
+        ..TestRunOptions::default()
+    })?;
     out.truncate(res.data_size_out as usize);
-    Run {
+    Ok(Run {
         action: res.return_value,
         output: out,
-    }
+    })
 }
 
 /// Runs `frame` `repeat` times; returns the kernel's mean time per run in nanoseconds.
