@@ -83,11 +83,6 @@ impl Reason {
             Reason::RewriteFailed => "rewrite_failed",
         }
     }
-
-    /// True for outcomes of malformed input (the parse-error metric).
-    pub const fn is_parse_error(self) -> bool {
-        (self as u32) <= Reason::TruncatedRoce as u32 && !matches!(self, Reason::NotIp)
-    }
 }
 
 #[cfg(test)]

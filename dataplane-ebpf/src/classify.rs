@@ -29,7 +29,7 @@ pub fn class_of(
     }
     let key = FlowKey::of(meta, iface_slot as u8);
     // SAFETY: LRU hash values are plain data; a concurrent update replaces the element.
-    if let Some(entry) = unsafe { FLOW_CACHE.get(&key) } {
+    if let Some(entry) = unsafe { FLOW_CACHE.get(key) } {
         if entry.generation == policy.generation {
             bump(counters, |c| c.flow_cache_hits += 1);
             return Ok(entry.class);
@@ -42,7 +42,7 @@ pub fn class_of(
         class,
     };
     // A full cache evicts the least recently used flow; a failed insert only costs a miss.
-    let _ = FLOW_CACHE.insert(&key, &entry, 0);
+    let _ = FLOW_CACHE.insert(key, entry, 0);
     Ok(class)
 }
 

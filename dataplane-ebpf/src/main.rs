@@ -27,7 +27,7 @@ use crate::{
 pub fn dataplane(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: hash values are plain data, replaced whole by user space.
-    let iface = unsafe { IFACES.get(&ifindex) };
+    let iface = unsafe { IFACES.get(ifindex) };
     let iface_slot = iface.map_or(0, |i| i.slot);
     match pipeline(&Frame::new(&ctx), iface, iface_slot) {
         Ok(()) => xdp_action::XDP_PASS,

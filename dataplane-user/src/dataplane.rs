@@ -116,6 +116,15 @@ impl Dataplane {
             .try_into()?)
     }
 
+    /// The loaded pass-everything program, shared.
+    pub fn pass_program_ref(&self) -> Result<&Xdp, DataplaneError> {
+        Ok(self
+            .ebpf
+            .program(PASS_PROGRAM_NAME)
+            .ok_or(DataplaneError::MissingProgram(PASS_PROGRAM_NAME))?
+            .try_into()?)
+    }
+
     /// The dataplane XDP program (for attaching and test runs).
     pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
         self.xdp(PROGRAM_NAME)

@@ -1,6 +1,6 @@
 //! `dataplane`: load the XDP classifier/policer onto interfaces with a policy file.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 use aya::programs::XdpMode;
@@ -22,9 +22,9 @@ enum Command {
         /// Interface to attach to (repeatable).
         #[arg(long = "iface", required = true)]
         ifaces: Vec<String>,
-        /// Policy file.
-        #[arg(long, env = "DATAPLANE_CONFIG", default_value = "config/default.toml")]
-        config: PathBuf,
+        /// Policy file; without one, the built-in AI catalogue (config/default.toml).
+        #[arg(long, env = "DATAPLANE_CONFIG")]
+        config: Option<PathBuf>,
         /// XDP attach mode.
         #[arg(long, value_enum, default_value_t = Mode::Native)]
         xdp_mode: Mode,
@@ -54,19 +54,29 @@ enum Mode {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
+    match dispatch(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Run {
             ifaces,
             config,
             xdp_mode,
-        } => run(&ifaces, &config, xdp_mode).await,
+        } => run(&ifaces, config.as_deref(), xdp_mode).await,
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
@@ -82,8 +92,14 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn run(ifaces: &[String], config: &std::path::Path, mode: Mode) -> Result<()> {
-    let policy = Policy::load(config)?;
+/// The default AI catalogue, built in so the binary runs without a file.
+const DEFAULT_POLICY: &str = include_str!("../../config/default.toml");
+
+async fn run(ifaces: &[String], config: Option<&std::path::Path>, mode: Mode) -> Result<()> {
+    let policy = match config {
+        Some(path) => Policy::load(path)?,
+        None => Policy::from_toml_str(DEFAULT_POLICY, "built-in config/default.toml")?,
+    };
     let mut dp = Dataplane::load().context("loading the XDP program")?;
     for missing in dp.register_interfaces(&policy, ifaces)? {
         warn!(iface = %missing, "interface in the policy does not exist here; its rules cannot match");

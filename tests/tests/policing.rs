@@ -18,7 +18,7 @@ const FRAME_BYTES: usize = 1000;
 /// Time the senders run before the first sample, so the buckets are in steady state.
 const WARM_UP: Duration = Duration::from_millis(150);
 /// Time between the two counter samples.
-const WINDOW: Duration = Duration::from_millis(700);
+const WINDOW: Duration = Duration::from_millis(1000);
 /// Bounds every load loop in packets, whatever the calibration says.
 const MAX_REPEAT: u32 = 50_000_000;
 
@@ -28,6 +28,15 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Bursts large enough that a sender thread preempted for a few milliseconds does not lose
+/// tokens (which would measure the load generator, not the policer); offered load far above
+/// the rates drains them within the warm-up.
+const BURST: &str = "32MiB";
+/// Link and class bursts under contention: a class's initial burst is guaranteed traffic the
+/// link must carry even beyond its own burst, and that overdraft has to drain within the
+/// warm-up (2 x 4 MiB at 1 Gbit/s: 67 ms).
+const LINK_BURST: &str = "4MiB";
 
 fn udp_frame(dport: u16) -> Vec<u8> {
     Frame::eth()
@@ -121,6 +130,7 @@ name = "default"
 [[class]]
 name = "limited"
 rate = "{rate}"
+burst = "{BURST}"
 exceed = "drop"
 
 [[rule]]
@@ -169,6 +179,7 @@ name = "default"
 name = "burst"
 rate = "500Mbit"
 ceil = "1500Mbit"
+burst = "32MiB"
 exceed = "pass"
 violate = "drop"
 
@@ -202,7 +213,7 @@ fn contention_policy(hi_rate: &str, lo_rate: &str) -> String {
 [[interface]]
 name = "lo"
 link_rate = "1Gbit"
-link_burst = "2MiB"
+link_burst = "{LINK_BURST}"
 
 [[class]]
 name = "default"
@@ -211,6 +222,7 @@ name = "default"
 name = "hi"
 priority = 7
 rate = "{hi_rate}"
+burst = "{LINK_BURST}"
 exceed = "pass"
 violate = "drop"
 
@@ -218,6 +230,7 @@ violate = "drop"
 name = "lo"
 priority = 0
 rate = "{lo_rate}"
+burst = "{LINK_BURST}"
 exceed = "pass"
 violate = "drop"
 
