@@ -14,7 +14,7 @@ use dataplane_common::{
     MAX_RULES,
 };
 
-use crate::config::{ClassSpec, Policy};
+use crate::config::{ClassSpec, FlowCache, Policy};
 
 /// Local id of a vector within one compiled policy; 0 is always the all-rules vector.
 pub type VectorId = u32;
@@ -201,14 +201,27 @@ pub fn class_config(c: &ClassSpec) -> ClassConfig {
     }
 }
 
+/// With `flow_cache = "auto"`, cache when the rules span more words than this (measured: a
+/// cache hit costs about as much as scanning 1000 port rules).
+const AUTO_CACHE_MIN_WORDS: u32 = 16;
+
 impl CompiledPolicy {
     /// Compiles `policy`. Validation already bounded the rule and class counts.
     pub fn new(policy: &Policy) -> CompiledPolicy {
+        let tables = RuleTables::new(&policy.rules[..policy.rules.len().min(MAX_RULES)]);
+        let prefixes = Field::SrcAddr.bit() | Field::DstAddr.bit();
+        let flow_cache = match policy.flow_cache {
+            FlowCache::On => true,
+            FlowCache::Off => false,
+            FlowCache::Auto => {
+                tables.rule_words() > AUTO_CACHE_MIN_WORDS || tables.active_fields & prefixes != 0
+            }
+        };
         CompiledPolicy {
-            tables: RuleTables::new(&policy.rules[..policy.rules.len().min(MAX_RULES)]),
+            tables,
             classes: policy.classes.iter().map(class_config).collect(),
             default_class: policy.default_class,
-            flow_cache: true,
+            flow_cache,
         }
     }
 }
@@ -449,6 +462,26 @@ mod tests {
         assert_eq!(t.vectors.len(), 1002);
         assert_eq!(t.rule_words(), 16);
         assert_eq!(t.active_fields, Field::DstPort.bit());
+    }
+
+    #[test]
+    fn auto_flow_cache_follows_the_cost_of_a_miss() {
+        let policy = |text: &str| Policy::from_toml_str(text, "test").expect("valid");
+        let few_ports = "[[class]]\nname = \"default\"\n[[rule]]\nclass = \"default\"\nprotocol = \"udp\"\ndst_port = 1\n";
+        assert!(!CompiledPolicy::new(&policy(few_ports)).flow_cache);
+        let forced = format!("flow_cache = \"on\"\n{few_ports}");
+        assert!(CompiledPolicy::new(&policy(&forced)).flow_cache);
+        let prefix = "[[class]]\nname = \"default\"\n[[rule]]\nclass = \"default\"\ndst = \"198.18.0.0/15\"\n";
+        assert!(CompiledPolicy::new(&policy(prefix)).flow_cache);
+        let off = format!("flow_cache = \"off\"\n{prefix}");
+        assert!(!CompiledPolicy::new(&policy(&off)).flow_cache);
+        let mut many = String::from("[[class]]\nname = \"default\"\n");
+        for port in 0..2000 {
+            many.push_str(&format!(
+                "[[rule]]\nclass = \"default\"\nprotocol = \"tcp\"\ndst_port = {port}\n"
+            ));
+        }
+        assert!(CompiledPolicy::new(&policy(&many)).flow_cache);
     }
 
     #[test]

@@ -88,7 +88,17 @@ fn main() {
     let uncached = load(&default, false);
     let floor = measure(cached.pass_program_ref().expect("pass program"), &rdma_v4);
 
+    let arp = Frame::arp().build();
+    let no_policy = Dataplane::load().expect("load");
     let mut rows: Vec<(String, Figure)> = vec![
+        (
+            "ARP (not IP: parse Ethernet, count, pass)".into(),
+            measure(cached.loaded_program().expect("prog"), &arp),
+        ),
+        (
+            "RoCEv2 v4 before any policy (parse, count, pass)".into(),
+            measure(no_policy.loaded_program().expect("prog"), &rdma_v4),
+        ),
         (
             "RoCEv2 v4, flow-cache hit".into(),
             measure(cached.loaded_program().expect("prog"), &rdma_v4),

@@ -9,7 +9,7 @@ use std::{collections::HashSet, time::Instant};
 
 use dataplane::{
     compile::{mask, CompiledPolicy},
-    config::{ClassSpec, Policy},
+    config::{ClassSpec, FlowCache, Policy},
     dataplane::{ifindex, Dataplane},
 };
 use dataplane_common::{
@@ -204,6 +204,7 @@ fn policy(rules: Vec<RuleSpec>, classes: u32) -> Policy {
         default_class: DEFAULT_CLASS,
         rules,
         interfaces: Vec::new(),
+        flow_cache: FlowCache::On,
     }
 }
 
@@ -646,6 +647,8 @@ fn flow_cache_off_classifies_every_packet() {
 }
 
 const IFACE_POLICY: &str = r#"
+flow_cache = "on"
+
 [[interface]]
 name = "lo"
 
@@ -760,6 +763,8 @@ fn iface_rules_match_the_registered_ingress() {
     );
     let toml = format!(
         r#"
+flow_cache = "on"
+
 [[interface]]
 name = "{ABSENT}"
 
