@@ -183,7 +183,33 @@ pub struct Prefix {
     pub len: u8,
 }
 
+/// `addr` with every bit after the first `len` cleared.
+pub fn mask(addr: &[u8; 16], len: u8) -> [u8; 16] {
+    let mut out = *addr;
+    for (i, b) in out.iter_mut().enumerate() {
+        let keep = usize::from(len).saturating_sub(i * 8).min(8);
+        *b &= !(0xffu16 >> keep) as u8;
+    }
+    out
+}
+
 impl Prefix {
+    /// The prefix of length `len` containing `addr` (host bits cleared).
+    pub fn new(family: Family, addr: [u8; 16], len: u8) -> Prefix {
+        Prefix {
+            family,
+            addr: mask(&addr, len),
+            len,
+        }
+    }
+
+    /// An IPv4 prefix.
+    pub fn v4(addr: [u8; 4], len: u8) -> Prefix {
+        let mut a = [0; 16];
+        a[..4].copy_from_slice(&addr);
+        Prefix::new(Family::V4, a, len)
+    }
+
     /// Whether `addr` of a packet of `family` lies inside this prefix.
     pub fn contains(&self, family: Family, addr: &[u8; 16]) -> bool {
         if family != self.family {
@@ -321,18 +347,17 @@ pub fn lowest_common_rule(vectors: &[&RuleVector; FIELD_COUNT], words: u32) -> O
 mod tests {
     use super::*;
 
-    fn v4(a: [u8; 4], len: u8) -> Prefix {
-        let mut addr = [0; 16];
-        addr[..4].copy_from_slice(&a);
-        Prefix {
-            family: Family::V4,
-            addr,
-            len,
-        }
+    #[test]
+    fn mask_clears_host_bits() {
+        let a = [0xff; 16];
+        assert_eq!(mask(&a, 0), [0; 16]);
+        assert_eq!(mask(&a, 15)[..3], [0xff, 0xfe, 0]);
+        assert_eq!(mask(&a, 128), a);
     }
 
     #[test]
     fn prefix_contains_respects_partial_bytes() {
+        let v4 = Prefix::v4;
         let p = v4([198, 18, 128, 0], 17);
         let mut a = [0; 16];
         a[..4].copy_from_slice(&[198, 18, 200, 1]);

@@ -269,8 +269,9 @@ fn parse_l4<P: PacketBytes + ?Sized>(
         if off + UDP_HLEN + ROCE_BTH_LEN > span.end {
             return Err(Reason::TruncatedRoce);
         }
-        let bth: [u8; ROCE_BTH_LEN] = pkt.bytes(off + UDP_HLEN).ok_or(Reason::TruncatedRoce)?;
-        meta.roce_opcode = Some(bth[0]);
+        // The whole BTH is inside the packet (checked above); only its first byte matters.
+        let [opcode] = pkt.bytes(off + UDP_HLEN).ok_or(Reason::TruncatedRoce)?;
+        meta.roce_opcode = Some(opcode);
     }
     Ok(())
 }

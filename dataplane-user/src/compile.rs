@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 use dataplane_common::{
     action::ColourAction,
-    classify::{lowest_common_rule, AddrField, Field, Prefix, RuleSpec, RuleVector, FIELD_COUNT},
+    classify::{
+        lowest_common_rule, mask, AddrField, Field, Prefix, RuleSpec, RuleVector, FIELD_COUNT,
+    },
     maps::ClassConfig,
     packet::{Family, PacketMeta},
     policer::{BucketParams, TrTcm},
@@ -171,16 +173,6 @@ fn compile_prefixes(
     }
 }
 
-/// `addr` with all but the first `len` bits cleared.
-pub fn mask(addr: &[u8; 16], len: u8) -> [u8; 16] {
-    let mut out = [0; 16];
-    for (i, byte) in out.iter_mut().enumerate() {
-        let bits = (usize::from(len)).saturating_sub(i * 8).min(8);
-        *byte = addr[i] & (0xffu16 << (8 - bits)) as u8;
-    }
-    out
-}
-
 /// The kernel form of a class.
 pub fn class_config(c: &ClassSpec) -> ClassConfig {
     let committed = if c.rate_bytes_per_sec > 0 {
@@ -314,24 +306,14 @@ mod tests {
     use super::*;
 
     fn v4_prefix(a: [u8; 4], len: u8) -> Prefix {
-        let mut addr = [0; 16];
-        addr[..4].copy_from_slice(&a);
-        Prefix {
-            family: Family::V4,
-            addr: mask(&addr, len),
-            len,
-        }
+        Prefix::v4(a, len)
     }
 
     fn v6_prefix(tail: u8, len: u8) -> Prefix {
         let mut addr = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         addr[15] = tail;
         addr[8] = tail;
-        Prefix {
-            family: Family::V6,
-            addr: mask(&addr, len),
-            len,
-        }
+        Prefix::new(Family::V6, addr, len)
     }
 
     /// Prefixes from a small universe so that rules overlap and nest.
@@ -482,13 +464,5 @@ mod tests {
             ));
         }
         assert!(CompiledPolicy::new(&policy(&many)).flow_cache);
-    }
-
-    #[test]
-    fn mask_clears_host_bits() {
-        let a = [0xff; 16];
-        assert_eq!(mask(&a, 0), [0; 16]);
-        assert_eq!(mask(&a, 12)[..3], [0xff, 0xf0, 0]);
-        assert_eq!(mask(&a, 128), a);
     }
 }

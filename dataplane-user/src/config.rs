@@ -13,7 +13,7 @@ use std::{collections::HashMap, fmt, net::IpAddr, path::Path};
 
 use dataplane_common::{
     action::{ColourAction, Verdict, KEEP_DSCP},
-    classify::{Prefix, Range, RuleSpec},
+    classify::{mask, Prefix, Range, RuleSpec},
     packet::{ipproto, Family},
     MAX_CLASSES, MAX_IFACES, MAX_RULES, PRIORITY_LEVELS, ROCEV2_UDP_PORT, ROCE_OPCODE_CNP,
 };
@@ -980,7 +980,7 @@ fn parse_prefix(s: &str) -> Result<Prefix, String> {
             .filter(|l| *l <= max_len)
             .ok_or_else(|| format!("prefix length \"{l}\" in \"{s}\" is not in 0..={max_len}"))?,
     };
-    let masked = mask(bytes, len);
+    let masked = mask(&bytes, len);
     if masked != bytes {
         let network = Prefix {
             family,
@@ -997,15 +997,6 @@ fn parse_prefix(s: &str) -> Result<Prefix, String> {
         addr: bytes,
         len,
     })
-}
-
-/// `addr` with every bit after the first `len` cleared.
-fn mask(mut addr: [u8; 16], len: u8) -> [u8; 16] {
-    for (i, b) in addr.iter_mut().enumerate() {
-        let keep = usize::from(len).saturating_sub(i * 8).min(8);
-        *b &= !(0xffu16 >> keep) as u8;
-    }
-    addr
 }
 
 /// "198.18.0.0/15".
@@ -1488,14 +1479,8 @@ class = "gold"
 protocol = 132
 "#;
 
-    fn v4(a: [u8; 4], len: u8) -> Prefix {
-        let mut addr = [0; 16];
-        addr[..4].copy_from_slice(&a);
-        Prefix {
-            family: Family::V4,
-            addr,
-            len,
-        }
+    fn v4(addr: [u8; 4], len: u8) -> Prefix {
+        Prefix::v4(addr, len)
     }
 
     #[test]
@@ -2139,14 +2124,5 @@ protocol = 132
             e.to_string().starts_with("test.toml:12:1: rule[1].bogus:"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn mask_clears_host_bits() {
-        let a = [0xff; 16];
-        assert_eq!(mask(a, 0), [0; 16]);
-        assert_eq!(mask(a, 128), a);
-        let m = mask(a, 15);
-        assert_eq!(&m[..3], &[0xff, 0xfe, 0]);
     }
 }

@@ -8,7 +8,7 @@
 use std::{collections::HashSet, time::Instant};
 
 use dataplane::{
-    compile::{mask, CompiledPolicy},
+    compile::CompiledPolicy,
     config::{ClassSpec, FlowCache, Policy},
     dataplane::{ifindex, Dataplane},
 };
@@ -87,11 +87,7 @@ fn v6_host(x: u8) -> [u8; 16] {
 }
 
 fn prefix(family: Family, addr: [u8; 16], len: u8) -> Prefix {
-    Prefix {
-        family,
-        addr: mask(&addr, len),
-        len,
-    }
+    Prefix::new(family, addr, len)
 }
 
 /// A prefix around a host of the universe, so that rules nest and overlap.
