@@ -1,6 +1,8 @@
 //! The loaded XDP program and its maps: load, write a policy generation and switch to it in
 //! one step, register interfaces, attach, read counters.
 
+use std::time::{Duration, Instant};
+
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
@@ -79,9 +81,16 @@ fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
 
+/// How long a generation slot stays untouched after it stopped being live. A packet that
+/// read the old slot number just before the switch is still being processed from it; XDP
+/// runs each packet inside one RCU read section of a NAPI poll, which lasts well under this.
+const SLOT_QUIESCENCE: Duration = Duration::from_millis(50);
+
 /// A loaded dataplane.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// When the last policy switch happened (the idle slot was live until then).
+    last_switch: Option<Instant>,
 }
 
 impl Dataplane {
@@ -90,6 +99,7 @@ impl Dataplane {
     pub fn load() -> Result<Dataplane, DataplaneError> {
         let mut dp = Dataplane {
             ebpf: Ebpf::load(EBPF_OBJECT)?,
+            last_switch: None,
         };
         dp.program()?.load()?;
         dp.pass_program()?.load()?;
@@ -210,6 +220,12 @@ impl Dataplane {
             (active + 1) % GENERATION_SLOTS as u32
         };
         let generation = slots.iter().map(|s| s.generation).max().unwrap_or(0) + 1;
+        if let Some(wait) = self
+            .last_switch
+            .and_then(|t| SLOT_QUIESCENCE.checked_sub(t.elapsed()))
+        {
+            std::thread::sleep(wait);
+        }
 
         let mut pool = self.array::<RuleVector>(names::VECTOR_POOL)?;
         for (id, v) in tables.vectors.iter().enumerate().skip(1) {
@@ -261,6 +277,7 @@ impl Dataplane {
         self.array::<u32>(names::ACTIVE_SLOT)?
             .set(0, slot, 0)
             .map_err(map_err(names::ACTIVE_SLOT))?;
+        self.last_switch = Some(Instant::now());
         Ok(generation)
     }
 
