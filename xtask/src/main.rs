@@ -2,8 +2,9 @@
 //! (host and kernel) the way CI does.
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
@@ -149,8 +150,50 @@ fn test(args: &[String]) -> Result<()> {
         .arg(root.join("target/ebpf-clippy"))
         .args(["--", "-D", "warnings"])
         .env("RUSTC_BOOTSTRAP", "1"))?;
-    run(Command::new("cargo")
-        .current_dir(&root)
-        .args(["test", "--workspace"])
-        .args(args))
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root)
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(args);
+    let (passed, failed, ok) = run_tests(&mut cmd)?;
+    // One closing line for the whole run: cargo's own last line is that of whichever test
+    // binary ran last (often an empty doc-test run).
+    println!("tests: {passed} passed, {failed} failed");
+    if !ok || failed > 0 {
+        bail!("{failed} tests failed");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its `test result:` lines.
+fn run_tests(cmd: &mut Command) -> Result<(u64, u64, bool)> {
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait()?;
+    Ok((passed, failed, status.success()))
+}
+
+/// The number just before `label` in "ok. 14 passed; 0 failed; ...".
+fn count_before(text: &str, label: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(label)
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
