@@ -97,8 +97,12 @@ pub struct ClassCounters {
     pub dropped_bytes: u64,
     /// Packets newly marked CE.
     pub ecn_marked_packets: u64,
+    /// Their bytes.
+    pub ecn_marked_bytes: u64,
     /// Packets whose DSCP was rewritten.
     pub remarked_packets: u64,
+    /// Their bytes.
+    pub remarked_bytes: u64,
 }
 
 impl ClassCounters {
@@ -112,7 +116,9 @@ impl ClassCounters {
         self.dropped_packets += o.dropped_packets;
         self.dropped_bytes += o.dropped_bytes;
         self.ecn_marked_packets += o.ecn_marked_packets;
+        self.ecn_marked_bytes += o.ecn_marked_bytes;
         self.remarked_packets += o.remarked_packets;
+        self.remarked_bytes += o.remarked_bytes;
     }
 }
 
@@ -228,7 +234,7 @@ const _: () = {
     assert!(core::mem::size_of::<PolicerState>() == 16);
     assert!(core::mem::size_of::<IfaceConfig>() == 24);
     assert!(core::mem::size_of::<LinkState>() == 8);
-    assert!(core::mem::size_of::<ClassCounters>() == 72);
+    assert!(core::mem::size_of::<ClassCounters>() == 88);
     assert!(core::mem::size_of::<IfaceCounters>() == 8 * (REASON_COUNT + 2));
     assert!(core::mem::size_of::<FlowKey>() == 44);
     assert!(core::mem::size_of::<FlowEntry>() == 8);

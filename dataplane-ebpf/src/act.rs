@@ -41,8 +41,14 @@ pub fn act(
                 remarked,
                 ..
             } => {
-                c.ecn_marked_packets += u64::from(ecn_marked);
-                c.remarked_packets += u64::from(remarked);
+                if ecn_marked {
+                    c.ecn_marked_packets += 1;
+                    c.ecn_marked_bytes += u64::from(bytes);
+                }
+                if remarked {
+                    c.remarked_packets += 1;
+                    c.remarked_bytes += u64::from(bytes);
+                }
             }
         }
     }
