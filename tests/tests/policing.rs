@@ -18,7 +18,7 @@ const FRAME_BYTES: usize = 1000;
 /// Time the senders run before the first sample, so the buckets are in steady state.
 const WARM_UP: Duration = Duration::from_millis(150);
 /// Time between the two counter samples.
-const WINDOW: Duration = Duration::from_millis(1000);
+const WINDOW: Duration = Duration::from_millis(1500);
 /// Bounds every load loop in packets, whatever the calibration says.
 const MAX_REPEAT: u32 = 50_000_000;
 
@@ -59,7 +59,7 @@ fn measure(
 ) -> (Vec<(f64, f64)>, Duration) {
     let prog = dp.loaded_program().expect("program");
     let ns_per_packet = run_repeated(prog, senders[0].0, 100_000).max(1.0);
-    let run_for = (WARM_UP + WINDOW) * 2;
+    let run_for = (WARM_UP + WINDOW) * 3 / 2;
     let repeat = ((run_for.as_nanos() as f64 / ns_per_packet) as u32).min(MAX_REPEAT);
     let sample = || -> (Instant, Vec<(f64, f64)>) {
         let values = classes
