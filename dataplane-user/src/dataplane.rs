@@ -101,15 +101,15 @@ impl Dataplane {
             ebpf: Ebpf::load(EBPF_OBJECT)?,
             last_switch: None,
         };
-        dp.program()?.load()?;
-        dp.pass_program()?.load()?;
+        dp.xdp_mut(PROGRAM_NAME)?.load()?;
+        dp.xdp_mut(PASS_PROGRAM_NAME)?.load()?;
         dp.array::<RuleVector>(names::VECTOR_POOL)?
             .set(0, RuleVector::ALL, 0)
             .map_err(map_err(names::VECTOR_POOL))?;
         Ok(dp)
     }
 
-    fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, DataplaneError> {
+    fn xdp_mut(&mut self, name: &'static str) -> Result<&mut Xdp, DataplaneError> {
         Ok(self
             .ebpf
             .program_mut(name)
@@ -117,37 +117,27 @@ impl Dataplane {
             .try_into()?)
     }
 
-    /// The loaded dataplane XDP program, shared (test runs need no more).
-    pub fn loaded_program(&self) -> Result<&Xdp, DataplaneError> {
+    fn xdp(&self, name: &'static str) -> Result<&Xdp, DataplaneError> {
         Ok(self
             .ebpf
-            .program(PROGRAM_NAME)
-            .ok_or(DataplaneError::MissingProgram(PROGRAM_NAME))?
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram(name))?
             .try_into()?)
     }
 
-    /// The loaded pass-everything program, shared.
-    pub fn pass_program_ref(&self) -> Result<&Xdp, DataplaneError> {
-        Ok(self
-            .ebpf
-            .program(PASS_PROGRAM_NAME)
-            .ok_or(DataplaneError::MissingProgram(PASS_PROGRAM_NAME))?
-            .try_into()?)
-    }
-
-    /// The dataplane XDP program (for attaching and test runs).
-    pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+    /// The dataplane XDP program (test runs need no more than a shared reference).
+    pub fn program(&self) -> Result<&Xdp, DataplaneError> {
         self.xdp(PROGRAM_NAME)
     }
 
     /// The pass-everything XDP program.
-    pub fn pass_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+    pub fn pass_program(&self) -> Result<&Xdp, DataplaneError> {
         self.xdp(PASS_PROGRAM_NAME)
     }
 
     /// Attaches to `iface` (`mode`).
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
-        self.program()?.attach(iface, mode)?;
+        self.xdp_mut(PROGRAM_NAME)?.attach(iface, mode)?;
         Ok(())
     }
 

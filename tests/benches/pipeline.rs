@@ -86,38 +86,38 @@ fn main() {
 
     let cached = load(&default, true);
     let uncached = load(&default, false);
-    let floor = measure(cached.pass_program_ref().expect("pass program"), &rdma_v4);
+    let floor = measure(cached.pass_program().expect("pass program"), &rdma_v4);
 
     let arp = Frame::arp().build();
     let no_policy = Dataplane::load().expect("load");
     let mut rows: Vec<(String, Figure)> = vec![
         (
             "ARP (not IP: parse Ethernet, count, pass)".into(),
-            measure(cached.loaded_program().expect("prog"), &arp),
+            measure(cached.program().expect("prog"), &arp),
         ),
         (
             "RoCEv2 v4 before any policy (parse, count, pass)".into(),
-            measure(no_policy.loaded_program().expect("prog"), &rdma_v4),
+            measure(no_policy.program().expect("prog"), &rdma_v4),
         ),
         (
             "RoCEv2 v4, flow-cache hit".into(),
-            measure(cached.loaded_program().expect("prog"), &rdma_v4),
+            measure(cached.program().expect("prog"), &rdma_v4),
         ),
         (
             "RoCEv2 v4, flow-cache miss".into(),
-            measure(uncached.loaded_program().expect("prog"), &rdma_v4),
+            measure(uncached.program().expect("prog"), &rdma_v4),
         ),
         (
             "TCP v6 inference, flow-cache hit".into(),
-            measure(cached.loaded_program().expect("prog"), &tcp_v6),
+            measure(cached.program().expect("prog"), &tcp_v6),
         ),
         (
             "TCP v6 inference, flow-cache miss".into(),
-            measure(uncached.loaded_program().expect("prog"), &tcp_v6),
+            measure(uncached.program().expect("prog"), &tcp_v6),
         ),
         (
             "RoCE CNP v4, flow-cache hit".into(),
-            measure(cached.loaded_program().expect("prog"), &cnp_v4),
+            measure(cached.program().expect("prog"), &cnp_v4),
         ),
     ];
     for n in [10u16, 1_000, 10_000] {
@@ -131,11 +131,11 @@ fn main() {
         let miss = load(&policy, false);
         rows.push((
             format!("{n} rules, last rule matches, hit"),
-            measure(hit.loaded_program().expect("prog"), &frame),
+            measure(hit.program().expect("prog"), &frame),
         ));
         rows.push((
             format!("{n} rules, last rule matches, miss"),
-            measure(miss.loaded_program().expect("prog"), &frame),
+            measure(miss.program().expect("prog"), &frame),
         ));
     }
 

@@ -265,7 +265,7 @@ fn iface(dp: &Dataplane, iface_slot: u32) -> IfaceCounters {
 fn run_class(dp: &Dataplane, iface_slot: u32, classes: u32, frame: &[u8]) -> u32 {
     let before = class_packets(dp, iface_slot, classes);
     let reasons_before = iface(dp, iface_slot).reasons;
-    let run = run_once(dp.loaded_program().expect("program"), frame);
+    let run = run_once(dp.program().expect("program"), frame);
     let after = class_packets(dp, iface_slot, classes);
     let reasons_after = iface(dp, iface_slot).reasons;
     assert_eq!(

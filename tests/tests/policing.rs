@@ -57,7 +57,7 @@ fn measure(
     classes: &[u32],
     senders: &[(&[u8], usize)],
 ) -> (Vec<(f64, f64)>, Duration) {
-    let prog = dp.loaded_program().expect("program");
+    let prog = dp.program().expect("program");
     let ns_per_packet = run_repeated(prog, senders[0].0, 100_000).max(1.0);
     let run_for = (WARM_UP + WINDOW) * 3 / 2;
     let repeat = ((run_for.as_nanos() as f64 / ns_per_packet) as u32).min(MAX_REPEAT);

@@ -231,7 +231,7 @@ fn check_rejected(
 #[test]
 fn corpus_through_the_kernel() {
     let (dp, policy) = load_policy(POLICY);
-    let prog = dp.loaded_program().expect("program");
+    let prog = dp.program().expect("program");
     let cases = corpus();
     assert!(cases.len() >= 40, "corpus has {} frames", cases.len());
     let mut seen_classes = std::collections::BTreeSet::new();
@@ -259,7 +259,7 @@ fn corpus_through_the_kernel() {
 fn packets_pass_unclassified_before_a_policy_is_applied() {
     dataplane_tests::kernel::require_root();
     let dp = Dataplane::load().expect("load");
-    let prog = dp.loaded_program().expect("program");
+    let prog = dp.program().expect("program");
     let case = corpus()
         .into_iter()
         .find(|c| matches!(c.expect, Expect::Parsed(_)))
