@@ -141,26 +141,33 @@ impl Dataplane {
         Ok(())
     }
 
+    /// A map of the object by name, for modules that own their own maps' logic.
+    pub(crate) fn map_mut(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut aya::maps::Map, DataplaneError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))
+    }
+
+    /// A map of the object by name, read-only.
+    pub(crate) fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+        self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
+    }
+
     fn array<V: aya::Pod>(
         &mut self,
         name: &'static str,
     ) -> Result<Array<&mut MapData, V>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        Array::try_from(map).map_err(map_err(name))
+        Array::try_from(self.map_mut(name)?).map_err(map_err(name))
     }
 
     fn per_cpu<V: aya::Pod>(
         &self,
         name: &'static str,
     ) -> Result<PerCpuArray<&MapData, V>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
-        PerCpuArray::try_from(map).map_err(map_err(name))
+        PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))
     }
 
     fn slots(&mut self) -> Result<(u32, [PolicySlot; GENERATION_SLOTS]), DataplaneError> {
