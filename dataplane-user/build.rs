@@ -62,10 +62,14 @@ fn main() {
     if !status.success() {
         fail("building dataplane-ebpf failed (see the errors above)");
     }
-    let object = target_dir.join("bpfel-unknown-none/release/dataplane");
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("dataplane.bpf.o");
-    std::fs::copy(&object, &out)
-        .unwrap_or_else(|e| fail(&format!("copying {} failed: {e}", object.display())));
+    // `bench` holds the benchmark harness's helper programs (embedded only with the `bench`
+    // feature).
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    for name in ["dataplane", "bench"] {
+        let object = target_dir.join("bpfel-unknown-none/release").join(name);
+        std::fs::copy(&object, out_dir.join(format!("{name}.bpf.o")))
+            .unwrap_or_else(|e| fail(&format!("copying {} failed: {e}", object.display())));
+    }
 }
 
 fn fail(msg: &str) -> ! {

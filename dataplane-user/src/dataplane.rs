@@ -41,6 +41,12 @@ pub fn ifindex(name: &str) -> Option<u32> {
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane.bpf.o"));
 
+/// The benchmark harness's helper programs (traffic generator, sink, flow varier, clock
+/// probes), a separate object so the dataplane's own carries none of them.
+#[cfg(feature = "bench")]
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
+
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "dataplane";
 /// Name of the pass-everything XDP program in the object.

@@ -1,5 +1,5 @@
 //! Project tasks: `setup` installs what a fresh Debian machine needs, `test` runs every test
-//! (host and kernel) the way CI does.
+//! (host and kernel) the way CI does, `bench` runs the benchmarks and writes BENCHMARKS.md.
 
 use std::{
     io::{BufRead, BufReader},
@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 /// Debian packages: the eBPF toolchain (rustc with a prebuilt BPF `core`, LLVM 22 for
-/// bpf-linker) and the tools the kernel tests drive.
+/// bpf-linker) and the tools the kernel tests and benchmarks drive.
 const DEBIAN_PACKAGES: &[&str] = &[
     "rustc-web",
     "libstd-rust-web-dev-bpf",
@@ -21,6 +21,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "iproute2",
     "bpftool",
+    "nftables",
+    "ethtool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -41,12 +43,22 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Benchmarks: writes BENCHMARKS.md and bench/plots/ at the workspace root (root).
+    Bench {
+        /// Fewer repeats and shorter windows: finishes in under a minute.
+        #[arg(long)]
+        quick: bool,
+        /// Write BENCHMARKS.md and bench/plots/ here instead.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup(),
         Task::Test { args } => test(&args),
+        Task::Bench { quick, out } => bench(quick, out),
     }
 }
 
@@ -162,6 +174,22 @@ fn test(args: &[String]) -> Result<()> {
         bail!("{failed} tests failed");
     }
     Ok(())
+}
+
+/// Runs the harness (`dataplane-bench`, a workspace crate: xtask itself must not depend on
+/// the dataplane crates, which need the eBPF toolchain that `setup` installs).
+fn bench(quick: bool, out: Option<PathBuf>) -> Result<()> {
+    require_root("bench")?;
+    let root = workspace_root();
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root)
+        .args(["run", "--release", "--quiet", "-p", "dataplane-bench", "--"])
+        .arg("--out")
+        .arg(out.unwrap_or_else(|| root.clone()));
+    if quick {
+        cmd.arg("--quick");
+    }
+    run(&mut cmd)
 }
 
 /// Runs `cargo test`, echoing its output, and adds up its `test result:` lines.

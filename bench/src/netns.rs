@@ -1,0 +1,134 @@
+//! Network namespaces and veth pairs the benchmark creates (unique names, removed on drop),
+//! and running code inside one.
+
+use std::{
+    fs::File,
+    io::Write,
+    os::fd::AsRawFd,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Runs `ip`/`tc`/... and fails with its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<()> {
+    run_with_input(program, args, None)
+}
+
+/// As [`run`], with `input` on stdin.
+pub fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Result<()> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {program} (run `cargo xtask setup`)"))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A named network namespace, deleted (with its interfaces) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Netns {
+    /// A new namespace named after `role`, this process and a counter, with loopback up.
+    pub fn new(role: &str) -> Result<Netns> {
+        let name = format!(
+            "dpbench-{}-{}-{role}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        // A crashed run with a recycled pid may have left this name behind.
+        let _ = run("ip", &["netns", "del", &name]);
+        run("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n <ns> args`.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// `ip netns exec <ns> program args` (with `input` on stdin).
+    pub fn exec(&self, program: &str, args: &[&str], input: Option<&str>) -> Result<()> {
+        let mut all = vec!["netns", "exec", self.name.as_str(), program];
+        all.extend_from_slice(args);
+        run_with_input("ip", &all, input)
+    }
+
+    /// Moves the calling thread into this namespace (only this thread: CLONE_NEWNET is
+    /// per thread).
+    pub fn enter(&self) -> Result<()> {
+        Netns::enter_by_name(&self.name)
+    }
+
+    /// As [`Netns::enter`], for a namespace another process created.
+    pub fn enter_by_name(name: &str) -> Result<()> {
+        let path = format!("/run/netns/{name}");
+        let f = File::open(&path).with_context(|| format!("open {path}"))?;
+        // SAFETY: a valid namespace fd; affects only the calling thread.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a thread inside this namespace.
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter()?;
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A veth pair `a` (in `ns_a`) <-> `b` (in `ns_b`), both up with the given MACs.
+pub fn veth(
+    (ns_a, a, mac_a): (&Netns, &str, &str),
+    (ns_b, b, mac_b): (&Netns, &str, &str),
+) -> Result<()> {
+    run(
+        "ip",
+        &[
+            "link", "add", a, "netns", &ns_a.name, "address", mac_a, "type", "veth", "peer",
+            "name", b, "netns", &ns_b.name, "address", mac_b,
+        ],
+    )?;
+    ns_a.ip(&["link", "set", a, "up"])?;
+    ns_b.ip(&["link", "set", b, "up"])?;
+    Ok(())
+}
