@@ -150,6 +150,13 @@ fn test(args: &[String]) -> Result<()> {
         .arg(root.join("target/ebpf-clippy"))
         .args(["--", "-D", "warnings"])
         .env("RUSTC_BOOTSTRAP", "1"))?;
+    // The daemon tests run the real `dataplane` binary.
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "-p",
+        "dataplane-user",
+        "--bins",
+    ]))?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
         .args(["test", "--workspace", "--no-fail-fast"])
