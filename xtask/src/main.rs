@@ -21,6 +21,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "iproute2",
     "bpftool",
+    // libbpf-rs builds its vendored libbpf: it needs libelf and zlib headers, make, pkg-config.
+    "libelf-dev",
+    "pkg-config",
+    "make",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
