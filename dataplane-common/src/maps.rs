@@ -288,9 +288,11 @@ pub mod names {
     pub const CLASS_COUNTERS: &str = "CLASS_COUNTERS";
     /// `PerCpuArray<IfaceCounters, MAX_IFACES>`.
     pub const IFACE_COUNTERS: &str = "IFACE_COUNTERS";
+    /// `Array<u32, 1>`: kernel log level (0 off, 1 error ... 5 trace).
+    pub const LOG_LEVEL: &str = "LOG_LEVEL";
 
     /// Every map, for checks that the object and the pins hold them all.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         ACTIVE_SLOT,
         POLICY_SLOTS,
         CLASSES,
@@ -304,6 +306,7 @@ pub mod names {
         FLOW_CACHE,
         CLASS_COUNTERS,
         IFACE_COUNTERS,
+        LOG_LEVEL,
     ];
 }
 

@@ -3,5 +3,13 @@
 
 pub mod compile;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dataplane;
+pub mod edit;
+pub mod ids;
+pub mod kernel_log;
+pub mod pins;
+pub mod state;
 pub mod units;
+pub mod view;

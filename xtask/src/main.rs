@@ -23,6 +23,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "nftables",
     "ethtool",
+    // libbpf-rs builds its vendored libbpf: it needs libelf and zlib headers, make, pkg-config.
+    "libelf-dev",
+    "pkg-config",
+    "make",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -162,6 +166,13 @@ fn test(args: &[String]) -> Result<()> {
         .arg(root.join("target/ebpf-clippy"))
         .args(["--", "-D", "warnings"])
         .env("RUSTC_BOOTSTRAP", "1"))?;
+    // The daemon tests run the real `dataplane` binary.
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "-p",
+        "dataplane-user",
+        "--bins",
+    ]))?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
         .args(["test", "--workspace", "--no-fail-fast"])
