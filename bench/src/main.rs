@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{machine::Machine, report::Section};
@@ -41,16 +41,6 @@ struct Cli {
     /// Run only these sections (1-4; repeatable), for working on one of them.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4))]
     only: Vec<u8>,
-    #[command(subcommand)]
-    probe: Option<Probe>,
-}
-
-#[derive(Subcommand)]
-enum Probe {
-    /// (internal) Load the dataplane, apply the default policy, attach to IFACE in NETNS and
-    /// print this process's resident memory: the stand-in for the daemon's footprint.
-    #[command(hide = true)]
-    ProbeRss { netns: String, iface: String },
 }
 
 /// How long the benchmark runs.
@@ -157,11 +147,7 @@ const SECTIONS: [fn(&Settings, &ProgressBar) -> Result<Section>; 4] = [
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.probe {
-        Some(Probe::ProbeRss { netns, iface }) => control::probe_rss(&netns, &iface),
-        None => benchmark(&cli),
-    };
-    match result {
+    match benchmark(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -172,6 +158,19 @@ fn main() -> ExitCode {
 
 fn benchmark(cli: &Cli) -> Result<()> {
     dataplane_tests::kernel::require_root();
+    // The control-plane section runs the real daemon: the `dataplane` binary built next to
+    // this one (cargo xtask bench and cargo xtask test build it), unless DATAPLANE_BIN says.
+    if std::env::var_os("DATAPLANE_BIN").is_none() {
+        let daemon = std::env::current_exe()?.with_file_name("dataplane");
+        anyhow::ensure!(
+            daemon.exists(),
+            "{} is missing: build it first with `cargo build -p dataplane-user --bins` \
+             (cargo xtask bench does), or name it in DATAPLANE_BIN",
+            daemon.display()
+        );
+        // Still single-threaded here.
+        std::env::set_var("DATAPLANE_BIN", daemon);
+    }
     let mode = match (cli.quick, cli.smoke) {
         (_, true) => Mode::Smoke,
         (true, _) => Mode::Quick,

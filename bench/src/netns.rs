@@ -83,12 +83,7 @@ impl Netns {
     /// Moves the calling thread into this namespace (only this thread: CLONE_NEWNET is
     /// per thread).
     pub fn enter(&self) -> Result<()> {
-        Netns::enter_by_name(&self.name)
-    }
-
-    /// As [`Netns::enter`], for a namespace another process created.
-    pub fn enter_by_name(name: &str) -> Result<()> {
-        let path = format!("/run/netns/{name}");
+        let path = format!("/run/netns/{}", self.name);
         let f = File::open(&path).with_context(|| format!("open {path}"))?;
         // SAFETY: a valid namespace fd; affects only the calling thread.
         if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {

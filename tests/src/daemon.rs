@@ -166,6 +166,11 @@ impl Daemon {
         )
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the daemon with SIGKILL (no cleanup of any kind).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -192,6 +192,14 @@ fn test(args: &[String]) -> Result<()> {
 fn bench(quick: bool, out: Option<PathBuf>) -> Result<()> {
     require_root("bench")?;
     let root = workspace_root();
+    // The control-plane figures run the real daemon binary.
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "dataplane-user",
+        "--bins",
+    ]))?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
         .args(["run", "--release", "--quiet", "-p", "dataplane-bench", "--"])
