@@ -4,4 +4,5 @@
 pub mod compile;
 pub mod config;
 pub mod dataplane;
+pub mod metrics;
 pub mod units;

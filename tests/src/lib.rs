@@ -1,2 +1,4 @@
+pub mod exporter;
 pub mod frames;
 pub mod kernel;
+pub mod prometheus;
