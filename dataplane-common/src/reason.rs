@@ -83,6 +83,30 @@ impl Reason {
             Reason::RewriteFailed => "rewrite_failed",
         }
     }
+
+    /// A malformed frame: cut short or with an invalid header field. Not IP (`not_ip`) is
+    /// ordinary traffic the dataplane does not classify, and the other outcomes come after
+    /// a successful parse, so none of those are parse errors.
+    pub const fn is_parse_error(self) -> bool {
+        match self {
+            Reason::TruncatedEthernet
+            | Reason::TruncatedVlan
+            | Reason::TooManyVlanTags
+            | Reason::TruncatedIpv4
+            | Reason::BadIpv4Header
+            | Reason::TruncatedIpv6
+            | Reason::BadIpv6ExtensionChain
+            | Reason::BadIpLength
+            | Reason::TruncatedL4
+            | Reason::TruncatedRoce => true,
+            Reason::NotIp
+            | Reason::NoPolicy
+            | Reason::ClassifierMiss
+            | Reason::PolicyDrop
+            | Reason::EcnNotCapable
+            | Reason::RewriteFailed => false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use std::{
     io::ErrorKind,
+    net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::PathBuf,
     sync::Arc,
@@ -27,6 +28,9 @@ use crate::{
     dataplane::Dataplane,
     edit,
     kernel_log::{self, KernelLogLevel},
+    metrics::{
+        self, http::SnapshotSource, snapshot, ClassInfo, ConfigView, CounterReader, Iface, Reloads,
+    },
     pins::PinLayout,
     state::{AttachMode, RunDir, State},
 };
@@ -64,6 +68,8 @@ pub struct DaemonConfig {
     pub watch_interval: Duration,
     /// Kernel log level at start.
     pub kernel_log: KernelLogLevel,
+    /// Where to serve Prometheus metrics; `None` = not at all.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The running daemon's state; one request at a time holds it.
@@ -75,6 +81,10 @@ pub struct Daemon {
     file_text: Option<String>,
     /// Set by a full detach: the daemon exits after answering.
     exit: bool,
+    /// The policy in force (parsed `state.policy_text`).
+    policy: Option<Policy>,
+    /// What metrics scrapes report against; replaced after every change.
+    metrics_view: Arc<std::sync::Mutex<ConfigView>>,
 }
 
 /// Why applying a policy text failed.
@@ -170,7 +180,13 @@ impl Daemon {
             file_text: cfg.config.as_ref().map(|_| text.clone()),
             cfg,
             exit: false,
+            policy: None,
+            metrics_view: Arc::default(),
         };
+        if !daemon.state.policy_text.is_empty() {
+            daemon.policy =
+                Policy::from_toml_str(&daemon.state.policy_text, &daemon.state.policy_origin).ok();
+        }
         daemon.dp.set_kernel_log_level(daemon.cfg.kernel_log)?;
         if adopted {
             info!(generation = daemon.state.generation, attached = ?daemon.state.attached.keys().collect::<Vec<_>>(),
@@ -293,6 +309,7 @@ impl Daemon {
         self.state.generation = generation;
         self.state.policy_text = text.to_string();
         self.state.policy_origin = origin.to_string();
+        self.policy = Some(policy.clone());
         Ok(generation)
     }
 
@@ -301,8 +318,43 @@ impl Daemon {
         self.state.last_error = Some(e);
     }
 
+    /// Writes the state file and publishes the new configuration to metrics scrapes.
     fn save_state(&self) -> Result<()> {
+        self.publish_metrics_view();
         self.cfg.run.write(&self.state)
+    }
+
+    fn publish_metrics_view(&self) {
+        let classes = self.policy.as_ref().map_or_else(Vec::new, |p| {
+            p.classes
+                .iter()
+                .filter_map(|c| {
+                    let id = self.state.ids.classes.get(&c.name)?;
+                    Some((ClassInfo::from(c), *id))
+                })
+                .collect()
+        });
+        let ifaces = self
+            .state
+            .ids
+            .ifaces
+            .iter()
+            .map(|(name, slot)| Iface {
+                name: name.clone(),
+                slot: *slot,
+                attached: self.state.attached.get(name).copied(),
+            })
+            .collect();
+        let view = ConfigView {
+            classes,
+            ifaces,
+            generation: self.state.generation,
+            reloads: Reloads {
+                ok: self.state.reloads_ok,
+                error: self.state.reloads_error,
+            },
+        };
+        *self.metrics_view.lock().unwrap_or_else(|e| e.into_inner()) = view;
     }
 
     fn ok(&self, message: String) -> Response {
@@ -501,8 +553,28 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         );
     }
     let watch_interval = cfg.watch_interval;
-    let daemon = Daemon::start(cfg)?;
+    let metrics_addr = cfg.metrics_addr;
+    let mut daemon = Daemon::start(cfg)?;
     let kernel_logs = kernel_log::forward(&daemon.dp);
+    let metrics_server = match metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("serving metrics on {addr} (choose another with --metrics-addr, or --no-metrics)"))?;
+            let bound = listener.local_addr()?;
+            info!(addr = %bound, "serving Prometheus metrics on /metrics");
+            daemon.state.metrics_addr = Some(bound.to_string());
+            daemon.save_state()?;
+            let reader = CounterReader::new(&daemon.dp)?;
+            let view = daemon.metrics_view.clone();
+            let source: SnapshotSource = Arc::new(move || {
+                let view = view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                Ok(snapshot(&reader, &view)?)
+            });
+            Some(tokio::spawn(metrics::http::serve(listener, source)))
+        }
+        None => None,
+    };
     let daemon = Arc::new(Mutex::new(daemon));
 
     let _ = std::fs::remove_file(&socket_path);
@@ -538,7 +610,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
             _ = exit_rx.recv() => return Ok(()),
         }
     }
-    drop(kernel_logs);
+    if let Some(task) = kernel_logs {
+        task.abort();
+    }
+    if let Some(task) = metrics_server {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&socket_path);
     info!("daemon exiting; the dataplane stays attached and keeps forwarding (`dataplane detach` removes it)");
     Ok(())

@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod edit;
 pub mod ids;
 pub mod kernel_log;
+pub mod metrics;
 pub mod pins;
 pub mod state;
 pub mod units;

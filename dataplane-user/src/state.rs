@@ -71,6 +71,8 @@ pub struct State {
     pub last_error: Option<String>,
     /// Kernel log level ("off", "error", ... "trace").
     pub kernel_log_level: String,
+    /// Where the running daemon serves metrics.
+    pub metrics_addr: Option<String>,
 }
 
 /// Paths in the run directory.

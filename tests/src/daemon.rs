@@ -121,6 +121,12 @@ impl Daemon {
             .arg("--config")
             .arg(self.config_path())
             .args(["--watch-interval", "200ms"])
+            // Tests run side by side: any free port unless the test picks one.
+            .args(if args.contains(&"--metrics-addr") {
+                &[][..]
+            } else {
+                &["--metrics-addr", "127.0.0.1:0"][..]
+            })
             .args(args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -156,6 +162,7 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(self.config_path())
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .args(args)
             .output()
             .expect("run dataplane");
@@ -232,6 +239,16 @@ impl Daemon {
             .find(|r| r["iface"] == iface && r["class"] == class)
             .and_then(|r| r[counter].as_u64())
             .unwrap_or_else(|| panic!("no {counter} for {iface}/{class} in {stats}"))
+    }
+
+    /// Where the daemon serves metrics (from its state file).
+    pub fn status_state_metrics_addr(&self) -> std::net::SocketAddr {
+        let text = std::fs::read_to_string(self.run_dir.join("state.json")).expect("state file");
+        let state: serde_json::Value = serde_json::from_str(&text).expect("state is JSON");
+        state["metrics_addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics address in {text}"))
     }
 
     /// `dataplane status --json` parsed.

@@ -1,5 +1,7 @@
 pub mod daemon;
+pub mod exporter;
 pub mod frames;
 pub mod kernel;
 pub mod netns;
+pub mod prometheus;
 pub mod traffic;

@@ -7,7 +7,7 @@ use std::{
     fs::File,
     net::Ipv4Addr,
     os::fd::AsRawFd,
-    process::Command,
+    process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -29,6 +29,15 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Runs `ip` where failure is expected and harmless (removing what may not exist).
+fn ip_quiet(args: &[&str]) {
+    let _ = Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -46,10 +55,8 @@ fn remove_leftovers() {
             .and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid {
             if !pid_alive(pid) {
-                let _ = Command::new("ip").args(["netns", "del", name]).status();
-                let _ = Command::new("ip")
-                    .args(["link", "del", &format!("{name}a")])
-                    .status();
+                ip_quiet(&["netns", "del", name]);
+                ip_quiet(&["link", "del", &format!("{name}a")]);
             }
         }
     }
@@ -83,8 +90,8 @@ impl VethNs {
         let subnet = ((pid.wrapping_mul(7) + n) % 250) as u8 + 2;
         let root_addr = Ipv4Addr::new(198, 19, subnet, 1);
         let ns_addr = Ipv4Addr::new(198, 19, subnet, 2);
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        let _ = Command::new("ip").args(["link", "del", &root_if]).status();
+        ip_quiet(&["netns", "del", &ns]);
+        ip_quiet(&["link", "del", &root_if]);
         ip(&["netns", "add", &ns]);
         let guard = VethNs {
             ns: ns.clone(),
@@ -144,9 +151,7 @@ impl VethNs {
 
 impl Drop for VethNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.root_if])
-            .status();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        ip_quiet(&["link", "del", &self.root_if]);
+        ip_quiet(&["netns", "del", &self.ns]);
     }
 }

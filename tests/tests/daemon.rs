@@ -516,3 +516,56 @@ fn auto_mode_falls_back_to_generic_loudly_and_native_fails_clearly() {
     let human = d.ok(&["status"]);
     assert!(human.contains("WARNING: generic mode"), "{human}");
 }
+
+#[test]
+fn a_real_prometheus_scrapes_the_daemon_and_sees_what_was_sent() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let metrics: SocketAddr = d.status_state_metrics_addr();
+
+    let steady = traffic::Sink::bind(addr(&net, STEADY_PORT));
+    let sent_steady = send(&net, addr(&net, STEADY_PORT), 100, 2000, 1500);
+    assert_eq!(steady.settle(), sent_steady);
+    let (sent_limited, received_limited) = police_check(&net);
+    let dropped = sent_limited - received_limited;
+
+    let prometheus = dataplane_tests::prometheus::Prometheus::start(&[metrics], &[]);
+    let iface = &net.root_if;
+    let value = |metric: &str, class: &str, want: u64| {
+        let q = format!("{metric}{{iface=\"{iface}\",class=\"{class}\"}}");
+        prometheus.wait_for(&q, Duration::from_secs(20), |s| {
+            s.len() == 1 && s[0].value == want as f64
+        });
+    };
+    value("dataplane_class_packets_total", "steady", sent_steady);
+    value("dataplane_class_packets_total", "limited", sent_limited);
+    value("dataplane_class_dropped_packets_total", "limited", dropped);
+    value("dataplane_class_dropped_packets_total", "steady", 0);
+    prometheus.wait_for(
+        &format!("dataplane_xdp_attached{{iface=\"{iface}\",mode=\"native\"}}"),
+        Duration::from_secs(20),
+        |s| s.len() == 1 && s[0].value == 1.0,
+    );
+    // A reload shows up as a new generation and an ok reload.
+    let g = generation(&d);
+    d.write_config(&policy("16Mbit"));
+    d.ok(&["reload"]);
+    prometheus.wait_for(
+        "dataplane_config_generation",
+        Duration::from_secs(20),
+        |s| s.len() == 1 && s[0].value > g as f64,
+    );
+    prometheus.wait_for(
+        "dataplane_config_reloads_total{result=\"ok\"}",
+        Duration::from_secs(20),
+        |s| s.len() == 1 && s[0].value == 1.0,
+    );
+    prometheus.wait_for(
+        "dataplane_class_rate_bytes_per_second{class=\"limited\"}",
+        Duration::from_secs(20),
+        |s| s.len() == 1 && s[0].value == 2_000_000.0,
+    );
+}

@@ -27,6 +27,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libelf-dev",
     "pkg-config",
     "make",
+    // promtool and a real server for the exporter tests (tests pick free ports; they never
+    // touch the packaged service's 9090).
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

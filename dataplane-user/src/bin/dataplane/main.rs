@@ -5,7 +5,7 @@
 
 mod output;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -15,6 +15,7 @@ use dataplane::{
     daemon::{self, DaemonConfig, ModeChoice},
     edit::{ClassChange, RuleText},
     kernel_log::KernelLogLevel,
+    metrics,
     pins::{PinLayout, DEFAULT_PIN_ROOT, LAYOUT_VERSION},
     state::{RunDir, DEFAULT_RUN_DIR},
     units,
@@ -123,6 +124,12 @@ struct RunArgs {
     /// How often to check the config file for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     watch_interval: Duration,
+    /// Serve Prometheus metrics (/metrics, /healthz) on this address (port 0: any free port).
+    #[arg(long, default_value = metrics::DEFAULT_METRICS_ADDR)]
+    metrics_addr: SocketAddr,
+    /// Do not serve metrics.
+    #[arg(long, conflicts_with = "metrics_addr")]
+    no_metrics: bool,
 }
 
 #[derive(Args)]
@@ -387,6 +394,7 @@ fn run(paths: &Paths, args: RunArgs) -> Result<(), Failed> {
         run: paths.run(),
         watch_interval: args.watch_interval,
         kernel_log: args.kernel_log,
+        metrics_addr: (!args.no_metrics).then_some(args.metrics_addr),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(daemon::run(cfg))?;
