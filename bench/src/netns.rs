@@ -80,6 +80,24 @@ impl Netns {
         run_with_input("ip", &all, input)
     }
 
+    /// stdout of `ip netns exec <ns> program args`.
+    pub fn output(&self, program: &str, args: &[&str]) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot start ip netns exec {program}"))?;
+        if !out.status.success() {
+            bail!(
+                "{program} {} in {}: {}",
+                args.join(" "),
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Moves the calling thread into this namespace (only this thread: CLONE_NEWNET is
     /// per thread).
     pub fn enter(&self) -> Result<()> {
