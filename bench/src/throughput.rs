@@ -534,6 +534,10 @@ fn report(
         "One CPU does everything (generator, gateway, sink), so these are per-packet costs \
          of whole paths, not what a gateway with a core per queue would forward."
             .into(),
+        "The generator and the sink cost the same in every configuration and are part of \
+         every figure, so ratios between configurations understate the gateways' own \
+         difference (they are pulled towards 1)."
+            .into(),
         "One UDP flow: the flow cache always hits and the policer's shared state never \
          contends across CPUs."
             .into(),

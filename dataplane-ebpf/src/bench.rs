@@ -72,12 +72,16 @@ pub fn bench_generate(ctx: XdpContext) -> u32 {
             unsafe { core::ptr::write_unaligned(start as *mut [u8; TEMPLATE_BYTES], *t) };
         }
     }
-    REDIRECT_TO.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED)
+    REDIRECT_TO
+        .redirect(0, 0)
+        .unwrap_or(xdp_action::XDP_ABORTED)
 }
 
 #[xdp]
 pub fn bench_redirect(_ctx: XdpContext) -> u32 {
-    REDIRECT_TO.redirect(0, 0).unwrap_or(xdp_action::XDP_ABORTED)
+    REDIRECT_TO
+        .redirect(0, 0)
+        .unwrap_or(xdp_action::XDP_ABORTED)
 }
 
 #[xdp]
