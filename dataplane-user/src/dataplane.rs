@@ -141,6 +141,13 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches the pass-everything program to `iface` (`mode`): a veth whose peer receives
+    /// forwarded (redirected) frames needs an XDP program to accept them.
+    pub fn attach_pass(&mut self, iface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        self.xdp_mut(PASS_PROGRAM_NAME)?.attach(iface, mode)?;
+        Ok(())
+    }
+
     /// A map of the object by name, for modules that own their own maps' logic.
     pub(crate) fn map_mut(
         &mut self,
@@ -325,10 +332,10 @@ impl Dataplane {
         }
         let cfg = IfaceConfig {
             slot,
-            _pad: 0,
             link: link.map_or(BucketParams::UNLIMITED, |(rate, burst)| {
                 BucketParams::new(rate, burst)
             }),
+            ..IfaceConfig::default()
         };
         let name = names::IFACES;
         let map = self
@@ -341,7 +348,8 @@ impl Dataplane {
     }
 
     /// Registers the policy's interfaces (slot = position + 1) and then `attached` ones the
-    /// policy does not name. Interfaces missing on this host are skipped (their rules cannot
+    /// policy does not name, all as forwarding egress devices, forwarding from those the
+    /// policy marks `forward`. Interfaces missing on this host are skipped (their rules cannot
     /// match here) and returned so the caller can warn.
     pub fn register_interfaces(
         &mut self,
@@ -366,7 +374,14 @@ impl Dataplane {
         let mut missing = Vec::new();
         for (i, (name, link)) in names.into_iter().enumerate() {
             match ifindex(&name) {
-                Some(index) => self.register_iface(index, i as u32 + 1, link)?,
+                Some(index) => {
+                    self.register_iface(index, i as u32 + 1, link)?;
+                    let forward = policy
+                        .interfaces
+                        .iter()
+                        .any(|s| s.name == name && s.forward);
+                    self.register_forwarding(&name, index, forward)?;
+                }
                 None => missing.push(name),
             }
         }

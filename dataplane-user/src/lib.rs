@@ -4,4 +4,6 @@
 pub mod compile;
 pub mod config;
 pub mod dataplane;
+pub mod forward;
+pub mod topology;
 pub mod units;
