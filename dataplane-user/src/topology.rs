@@ -10,7 +10,8 @@
 //!   server    [s]    198.19.0.2/24      2001:db8:ff::2/64
 //! ```
 //!
-//! Clients and the server route everything via the gateway. Names are unique per instance:
+//! Clients and the server route everything via the gateway and checksum what they send in
+//! software (`ethtool -K tx off`: see [`Topology::new`]'s links). Names are unique per instance:
 //! namespaces `dpt-<pid>-<n>-<role>`, interfaces `dp<pid base 36>x<n base 36><role>` (at
 //! most 15 characters). [`Drop`] deletes the namespaces (and with them the veths), also when
 //! a test panics; [`remove_stale`] deletes those of processes that no longer run.
@@ -247,6 +248,10 @@ impl Topology {
                 .args(["-n", netns, "-6", "addr", "add", &a6, "dev", iface, "nodad"]))?;
             run(Command::new("ip").args(["-n", netns, "link", "set", iface, "up"]))?;
         }
+        // A veth leaves checksums to "hardware" (CHECKSUM_PARTIAL) by default; a frame that
+        // XDP redirects loses that note and would arrive with a bad checksum. The hosts
+        // compute their own, as a real NIC would before the wire.
+        netns_run(ns, "ethtool", &["-K", &host.iface, "tx", "off"])?;
         run(Command::new("ip").args([
             "-n",
             ns,

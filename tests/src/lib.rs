@@ -1,2 +1,3 @@
 pub mod frames;
 pub mod kernel;
+pub mod net;

@@ -21,6 +21,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "iproute2",
     "bpftool",
+    "iperf3",
+    "ethtool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
