@@ -142,6 +142,20 @@ fn lifecycle_run_stats_reload_detach() {
     assert!(class.contains("24Mbit"), "{class}");
     assert_eq!(d.status()["reloads_ok"], 3);
 
+    let live = d.ok(&["stats", "--watch", "--interval", "100ms", "--count", "2"]);
+    assert_eq!(
+        live.matches("dataplane stats, generation").count(),
+        2,
+        "{live}"
+    );
+
+    // Detaching one interface leaves the dataplane loaded.
+    d.ok(&["detach", "--iface", &net.root_if]);
+    assert!(!net.xdp_attached(), "XDP detached from {}", net.root_if);
+    assert_eq!(d.status()["interfaces"].as_array().map(Vec::len), Some(0));
+    let out = d.cli(&["detach", "--iface", &net.root_if]);
+    assert_eq!(out.status.code(), Some(4), "not attached any more");
+
     // Detach removes everything and the daemon exits.
     let out = d.ok(&["detach"]);
     assert!(out.contains("detached"), "{out}");
@@ -150,7 +164,6 @@ fn lifecycle_run_stats_reload_detach() {
         "the daemon exits after a detach"
     );
     assert!(!d.pin_root.join("v1").exists(), "pins removed");
-    assert!(!net.xdp_attached(), "XDP detached from {}", net.root_if);
     let out = d.cli(&["status"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no dataplane is pinned"));

@@ -6,7 +6,9 @@ use std::{path::Path, process::Command};
 use dataplane_tests::daemon::binary;
 
 fn deploy(file: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/systemd")
+        .join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -50,9 +52,14 @@ fn the_units_command_line_parses() {
         .expect("ExecStart");
     let mut line = exec.to_string();
     for (k, v) in environment() {
-        line = line.replace(&format!("${{{k}}}"), &v).replace(&format!("${k}"), &v);
+        line = line
+            .replace(&format!("${{{k}}}"), &v)
+            .replace(&format!("${k}"), &v);
     }
-    assert!(!line.contains('$'), "every variable is set by the default file: {line}");
+    assert!(
+        !line.contains('$'),
+        "every variable is set by the default file: {line}"
+    );
     let args: Vec<&str> = line.split_whitespace().skip(1).collect();
     assert_eq!(args.first(), Some(&"run"));
     // --help after the arguments: clap rejects any unknown one before printing help.
@@ -67,5 +74,8 @@ fn the_units_command_line_parses() {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"), "reload is SIGHUP");
+    assert!(
+        unit.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+        "reload is SIGHUP"
+    );
 }
