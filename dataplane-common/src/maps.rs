@@ -318,15 +318,19 @@ pub mod names {
     pub const CLASS_COUNTERS: &str = "CLASS_COUNTERS";
     /// `PerCpuArray<IfaceCounters, MAX_IFACES>`.
     pub const IFACE_COUNTERS: &str = "IFACE_COUNTERS";
+    /// `Array<u32, 1>`: kernel log level (0 off, 1 error ... 5 trace).
+    pub const LOG_LEVEL: &str = "LOG_LEVEL";
     /// `DevMapHash` keyed by ifindex: the interfaces forwarded packets may leave by.
     pub const EGRESS_DEVICES: &str = "EGRESS_DEVICES";
     /// `PerCpuArray<ForwardCounters, MAX_IFACES * MAX_CLASSES>`, by egress slot and class.
     pub const FORWARD_COUNTERS: &str = "FORWARD_COUNTERS";
     /// `PerCpuArray<bpf_fib_lookup, 1>`: the route lookup's scratch space (kernel only).
     pub const FIB_SCRATCH: &str = "FIB_SCRATCH";
+    /// `PerCpuArray` of one parsed packet's room: the parser's scratch space (kernel only).
+    pub const PACKET_SCRATCH: &str = "PACKET_SCRATCH";
 
     /// Every map, for checks that the object and the pins hold them all.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 18] = [
         ACTIVE_SLOT,
         POLICY_SLOTS,
         CLASSES,
@@ -340,9 +344,11 @@ pub mod names {
         FLOW_CACHE,
         CLASS_COUNTERS,
         IFACE_COUNTERS,
+        LOG_LEVEL,
         EGRESS_DEVICES,
         FORWARD_COUNTERS,
         FIB_SCRATCH,
+        PACKET_SCRATCH,
     ];
 }
 

@@ -154,6 +154,46 @@ impl Reason {
             Reason::ScratchUnavailable => "scratch_unavailable",
         }
     }
+
+    /// A malformed frame: cut short or with an invalid header field. Not IP (`not_ip`) is
+    /// ordinary traffic the dataplane does not classify, and the other outcomes come after
+    /// a successful parse, so none of those are parse errors.
+    pub const fn is_parse_error(self) -> bool {
+        match self {
+            Reason::TruncatedEthernet
+            | Reason::TruncatedVlan
+            | Reason::TooManyVlanTags
+            | Reason::TruncatedIpv4
+            | Reason::BadIpv4Header
+            | Reason::TruncatedIpv6
+            | Reason::BadIpv6ExtensionChain
+            | Reason::BadIpLength
+            | Reason::TruncatedL4
+            | Reason::TruncatedRoce => true,
+            Reason::NotIp
+            | Reason::NoPolicy
+            | Reason::ClassifierMiss
+            | Reason::PolicyDrop
+            | Reason::EcnNotCapable
+            | Reason::RewriteFailed
+            | Reason::FibBlackhole
+            | Reason::FibUnreachable
+            | Reason::FibProhibit
+            | Reason::FibNotForwarded
+            | Reason::FibForwardingDisabled
+            | Reason::FibUnsupported
+            | Reason::FibNoNeighbour
+            | Reason::FibFragNeeded
+            | Reason::FibOther
+            | Reason::TtlExpired
+            | Reason::NotOurMac
+            | Reason::VlanTagged
+            | Reason::NotRoutable
+            | Reason::EgressNotRegistered
+            | Reason::RedirectFailed
+            | Reason::ScratchUnavailable => false,
+        }
+    }
 }
 
 #[cfg(test)]

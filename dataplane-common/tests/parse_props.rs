@@ -259,8 +259,14 @@ fn check_invariants(frame: &[u8], meta: &PacketMeta) {
 
 fn parse_checked(frame: &[u8]) -> Result<PacketMeta, Reason> {
     let r = parse(frame);
-    if let Ok(meta) = &r {
-        check_invariants(frame, meta);
+    match &r {
+        Ok(meta) => check_invariants(frame, meta),
+        // The parser's refusals are exactly what `dataplane_parse_errors_total` counts,
+        // plus non-IP traffic.
+        Err(reason) => assert!(
+            reason.is_parse_error() || *reason == Reason::NotIp,
+            "parse returned {reason:?}, which is not a parse error"
+        ),
     }
     r
 }

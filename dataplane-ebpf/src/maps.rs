@@ -57,6 +57,10 @@ pub static CLASS_COUNTERS: PerCpuArray<ClassCounters, { MAX_IFACES * MAX_CLASSES
 /// Per interface slot: outcomes by reason, flow-cache hits and misses.
 #[btf_map]
 pub static IFACE_COUNTERS: PerCpuArray<IfaceCounters, MAX_IFACES> = PerCpuArray::new();
+/// Kernel log level set by user space at runtime (0 = off): checked before any log call, so
+/// logging costs one array read when off.
+#[btf_map]
+pub static LOG_LEVEL: Array<u32, 1> = Array::new();
 /// Interfaces forwarded packets may leave by, keyed by ifindex: the redirect targets.
 #[btf_map]
 pub static EGRESS_DEVICES: DevMapHash<MAX_IFACES> = DevMapHash::new();

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use dataplane_common::{
     action::ColourAction,
     classify::{
-        lowest_common_rule, mask, AddrField, Field, Prefix, RuleSpec, RuleVector, FIELD_COUNT,
+        lowest_common_rule, mask, AddrField, Field, Prefix, Range, RuleSpec, RuleVector,
+        FIELD_COUNT,
     },
     maps::ClassConfig,
     packet::{Family, PacketMeta},
@@ -198,9 +199,36 @@ pub fn class_config(c: &ClassSpec) -> ClassConfig {
 const AUTO_CACHE_MIN_WORDS: u32 = 16;
 
 impl CompiledPolicy {
-    /// Compiles `policy`. Validation already bounded the rule and class counts.
+    /// Compiles `policy` with class ids and interface slots in file order. Validation already
+    /// bounded the rule and class counts.
     pub fn new(policy: &Policy) -> CompiledPolicy {
-        let tables = RuleTables::new(&policy.rules[..policy.rules.len().min(MAX_RULES)]);
+        let class_ids: Vec<u32> = (0..policy.classes.len() as u32).collect();
+        let iface_slots: Vec<u32> = (1..=policy.interfaces.len() as u32).collect();
+        CompiledPolicy::with_ids(policy, &class_ids, &iface_slots)
+    }
+
+    /// Compiles `policy` with the kernel class id of `policy.classes[i]` in `class_ids[i]`
+    /// and the kernel slot of `policy.interfaces[i]` in `iface_slots[i]` (see [`crate::ids`]).
+    pub fn with_ids(policy: &Policy, class_ids: &[u32], iface_slots: &[u32]) -> CompiledPolicy {
+        let class_of = |c: u32| class_ids.get(c as usize).copied().unwrap_or(c);
+        let slot_of = |s: u32| {
+            s.checked_sub(1)
+                .and_then(|i| iface_slots.get(i as usize))
+                .copied()
+                .unwrap_or(s)
+        };
+        let rules: Vec<RuleSpec> = policy.rules[..policy.rules.len().min(MAX_RULES)]
+            .iter()
+            .map(|r| RuleSpec {
+                class: class_of(r.class),
+                iface: r.iface.map(|i| Range {
+                    lo: slot_of(i.lo),
+                    hi: slot_of(i.hi),
+                }),
+                ..*r
+            })
+            .collect();
+        let tables = RuleTables::new(&rules);
         let prefixes = Field::SrcAddr.bit() | Field::DstAddr.bit();
         let flow_cache = match policy.flow_cache {
             FlowCache::On => true,
@@ -209,10 +237,20 @@ impl CompiledPolicy {
                 tables.rule_words() > AUTO_CACHE_MIN_WORDS || tables.active_fields & prefixes != 0
             }
         };
+        // Ids no class holds are never selected by a rule; they get the default class's
+        // config so the table has no hole.
+        let mut classes = Vec::new();
+        if let Some(filler) = policy.classes.get(policy.default_class as usize) {
+            classes =
+                vec![class_config(filler); class_ids.iter().max().map_or(0, |m| *m as usize + 1)];
+            for (spec, id) in policy.classes.iter().zip(class_ids) {
+                classes[*id as usize] = class_config(spec);
+            }
+        }
         CompiledPolicy {
             tables,
-            classes: policy.classes.iter().map(class_config).collect(),
-            default_class: policy.default_class,
+            classes,
+            default_class: class_of(policy.default_class),
             flow_cache,
         }
     }

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, HashMap, MapData, MapError, PerCpuArray,
+        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
     },
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{links::FdLink, ProgramError, Xdp, XdpMode},
     Ebpf, EbpfError,
 };
 use dataplane_common::{
@@ -18,7 +18,7 @@ use dataplane_common::{
     },
     maps::{
         class_counter_index, names, ClassConfig, ClassCounters, IfaceConfig, IfaceCounters,
-        PolicySlot,
+        LinkState, PolicerState, PolicySlot,
     },
     policer::BucketParams,
     GENERATION_SLOTS, MAX_CLASSES, MAX_IFACES, MAX_RULES,
@@ -27,6 +27,7 @@ use dataplane_common::{
 use crate::{
     compile::{CompiledPolicy, RuleTables},
     config::Policy,
+    pins::{PinError, PinLayout},
 };
 
 /// The ifindex of interface `name`, if it exists.
@@ -59,7 +60,7 @@ pub enum DataplaneError {
     #[error("map {map}: {source}")]
     Map {
         /// Map name.
-        map: &'static str,
+        map: String,
         /// Cause.
         source: MapError,
     },
@@ -75,10 +76,32 @@ pub enum DataplaneError {
     /// The interface is unknown or all slots are taken.
     #[error("interface {0}")]
     Interface(String),
+    /// The embedded object could not be parsed.
+    #[error("parsing the embedded eBPF object: {0}")]
+    Object(String),
+    /// Pinned state is missing, foreign or incompatible.
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    /// Pinning failed.
+    #[error("pinning {path}: {reason}")]
+    Pin {
+        /// The pin path.
+        path: std::path::PathBuf,
+        /// Cause.
+        reason: String,
+    },
 }
 
-fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { map, source }
+/// The kernel's map type number from its info.
+fn info_type(info: &aya::maps::MapInfo) -> u32 {
+    info.map_type().map_or(u32::MAX, |t| t as u32)
+}
+
+fn map_err(map: &str) -> impl Fn(MapError) -> DataplaneError + '_ {
+    move |source| DataplaneError::Map {
+        map: map.to_string(),
+        source,
+    }
 }
 
 /// How long a generation slot stays untouched after it stopped being live. A packet that
@@ -86,43 +109,219 @@ fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
 /// runs each packet inside one RCU read section of a NAPI poll, which lasts well under this.
 const SLOT_QUIESCENCE: Duration = Duration::from_millis(50);
 
-/// A loaded dataplane.
+/// The programs of a dataplane: owned by the loaded object, or opened from pins.
+enum Programs {
+    Loaded(Ebpf),
+    Pinned(Box<PinnedPrograms>),
+}
+
+/// Programs opened from their pins.
+struct PinnedPrograms {
+    dataplane: Xdp,
+    pass: Xdp,
+}
+
+/// A loaded or adopted dataplane.
 pub struct Dataplane {
-    ebpf: Ebpf,
+    maps: std::collections::HashMap<String, Map>,
+    programs: Programs,
     /// When the last policy switch happened (the idle slot was live until then).
     last_switch: Option<Instant>,
 }
 
+/// Maps the program holds itself and user space never touches (section data such as
+/// `.rodata`) have names starting with a dot; they are neither pinned nor adopted.
+fn is_user_map(name: &str) -> bool {
+    !name.starts_with('.')
+}
+
 impl Dataplane {
-    /// Loads the object and the program into the kernel (verifier included). No policy is
-    /// active until [`Dataplane::apply`]; until then packets pass and count as `no_policy`.
+    /// Loads the object and the program into the kernel (verifier included), unpinned: it
+    /// goes away with this value. No policy is active until [`Dataplane::apply`]; until then
+    /// packets pass and count as `no_policy`.
     pub fn load() -> Result<Dataplane, DataplaneError> {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        for name in [PROGRAM_NAME, PASS_PROGRAM_NAME] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingProgram(name))?
+                .try_into()?;
+            prog.load()?;
+        }
+        let names: Vec<String> = ebpf
+            .maps()
+            .map(|(n, _)| n.to_string())
+            .filter(|n| is_user_map(n))
+            .collect();
+        let maps = names
+            .into_iter()
+            .filter_map(|n| ebpf.take_map(&n).map(|m| (n, m)))
+            .collect();
         let mut dp = Dataplane {
-            ebpf: Ebpf::load(EBPF_OBJECT)?,
+            maps,
+            programs: Programs::Loaded(ebpf),
             last_switch: None,
         };
-        dp.xdp_mut(PROGRAM_NAME)?.load()?;
-        dp.xdp_mut(PASS_PROGRAM_NAME)?.load()?;
         dp.array::<RuleVector>(names::VECTOR_POOL)?
             .set(0, RuleVector::ALL, 0)
             .map_err(map_err(names::VECTOR_POOL))?;
         Ok(dp)
     }
 
+    /// Adopts the dataplane pinned under `layout` when there is one (no reload, no re-attach:
+    /// counters and policer state continue), else loads a fresh one and pins it. Returns the
+    /// dataplane and whether it was adopted.
+    pub fn open_pinned(layout: &PinLayout) -> Result<(Dataplane, bool), DataplaneError> {
+        layout.check_version()?;
+        if layout.is_pinned() {
+            return Ok((Dataplane::adopt(layout)?, true));
+        }
+        layout.prepare()?;
+        let mut dp = Dataplane::load()?;
+        dp.pin(layout)?;
+        Ok((dp, false))
+    }
+
+    /// Opens the dataplane pinned under `layout`, checking every pinned map against the map
+    /// this binary's program expects.
+    pub fn adopt(layout: &PinLayout) -> Result<Dataplane, DataplaneError> {
+        layout.check_version()?;
+        let object = aya_obj::Object::parse(EBPF_OBJECT)
+            .map_err(|e| DataplaneError::Object(e.to_string()))?;
+        let mut maps = std::collections::HashMap::new();
+        for (name, def) in object.maps.iter().filter(|(n, _)| is_user_map(n)) {
+            let path = layout.map(name);
+            let data = MapData::from_pin(&path).map_err(|e| PinError::Incompatible {
+                path: path.clone(),
+                what: format!("cannot open it: {e}"),
+            })?;
+            let info = data.info().map_err(map_err(name))?;
+            let expected = (
+                def.map_type(),
+                def.key_size(),
+                def.value_size(),
+                def.max_entries(),
+            );
+            let found = (
+                info_type(&info),
+                info.key_size(),
+                info.value_size(),
+                info.max_entries(),
+            );
+            // Ring buffers are sized by the kernel; compare type and key only.
+            let same = if def.map_type()
+                == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32
+            {
+                expected.0 == found.0
+            } else {
+                expected == found
+            };
+            if !same {
+                return Err(PinError::Incompatible {
+                    path,
+                    what: format!(
+                        "type/key/value/entries {found:?}, this binary expects {expected:?}"
+                    ),
+                }
+                .into());
+            }
+            maps.insert(
+                name.clone(),
+                Map::from_map_data(data).map_err(map_err(name))?,
+            );
+        }
+        let open = |name: &'static str| -> Result<Xdp, DataplaneError> {
+            let path = layout.program(name);
+            Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface).map_err(|e| {
+                PinError::Incompatible {
+                    path,
+                    what: format!("cannot open the program: {e}"),
+                }
+                .into()
+            })
+        };
+        Ok(Dataplane {
+            maps,
+            programs: Programs::Pinned(Box::new(PinnedPrograms {
+                dataplane: open(PROGRAM_NAME)?,
+                pass: open(PASS_PROGRAM_NAME)?,
+            })),
+            last_switch: None,
+        })
+    }
+
+    /// Pins every map and both programs under `layout` (the dataplane program last: its pin
+    /// marks a complete layout).
+    pub fn pin(&mut self, layout: &PinLayout) -> Result<(), DataplaneError> {
+        layout.prepare()?;
+        for (name, map) in &self.maps {
+            let path = layout.map(name);
+            map.pin(&path).map_err(|e| DataplaneError::Pin {
+                path,
+                reason: e.to_string(),
+            })?;
+        }
+        for name in [PASS_PROGRAM_NAME, PROGRAM_NAME] {
+            let path = layout.program(name);
+            self.xdp_mut(name)?
+                .pin(&path)
+                .map_err(|e| DataplaneError::Pin {
+                    path,
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the dataplane program to `iface` (`mode`) and pins the link under `layout`,
+    /// so it stays attached after this process exits.
+    pub fn attach_pinned(
+        &mut self,
+        iface: &str,
+        mode: XdpMode,
+        layout: &PinLayout,
+    ) -> Result<(), DataplaneError> {
+        let prog = self.xdp_mut(PROGRAM_NAME)?;
+        let id = prog.attach(iface, mode)?;
+        let link = prog.take_link(id)?;
+        let fd_link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+            path: layout.link(iface),
+            reason: format!("the kernel attached {iface} without a BPF link ({e}); it cannot outlive the daemon"),
+        })?;
+        let path = layout.link(iface);
+        fd_link.pin(&path).map_err(|e| DataplaneError::Pin {
+            path,
+            reason: e.to_string(),
+        })?;
+        Ok(())
+    }
+
     fn xdp_mut(&mut self, name: &'static str) -> Result<&mut Xdp, DataplaneError> {
-        Ok(self
-            .ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::MissingProgram(name))?
-            .try_into()?)
+        match &mut self.programs {
+            Programs::Loaded(ebpf) => Ok(ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingProgram(name))?
+                .try_into()?),
+            Programs::Pinned(p) => match name {
+                PROGRAM_NAME => Ok(&mut p.dataplane),
+                PASS_PROGRAM_NAME => Ok(&mut p.pass),
+                _ => Err(DataplaneError::MissingProgram(name)),
+            },
+        }
     }
 
     fn xdp(&self, name: &'static str) -> Result<&Xdp, DataplaneError> {
-        Ok(self
-            .ebpf
-            .program(name)
-            .ok_or(DataplaneError::MissingProgram(name))?
-            .try_into()?)
+        match &self.programs {
+            Programs::Loaded(ebpf) => Ok(ebpf
+                .program(name)
+                .ok_or(DataplaneError::MissingProgram(name))?
+                .try_into()?),
+            Programs::Pinned(p) => match name {
+                PROGRAM_NAME => Ok(&p.dataplane),
+                PASS_PROGRAM_NAME => Ok(&p.pass),
+                _ => Err(DataplaneError::MissingProgram(name)),
+            },
+        }
     }
 
     /// The dataplane XDP program (test runs need no more than a shared reference).
@@ -135,7 +334,7 @@ impl Dataplane {
         self.xdp(PASS_PROGRAM_NAME)
     }
 
-    /// Attaches to `iface` (`mode`).
+    /// Attaches to `iface` (`mode`) for the lifetime of this value (unpinned).
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
         self.xdp_mut(PROGRAM_NAME)?.attach(iface, mode)?;
         Ok(())
@@ -153,14 +352,14 @@ impl Dataplane {
         &mut self,
         name: &'static str,
     ) -> Result<&mut aya::maps::Map, DataplaneError> {
-        self.ebpf
-            .map_mut(name)
+        self.maps
+            .get_mut(name)
             .ok_or(DataplaneError::MissingMap(name))
     }
 
     /// A map of the object by name, read-only.
     pub(crate) fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
-        self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
+        self.maps.get(name).ok_or(DataplaneError::MissingMap(name))
     }
 
     fn array<V: aya::Pod>(
@@ -177,12 +376,19 @@ impl Dataplane {
         PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))
     }
 
-    fn slots(&mut self) -> Result<(u32, [PolicySlot; GENERATION_SLOTS]), DataplaneError> {
+    fn array_ro<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<Array<&MapData, V>, DataplaneError> {
+        Array::try_from(self.map(name)?).map_err(map_err(name))
+    }
+
+    fn slots(&self) -> Result<(u32, [PolicySlot; GENERATION_SLOTS]), DataplaneError> {
         let active = self
-            .array::<u32>(names::ACTIVE_SLOT)?
+            .array_ro::<u32>(names::ACTIVE_SLOT)?
             .get(&0, 0)
             .map_err(map_err(names::ACTIVE_SLOT))?;
-        let slots = self.array::<PolicySlot>(names::POLICY_SLOTS)?;
+        let slots = self.array_ro::<PolicySlot>(names::POLICY_SLOTS)?;
         let mut out = [PolicySlot::default(); GENERATION_SLOTS];
         for (i, s) in out.iter_mut().enumerate() {
             *s = slots
@@ -193,7 +399,7 @@ impl Dataplane {
     }
 
     /// The generation in force (0 before the first policy).
-    pub fn generation(&mut self) -> Result<u32, DataplaneError> {
+    pub fn generation(&self) -> Result<u32, DataplaneError> {
         let (active, slots) = self.slots()?;
         Ok(slots[active as usize].generation)
     }
@@ -201,7 +407,8 @@ impl Dataplane {
     /// Writes `policy` into the idle generation slot, then makes it live with one map write.
     /// Packets see either the old policy or the new one, never a mix; cached flows are
     /// reclassified because their generation tag no longer matches. Returns the generation.
-    pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<u32, DataplaneError> {
+    /// Refuses a policy that does not fit the kernel tables, before anything is written.
+    pub fn check_fits(policy: &CompiledPolicy) -> Result<(), DataplaneError> {
         let tables = &policy.tables;
         if tables.vectors.len() > VECTORS_PER_SLOT as usize + 1 {
             return Err(DataplaneError::TooLarge(format!(
@@ -217,6 +424,15 @@ impl Dataplane {
                 policy.classes.len()
             )));
         }
+        Ok(())
+    }
+
+    /// Writes `policy` into the idle generation slot, then makes it live with one map write.
+    /// Packets see either the old policy or the new one, never a mix; cached flows are
+    /// reclassified because their generation tag no longer matches. Returns the generation.
+    pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<u32, DataplaneError> {
+        Dataplane::check_fits(policy)?;
+        let tables = &policy.tables;
         let (active, slots) = self.slots()?;
         let slot = if slots[active as usize].generation == 0 {
             active
@@ -287,10 +503,7 @@ impl Dataplane {
 
     fn write_prefixes(&mut self, slot: u32, tables: &RuleTables) -> Result<(), DataplaneError> {
         let name = names::PREFIXES;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
+        let map = self.map_mut(name)?;
         let mut trie: LpmTrie<&mut MapData, PrefixKey, u32> =
             LpmTrie::try_from(map).map_err(map_err(name))?;
         let stale: Vec<Key<PrefixKey>> = trie
@@ -338,10 +551,7 @@ impl Dataplane {
             ..IfaceConfig::default()
         };
         let name = names::IFACES;
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))?;
+        let map = self.map_mut(name)?;
         let mut ifaces: HashMap<&mut MapData, u32, IfaceConfig> =
             HashMap::try_from(map).map_err(map_err(name))?;
         ifaces.insert(ifindex, cfg, 0).map_err(map_err(name))
@@ -356,36 +566,112 @@ impl Dataplane {
         policy: &Policy,
         attached: &[String],
     ) -> Result<Vec<String>, DataplaneError> {
-        let mut names: Vec<(String, Option<(u64, u64)>)> = policy
-            .interfaces
-            .iter()
-            .map(|i| {
-                (
-                    i.name.clone(),
-                    i.link_rate_bytes_per_sec.map(|r| (r, i.link_burst_bytes)),
-                )
-            })
-            .collect();
-        for a in attached {
-            if !names.iter().any(|(n, _)| n == a) {
-                names.push((a.clone(), None));
+        let mut slots: Vec<(String, u32)> = Vec::new();
+        for name in policy.interfaces.iter().map(|i| &i.name).chain(attached) {
+            if !slots.iter().any(|(n, _)| n == name) {
+                slots.push((name.clone(), slots.len() as u32 + 1));
             }
         }
+        self.register_slots(policy, &slots)
+    }
+
+    /// Registers interface `name` under `slot` for each pair, with the link budget the policy
+    /// gives it. Interfaces missing on this host are skipped and returned.
+    pub fn register_slots(
+        &mut self,
+        policy: &Policy,
+        slots: &[(String, u32)],
+    ) -> Result<Vec<String>, DataplaneError> {
         let mut missing = Vec::new();
-        for (i, (name, link)) in names.into_iter().enumerate() {
-            match ifindex(&name) {
+        for (name, slot) in slots {
+            let link = policy
+                .interfaces
+                .iter()
+                .find(|i| &i.name == name)
+                .and_then(|i| i.link_rate_bytes_per_sec.map(|r| (r, i.link_burst_bytes)));
+            match ifindex(name) {
                 Some(index) => {
-                    self.register_iface(index, i as u32 + 1, link)?;
+                    self.register_iface(index, *slot, link)?;
                     let forward = policy
                         .interfaces
                         .iter()
-                        .any(|s| s.name == name && s.forward);
-                    self.register_forwarding(&name, index, forward)?;
+                        .any(|s| &s.name == name && s.forward);
+                    self.register_forwarding(name, index, forward)?;
                 }
-                None => missing.push(name),
+                None => missing.push(name.clone()),
             }
         }
         Ok(missing)
+    }
+
+    /// Stops counting interface `name` under its own slot (it falls back to slot 0).
+    pub fn unregister_iface(&mut self, name: &str) -> Result<(), DataplaneError> {
+        let Some(index) = ifindex(name) else {
+            return Ok(());
+        };
+        let map_name = names::IFACES;
+        let mut ifaces: HashMap<&mut MapData, u32, IfaceConfig> =
+            HashMap::try_from(self.map_mut(map_name)?).map_err(map_err(map_name))?;
+        match ifaces.remove(&index) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(map_name)(e)),
+        }
+    }
+
+    /// Sets the kernel log level; takes effect on the next packet.
+    pub fn set_kernel_log_level(
+        &mut self,
+        level: crate::kernel_log::KernelLogLevel,
+    ) -> Result<(), DataplaneError> {
+        self.array::<u32>(names::LOG_LEVEL)?
+            .set(0, level as u32, 0)
+            .map_err(map_err(names::LOG_LEVEL))
+    }
+
+    /// Kernel id of the dataplane program (what `bpftool prog` lists).
+    pub fn program_id(&self) -> Result<u32, DataplaneError> {
+        Ok(self.program()?.info()?.id())
+    }
+
+    /// Zeroes the counters and policer state of class id `class` on every interface slot,
+    /// before the id is first given to a class.
+    pub fn reset_class(&mut self, class: u32) -> Result<(), DataplaneError> {
+        for slot in 0..MAX_IFACES as u32 {
+            self.zero_per_cpu::<ClassCounters>(
+                names::CLASS_COUNTERS,
+                class_counter_index(slot, class),
+            )?;
+        }
+        self.array::<PolicerState>(names::POLICERS)?
+            .set(class, PolicerState::default(), 0)
+            .map_err(map_err(names::POLICERS))
+    }
+
+    /// Zeroes the counters and link state of interface slot `slot` before it is first used.
+    pub fn reset_iface(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        self.zero_per_cpu::<IfaceCounters>(names::IFACE_COUNTERS, slot)?;
+        for class in 0..MAX_CLASSES as u32 {
+            self.zero_per_cpu::<ClassCounters>(
+                names::CLASS_COUNTERS,
+                class_counter_index(slot, class),
+            )?;
+        }
+        self.array::<LinkState>(names::LINKS)?
+            .set(slot, LinkState::default(), 0)
+            .map_err(map_err(names::LINKS))
+    }
+
+    fn zero_per_cpu<V: aya::Pod + Default>(
+        &mut self,
+        name: &'static str,
+        index: u32,
+    ) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| map_err(name)(MapError::IoError(e)))?;
+        let zeros = PerCpuValues::try_from(vec![V::default(); cpus])
+            .map_err(|e| map_err(name)(MapError::IoError(e)))?;
+        let mut map: PerCpuArray<&mut MapData, V> =
+            PerCpuArray::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        map.set(index, zeros, 0).map_err(map_err(name))
     }
 
     /// Counters of `class` on interface slot `iface_slot`, summed over CPUs.

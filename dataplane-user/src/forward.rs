@@ -9,7 +9,10 @@ use dataplane_common::maps::{class_counter_index, names, ForwardCounters, IfaceC
 use crate::dataplane::{Dataplane, DataplaneError};
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { map, source }
+    move |source| DataplaneError::Map {
+        map: map.to_string(),
+        source,
+    }
 }
 
 impl Dataplane {
@@ -29,7 +32,7 @@ impl Dataplane {
             DevMapHash::try_from(self.map_mut(devices)?).map_err(map_err(devices))?;
         map.insert(ifindex, ifindex, None, 0).map_err(|e| match e {
             XdpMapError::MapError(source) => DataplaneError::Map {
-                map: devices,
+                map: devices.to_string(),
                 source,
             },
             other => DataplaneError::Interface(format!("{name}: device map: {other}")),

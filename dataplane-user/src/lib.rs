@@ -3,7 +3,16 @@
 
 pub mod compile;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dataplane;
+pub mod edit;
 pub mod forward;
+pub mod ids;
+pub mod kernel_log;
+pub mod metrics;
+pub mod pins;
+pub mod state;
 pub mod topology;
 pub mod units;
+pub mod view;

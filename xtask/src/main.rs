@@ -21,6 +21,15 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "iproute2",
     "bpftool",
+    // libbpf-rs builds its vendored libbpf: it needs libelf and zlib headers, make, pkg-config.
+    "libelf-dev",
+    "pkg-config",
+    "make",
+    // promtool and a real server for the exporter tests (tests pick free ports; they never
+    // touch the packaged service's 9090).
+    "prometheus",
+    // systemd-analyze checks the shipped unit.
+    "systemd",
     "iperf3",
     "ethtool",
 ];
@@ -152,6 +161,13 @@ fn test(args: &[String]) -> Result<()> {
         .arg(root.join("target/ebpf-clippy"))
         .args(["--", "-D", "warnings"])
         .env("RUSTC_BOOTSTRAP", "1"))?;
+    // The daemon tests run the real `dataplane` binary.
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "-p",
+        "dataplane-user",
+        "--bins",
+    ]))?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
         .args(["test", "--workspace", "--no-fail-fast"])

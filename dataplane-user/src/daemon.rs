@@ -1,0 +1,667 @@
+//! `dataplane run`: adopt or load the pinned dataplane, attach, apply the policy, then serve
+//! the control socket, reload on SIGHUP / `dataplane reload` / a changed config file, and exit
+//! on SIGTERM or Ctrl-C leaving the dataplane running.
+
+use std::{
+    io::ErrorKind,
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::programs::XdpMode;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{signal, SignalKind},
+    sync::Mutex,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    compile::CompiledPolicy,
+    config::Policy,
+    control::{Failure, Request, Response},
+    dataplane::Dataplane,
+    edit,
+    kernel_log::{self, KernelLogLevel},
+    metrics::{
+        self, http::SnapshotSource, snapshot, ClassInfo, ConfigView, CounterReader, Iface, Reloads,
+    },
+    pins::PinLayout,
+    state::{AttachMode, RunDir, State},
+};
+
+/// The default AI catalogue, built in so the binary runs without a file.
+pub const DEFAULT_POLICY: &str = include_str!("../../config/default.toml");
+/// Origin of the built-in policy in messages.
+pub const BUILT_IN: &str = "built-in config/default.toml";
+
+/// How to attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeChoice {
+    /// Driver (native) XDP; fail if the driver lacks it.
+    Native,
+    /// Generic (skb) XDP.
+    Generic,
+    /// Native, falling back to generic with a warning when the driver lacks it.
+    Auto,
+}
+
+/// What `dataplane run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// Interfaces to attach to.
+    pub ifaces: Vec<String>,
+    /// Policy file; the built-in catalogue when absent.
+    pub config: Option<PathBuf>,
+    /// Attach mode.
+    pub mode: ModeChoice,
+    /// Pin layout.
+    pub layout: PinLayout,
+    /// Run directory (state, socket).
+    pub run: RunDir,
+    /// How often the config file is checked for changes.
+    pub watch_interval: Duration,
+    /// Kernel log level at start.
+    pub kernel_log: KernelLogLevel,
+    /// Where to serve Prometheus metrics; `None` = not at all.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// The running daemon's state; one request at a time holds it.
+pub struct Daemon {
+    dp: Dataplane,
+    state: State,
+    cfg: DaemonConfig,
+    /// Last text read from the config file (to notice changes).
+    file_text: Option<String>,
+    /// Set by a full detach: the daemon exits after answering.
+    exit: bool,
+    /// The policy in force (parsed `state.policy_text`).
+    policy: Option<Policy>,
+    /// What metrics scrapes report against; replaced after every change.
+    metrics_view: Arc<std::sync::Mutex<ConfigView>>,
+}
+
+/// Why applying a policy text failed.
+enum ApplyError {
+    /// The text or change is invalid: nothing changed.
+    Rejected(String),
+    /// The kernel refused: nothing changed that the old policy depends on.
+    Failed(String),
+}
+
+impl ApplyError {
+    fn response(self, generation: u32) -> Response {
+        let (failure, message) = match self {
+            ApplyError::Rejected(m) => (Failure::Rejected, m),
+            ApplyError::Failed(m) => (Failure::Failed, m),
+        };
+        Response {
+            message,
+            failure: Some(failure),
+            generation,
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn read_config(path: &std::path::Path) -> Result<String, ApplyError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ApplyError::Rejected(format!("reading {}: {e}", path.display())))
+}
+
+impl Daemon {
+    /// Adopts or loads the dataplane, applies the policy, attaches. With an adopted dataplane
+    /// an invalid config does not stop the daemon: the policy in force stays and the error is
+    /// reported like a failed reload.
+    pub fn start(cfg: DaemonConfig) -> Result<Daemon> {
+        let (text, origin) = match &cfg.config {
+            Some(path) => (
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+                path.display().to_string(),
+            ),
+            None => (DEFAULT_POLICY.to_string(), BUILT_IN.to_string()),
+        };
+        let (dp, adopted) = Dataplane::open_pinned(&cfg.layout)?;
+        let layout = cfg.layout.clone();
+        Daemon::start_with(cfg, dp, adopted, text, origin).inspect_err(|_| {
+            // A dataplane this start created and could not finish goes away again.
+            if !adopted {
+                let _ = layout.remove_version(crate::pins::LAYOUT_VERSION);
+            }
+        })
+    }
+
+    fn start_with(
+        cfg: DaemonConfig,
+        dp: Dataplane,
+        adopted: bool,
+        text: String,
+        origin: String,
+    ) -> Result<Daemon> {
+        let previous = if adopted { cfg.run.read()? } else { None };
+        let mut state = match previous {
+            Some(state) => state,
+            None => {
+                if adopted {
+                    warn!(
+                        state = %cfg.run.state_file().display(),
+                        "adopted a pinned dataplane without its state file: class and interface ids start afresh"
+                    );
+                }
+                State::default()
+            }
+        };
+        // Interfaces attached before (pins) stay attached; requested ones are added.
+        for iface in cfg.layout.attached() {
+            state.attached.entry(iface).or_insert(AttachMode::Native);
+        }
+        state
+            .attached
+            .retain(|iface, _| cfg.layout.link(iface).exists());
+        state.daemon_pid = std::process::id();
+        state.daemon_started = now_secs();
+        state.kernel_log_level = cfg.kernel_log.label().to_string();
+        cfg.run.create().context("creating the run directory")?;
+        let mut daemon = Daemon {
+            dp,
+            state,
+            file_text: cfg.config.as_ref().map(|_| text.clone()),
+            cfg,
+            exit: false,
+            policy: None,
+            metrics_view: Arc::default(),
+        };
+        if !daemon.state.policy_text.is_empty() {
+            daemon.policy =
+                Policy::from_toml_str(&daemon.state.policy_text, &daemon.state.policy_origin).ok();
+        }
+        daemon.dp.set_kernel_log_level(daemon.cfg.kernel_log)?;
+        if adopted {
+            info!(generation = daemon.state.generation, attached = ?daemon.state.attached.keys().collect::<Vec<_>>(),
+                "adopted the pinned dataplane; traffic was not interrupted");
+        }
+        match daemon.apply_text(&text, &origin) {
+            Ok(generation) => info!(generation, %origin, "policy applied"),
+            Err(ApplyError::Rejected(e)) if adopted => {
+                error!(%origin, "config rejected, the policy in force stays: {e}");
+                daemon.record_failure(e);
+            }
+            Err(ApplyError::Rejected(e) | ApplyError::Failed(e)) => bail!("{e}"),
+        }
+        let wanted = daemon.cfg.ifaces.clone();
+        for iface in &wanted {
+            daemon.attach(iface)?;
+        }
+        daemon.save_state()?;
+        Ok(daemon)
+    }
+
+    fn attach(&mut self, iface: &str) -> Result<()> {
+        if let Some(mode) = self.state.attached.get(iface) {
+            info!(%iface, mode = mode.label(), "already attached (adopted), left as is");
+            return Ok(());
+        }
+        let layout = self.cfg.layout.clone();
+        let mode = match self.cfg.mode {
+            ModeChoice::Native => {
+                self.dp
+                    .attach_pinned(iface, XdpMode::Driver, &layout)
+                    .with_context(|| format!("attaching to {iface} in native mode (use --xdp-mode auto or generic if the driver lacks XDP)"))?;
+                AttachMode::Native
+            }
+            ModeChoice::Generic => {
+                self.dp
+                    .attach_pinned(iface, XdpMode::Skb, &layout)
+                    .with_context(|| format!("attaching to {iface} in generic mode"))?;
+                AttachMode::Generic
+            }
+            ModeChoice::Auto => match self.dp.attach_pinned(iface, XdpMode::Driver, &layout) {
+                Ok(()) => AttachMode::Native,
+                Err(e) => {
+                    warn!(%iface, "NATIVE XDP FAILED ({e}); FALLING BACK TO GENERIC MODE: every packet pays for an skb first, expect a fraction of native throughput");
+                    self.dp
+                        .attach_pinned(iface, XdpMode::Skb, &layout)
+                        .with_context(|| format!("attaching to {iface} in generic mode"))?;
+                    AttachMode::Generic
+                }
+            },
+        };
+        info!(%iface, mode = mode.label(), "attached");
+        self.state.attached.insert(iface.to_string(), mode);
+        Ok(())
+    }
+
+    /// Validates `text`, gives its classes and interfaces their stable ids, writes the new
+    /// generation beside the live one and switches. On any error nothing the live generation
+    /// uses has changed.
+    fn apply_text(&mut self, text: &str, origin: &str) -> Result<u32, ApplyError> {
+        let policy =
+            Policy::from_toml_str(text, origin).map_err(|e| ApplyError::Rejected(e.to_string()))?;
+        self.apply_policy(text, origin, &policy)
+    }
+
+    fn apply_policy(
+        &mut self,
+        text: &str,
+        origin: &str,
+        policy: &Policy,
+    ) -> Result<u32, ApplyError> {
+        // Interfaces about to be attached get their slots in the same generation.
+        let mut attached: Vec<String> = self.state.attached.keys().cloned().collect();
+        for iface in &self.cfg.ifaces {
+            if !attached.contains(iface) {
+                attached.push(iface.clone());
+            }
+        }
+        let (ids, assignment) = self
+            .state
+            .ids
+            .assign(policy, &attached)
+            .map_err(ApplyError::Rejected)?;
+        let compiled = CompiledPolicy::with_ids(
+            policy,
+            &assignment.class_ids,
+            &assignment.policy_iface_slots,
+        );
+        Dataplane::check_fits(&compiled).map_err(|e| ApplyError::Rejected(e.to_string()))?;
+        let failed = |e: crate::dataplane::DataplaneError| ApplyError::Failed(e.to_string());
+        for class in &assignment.fresh_classes {
+            self.dp.reset_class(*class).map_err(failed)?;
+        }
+        for slot in &assignment.fresh_ifaces {
+            self.dp.reset_iface(*slot).map_err(failed)?;
+        }
+        for missing in self
+            .dp
+            .register_slots(policy, &assignment.ifaces)
+            .map_err(failed)?
+        {
+            warn!(iface = %missing, "interface in the policy does not exist here; its rules cannot match");
+        }
+        let generation = self.dp.apply(&compiled).map_err(failed)?;
+        // Interfaces the policy and attachments no longer name stop being counted apart.
+        let gone: Vec<String> = self
+            .state
+            .ids
+            .ifaces
+            .keys()
+            .filter(|n| !ids.ifaces.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Err(e) = self.dp.unregister_iface(&name) {
+                warn!(iface = %name, "unregistering: {e}");
+            }
+        }
+        self.state.ids = ids;
+        self.state.generation = generation;
+        self.state.policy_text = text.to_string();
+        self.state.policy_origin = origin.to_string();
+        self.policy = Some(policy.clone());
+        Ok(generation)
+    }
+
+    fn record_failure(&mut self, e: String) {
+        self.state.reloads_error += 1;
+        self.state.last_error = Some(e);
+    }
+
+    /// Writes the state file and publishes the new configuration to metrics scrapes.
+    fn save_state(&self) -> Result<()> {
+        self.publish_metrics_view();
+        // Compiling a large policy allocates tens of MB for a moment; give them back so the
+        // daemon's resident size stays that of the policy in force.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
+        self.cfg.run.write(&self.state)
+    }
+
+    fn publish_metrics_view(&self) {
+        let classes = self.policy.as_ref().map_or_else(Vec::new, |p| {
+            p.classes
+                .iter()
+                .filter_map(|c| {
+                    let id = self.state.ids.classes.get(&c.name)?;
+                    Some((ClassInfo::from(c), *id))
+                })
+                .collect()
+        });
+        let ifaces = self
+            .state
+            .ids
+            .ifaces
+            .iter()
+            .map(|(name, slot)| Iface {
+                name: name.clone(),
+                slot: *slot,
+                attached: self.state.attached.get(name).copied(),
+            })
+            .collect();
+        let view = ConfigView {
+            classes,
+            ifaces,
+            generation: self.state.generation,
+            reloads: Reloads {
+                ok: self.state.reloads_ok,
+                error: self.state.reloads_error,
+            },
+        };
+        *self.metrics_view.lock().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    fn ok(&self, message: String) -> Response {
+        Response {
+            message,
+            failure: None,
+            generation: self.state.generation,
+        }
+    }
+
+    /// Re-reads the config file (or the built-in policy) and applies it.
+    pub fn reload(&mut self, why: &str) -> Response {
+        let (text, origin) = match &self.cfg.config {
+            Some(path) => match read_config(path) {
+                Ok(t) => (t, path.display().to_string()),
+                Err(e) => return self.reload_failed(e, why),
+            },
+            None => (DEFAULT_POLICY.to_string(), BUILT_IN.to_string()),
+        };
+        if self.cfg.config.is_some() {
+            self.file_text = Some(text.clone());
+        }
+        match self.apply_text(&text, &origin) {
+            Ok(generation) => {
+                self.state.reloads_ok += 1;
+                info!(generation, %origin, trigger = why, "reloaded");
+                self.persist(format!("reloaded {origin}: generation {generation}"))
+            }
+            Err(e) => self.reload_failed(e, why),
+        }
+    }
+
+    fn reload_failed(&mut self, e: ApplyError, why: &str) -> Response {
+        let message = match &e {
+            ApplyError::Rejected(m) | ApplyError::Failed(m) => m.clone(),
+        };
+        error!(
+            trigger = why,
+            "reload rejected, the policy in force stays: {message}"
+        );
+        self.record_failure(message);
+        if let Err(err) = self.save_state() {
+            error!("{err:#}");
+        }
+        e.response(self.state.generation)
+    }
+
+    fn persist(&mut self, message: String) -> Response {
+        match self.save_state() {
+            Ok(()) => self.ok(message),
+            Err(e) => ApplyError::Failed(format!("{message}, but the state was not saved: {e:#}"))
+                .response(self.state.generation),
+        }
+    }
+
+    /// Applies an edited policy text; with `save` writes it to the config file too.
+    fn apply_edit(
+        &mut self,
+        edited: Result<(String, Policy), edit::EditError>,
+        save: bool,
+        what: String,
+    ) -> Response {
+        let (text, policy) = match edited {
+            Ok(ok) => ok,
+            Err(e) => return ApplyError::Rejected(e.to_string()).response(self.state.generation),
+        };
+        let save_path = match (save, &self.cfg.config) {
+            (true, Some(path)) => Some(path.clone()),
+            (true, None) => {
+                return ApplyError::Rejected(
+                    "--save needs a config file, and the daemon runs the built-in policy (start it with --config FILE)".into(),
+                )
+                .response(self.state.generation)
+            }
+            (false, _) => None,
+        };
+        let origin = format!(
+            "{} (changed at runtime)",
+            self.state
+                .policy_origin
+                .trim_end_matches(" (changed at runtime)")
+        );
+        let generation = match self.apply_policy(&text, &origin, &policy) {
+            Ok(g) => g,
+            Err(e) => return e.response(self.state.generation),
+        };
+        let mut message = format!("{what}: generation {generation}");
+        if let Some(path) = save_path {
+            let tmp = path.with_extension("dataplane-tmp");
+            match std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &path)) {
+                Ok(()) => {
+                    // Our own write must not count as an outside change.
+                    self.file_text = Some(text);
+                    message += &format!(", saved to {}", path.display());
+                }
+                Err(e) => {
+                    return ApplyError::Failed(format!(
+                        "{message} is in force, but saving {} failed: {e}",
+                        path.display()
+                    ))
+                    .response(generation)
+                }
+            }
+        }
+        info!("{message}");
+        self.persist(message)
+    }
+
+    /// Handles one control request.
+    pub fn handle(&mut self, request: Request) -> Response {
+        match request {
+            Request::Reload => self.reload("dataplane reload"),
+            Request::SetClass { change, save } => {
+                let edited = edit::set_class(&self.state.policy_text, &change);
+                self.apply_edit(edited, save, format!("class {} changed", change.name))
+            }
+            Request::AddRule {
+                rule,
+                position,
+                save,
+            } => {
+                let edited = edit::add_rule(&self.state.policy_text, &rule, position);
+                self.apply_edit(edited, save, format!("rule for class {} added", rule.class))
+            }
+            Request::DeleteRule { index, save } => {
+                let edited = edit::delete_rule(&self.state.policy_text, index);
+                self.apply_edit(edited, save, format!("rule {index} deleted"))
+            }
+            Request::KernelLogLevel { level } => match level.parse::<KernelLogLevel>() {
+                Ok(level) => match self.dp.set_kernel_log_level(level) {
+                    Ok(()) => {
+                        self.state.kernel_log_level = level.label().to_string();
+                        self.persist(format!("kernel log level {}", level.label()))
+                    }
+                    Err(e) => ApplyError::Failed(e.to_string()).response(self.state.generation),
+                },
+                Err(e) => ApplyError::Rejected(e).response(self.state.generation),
+            },
+            Request::Detach { ifaces } if ifaces.is_empty() => {
+                match self.cfg.layout.remove_version(crate::pins::LAYOUT_VERSION) {
+                    Ok(_) => {
+                        self.cfg.run.clear();
+                        self.exit = true;
+                        info!("detached from every interface and removed the pins; exiting");
+                        self.ok("detached; dataplane removed".into())
+                    }
+                    Err(e) => ApplyError::Failed(e.to_string()).response(self.state.generation),
+                }
+            }
+            Request::Detach { ifaces } => {
+                for iface in &ifaces {
+                    match self.cfg.layout.unpin_link(iface) {
+                        Ok(true) => {
+                            self.state.attached.remove(iface);
+                            info!(%iface, "detached");
+                        }
+                        Ok(false) => {
+                            return ApplyError::Rejected(format!("{iface} is not attached"))
+                                .response(self.state.generation)
+                        }
+                        Err(e) => {
+                            return ApplyError::Failed(e.to_string())
+                                .response(self.state.generation)
+                        }
+                    }
+                }
+                self.persist(format!("detached from {}", ifaces.join(", ")))
+            }
+        }
+    }
+
+    /// Reloads when the config file's content changed since it was last read or written.
+    fn check_config_file(&mut self) {
+        let Some(path) = self.cfg.config.clone() else {
+            return;
+        };
+        let current = match std::fs::read_to_string(&path) {
+            Ok(t) => Some(t),
+            // Editors replace files by rename: a moment without the file is not a change.
+            Err(e) if e.kind() == ErrorKind::NotFound => return,
+            Err(_) => None,
+        };
+        if current.is_some() && current != self.file_text {
+            self.reload("config file changed");
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM / Ctrl-C (dataplane left running) or a full detach.
+pub async fn run(cfg: DaemonConfig) -> Result<()> {
+    let socket_path = cfg.run.socket();
+    if crate::control::is_running(&socket_path) {
+        bail!(
+            "a dataplane daemon is already running (it answers on {}); stop it first",
+            socket_path.display()
+        );
+    }
+    let watch_interval = cfg.watch_interval;
+    let metrics_addr = cfg.metrics_addr;
+    let mut daemon = Daemon::start(cfg)?;
+    let kernel_logs = kernel_log::forward(&daemon.dp);
+    let metrics_server = match metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("serving metrics on {addr} (choose another with --metrics-addr, or --no-metrics)"))?;
+            let bound = listener.local_addr()?;
+            info!(addr = %bound, "serving Prometheus metrics on /metrics");
+            daemon.state.metrics_addr = Some(bound.to_string());
+            daemon.save_state()?;
+            let reader = CounterReader::new(&daemon.dp)?;
+            let view = daemon.metrics_view.clone();
+            let source: SnapshotSource = Arc::new(move || {
+                let view = view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                Ok(snapshot(&reader, &view)?)
+            });
+            Some(tokio::spawn(metrics::http::serve(listener, source)))
+        }
+        None => None,
+    };
+    let daemon = Arc::new(Mutex::new(daemon));
+
+    let _ = std::fs::remove_file(&socket_path);
+    let listener = UnixListener::bind(&socket_path)
+        .with_context(|| format!("binding the control socket {}", socket_path.display()))?;
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", socket_path.display()))?;
+    info!(socket = %socket_path.display(), "control socket ready");
+
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut watch = tokio::time::interval(watch_interval);
+    let (exit_tx, mut exit_rx) = tokio::sync::mpsc::channel::<()>(1);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let daemon = daemon.clone();
+                    let exit_tx = exit_tx.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve(stream, daemon, exit_tx).await {
+                            warn!("control connection: {e:#}");
+                        }
+                    });
+                }
+                Err(e) => warn!("accepting a control connection: {e}"),
+            },
+            _ = hangup.recv() => { daemon.lock().await.reload("SIGHUP"); }
+            _ = watch.tick() => daemon.lock().await.check_config_file(),
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = exit_rx.recv() => return Ok(()),
+        }
+    }
+    if let Some(task) = kernel_logs {
+        task.abort();
+    }
+    if let Some(task) = metrics_server {
+        task.abort();
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    info!("daemon exiting; the dataplane stays attached and keeps forwarding (`dataplane detach` removes it)");
+    Ok(())
+}
+
+/// Answers one connection: one request line, one response line. Only root may ask.
+async fn serve(
+    stream: UnixStream,
+    daemon: Arc<Mutex<Daemon>>,
+    exit: tokio::sync::mpsc::Sender<()>,
+) -> Result<()> {
+    let cred = stream
+        .peer_cred()
+        .context("reading the peer's credentials")?;
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let response = if cred.uid() != 0 {
+        Response {
+            message: "only root may control the dataplane".into(),
+            failure: Some(Failure::Rejected),
+            generation: 0,
+        }
+    } else {
+        match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                let mut d = daemon.lock().await;
+                let r = d.handle(request);
+                if d.exit {
+                    let _ = exit.try_send(());
+                }
+                r
+            }
+            Err(e) => Response {
+                message: format!("malformed request: {e}"),
+                failure: Some(Failure::Rejected),
+                generation: 0,
+            },
+        }
+    };
+    let mut text = serde_json::to_string(&response)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    Ok(())
+}

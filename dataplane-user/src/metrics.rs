@@ -1,0 +1,610 @@
+//! The Prometheus exporter: what one scrape reports ([`MetricsSnapshot`]), how it is read
+//! from the kernel ([`CounterReader`], [`snapshot`]) and written out ([`encode`], with
+//! prometheus-client). [`http`] serves it on `/metrics`.
+//!
+//! Every scrape reads the per-CPU counters afresh and sums them over CPUs; nothing is cached
+//! and nothing is counted in user space. Labels are bounded by the configuration
+//! (interfaces × classes, plus fixed sets of reasons, colours and results); nothing is
+//! labelled per flow or per address.
+//!
+//! | metric | labels | |
+//! |---|---|---|
+//! | `dataplane_class_packets_total`, `dataplane_class_bytes_total` | iface, class | every classified packet |
+//! | `dataplane_class_dropped_packets_total`, `dataplane_class_dropped_bytes_total` | iface, class | dropped by policy |
+//! | `dataplane_class_ecn_marked_packets_total` | iface, class | newly marked CE |
+//! | `dataplane_class_remarked_packets_total` | iface, class | DSCP rewritten |
+//! | `dataplane_class_forwarded_packets_total` | iface, class | forwarded past the kernel stack |
+//! | `dataplane_class_colour_packets_total` | iface, class, colour | green / yellow / red |
+//! | `dataplane_parse_errors_total` | iface, reason | the [`Reason::is_parse_error`] reasons |
+//! | `dataplane_reason_packets_total` | iface, reason | every [`Reason`] (early exits and drops) |
+//! | `dataplane_flow_cache_lookups_total` | iface, result (`hit`/`miss`) | |
+//! | `dataplane_class_rate_bytes_per_second` | class | committed rate; 0 = no guarantee |
+//! | `dataplane_class_ceil_bytes_per_second` | class | peak rate; absent = unlimited |
+//! | `dataplane_class_priority` | class | 0 ..= 7 |
+//! | `dataplane_xdp_attached` | iface, mode (`native`/`generic`, `none` when detached) | 1 while attached |
+//! | `dataplane_config_generation` | | policy generation in force |
+//! | `dataplane_config_reloads_total` | result (`ok`/`error`) | |
+//! | `dataplane_build_info` | version | always 1 |
+
+pub mod http;
+
+use std::fmt;
+
+use aya::{
+    maps::{IterableMap, Map, MapData, MapError, PerCpuArray},
+    Pod,
+};
+use dataplane_common::{
+    maps::{class_counter_index, names, ClassCounters, IfaceCounters},
+    policer::{Colour, COLOURS},
+    reason::Reason,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, info::Info, MetricType},
+    registry::Registry,
+};
+
+pub use crate::state::AttachMode;
+use crate::{
+    config::{ClassSpec, Policy},
+    dataplane::{Dataplane, DataplaneError},
+};
+
+/// Where `dataplane run` serves metrics unless told otherwise: loopback only, on a port
+/// outside the Prometheus exporter allocations (9100 and up, which are all taken) and below
+/// Linux's ephemeral range.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:19847";
+
+/// The version in `dataplane_build_info`.
+pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything one scrape reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Policy generation in force (0 before the first policy).
+    pub generation: u32,
+    /// Policy reloads since start.
+    pub reloads: Reloads,
+    /// Classes in policy order, as configured.
+    pub classes: Vec<ClassInfo>,
+    /// Interfaces and their counters.
+    pub ifaces: Vec<IfaceSample>,
+}
+
+/// Policy reloads since start, by result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reloads {
+    /// Applied.
+    pub ok: u64,
+    /// Refused (bad file, or the kernel tables rejected it); the old policy stayed.
+    pub error: u64,
+}
+
+/// A class as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassInfo {
+    /// Class name.
+    pub name: String,
+    /// Committed rate; 0 = no guarantee.
+    pub rate_bytes_per_sec: u64,
+    /// Peak rate; `None` = unlimited.
+    pub ceil_bytes_per_sec: Option<u64>,
+    /// Priority 0 (lowest) ..= 7.
+    pub priority: u8,
+}
+
+impl From<&ClassSpec> for ClassInfo {
+    fn from(c: &ClassSpec) -> ClassInfo {
+        ClassInfo {
+            name: c.name.clone(),
+            rate_bytes_per_sec: c.rate_bytes_per_sec,
+            ceil_bytes_per_sec: c.ceil_bytes_per_sec,
+            priority: c.priority,
+        }
+    }
+}
+
+/// `mode` label of an interface the program is not attached to.
+const DETACHED_LABEL: &str = "none";
+
+/// One interface's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfaceSample {
+    /// Interface name.
+    pub name: String,
+    /// Attach mode, `None` while not attached.
+    pub attached: Option<AttachMode>,
+    /// Per-reason and flow-cache counters, summed over CPUs.
+    pub counters: IfaceCounters,
+    /// Per-class counters, in the order of [`MetricsSnapshot::classes`].
+    pub classes: Vec<ClassSample>,
+}
+
+/// One class's counters on one interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassSample {
+    /// Classifier, policer and action counters, summed over CPUs.
+    pub counters: ClassCounters,
+    /// Packets forwarded past the kernel stack.
+    pub forwarded_packets: u64,
+}
+
+/// An interface to report: its name, its counter slot (as `Dataplane::register_interfaces`
+/// assigned it) and how the program is attached to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Iface {
+    /// Interface name.
+    pub name: String,
+    /// Counter slot, 1..MAX_IFACES.
+    pub slot: u32,
+    /// Attach mode, `None` while not attached.
+    pub attached: Option<AttachMode>,
+}
+
+/// Reads the counter maps through file descriptors of its own, so a scrape needs neither
+/// the [`Dataplane`] nor any lock its owner holds (a reload can run meanwhile).
+pub struct CounterReader {
+    classes: PerCpuArray<MapData, ClassCounters>,
+    ifaces: PerCpuArray<MapData, IfaceCounters>,
+}
+
+impl CounterReader {
+    /// Opens the counter maps of `dp`.
+    pub fn new(dp: &Dataplane) -> Result<CounterReader, DataplaneError> {
+        Ok(CounterReader {
+            classes: own_handle(dp, names::CLASS_COUNTERS)?,
+            ifaces: own_handle(dp, names::IFACE_COUNTERS)?,
+        })
+    }
+
+    /// Counters of class id `class` on interface slot `iface_slot`, summed over CPUs.
+    pub fn class_counters(
+        &self,
+        iface_slot: u32,
+        class: u32,
+    ) -> Result<ClassCounters, DataplaneError> {
+        let values = self
+            .classes
+            .get(&class_counter_index(iface_slot, class), 0)
+            .map_err(map_error(names::CLASS_COUNTERS))?;
+        let mut sum = ClassCounters::default();
+        values.iter().for_each(|v| sum.add(v));
+        Ok(sum)
+    }
+
+    /// Counters of interface slot `iface_slot`, summed over CPUs.
+    pub fn iface_counters(&self, iface_slot: u32) -> Result<IfaceCounters, DataplaneError> {
+        let values = self
+            .ifaces
+            .get(&iface_slot, 0)
+            .map_err(map_error(names::IFACE_COUNTERS))?;
+        let mut sum = IfaceCounters::default();
+        values.iter().for_each(|v| sum.add(v));
+        Ok(sum)
+    }
+}
+
+fn map_error(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map {
+        map: map.to_string(),
+        source,
+    }
+}
+
+/// A second handle on map `name` of `dp` (same kernel map, new file descriptor).
+fn own_handle<V: Pod>(
+    dp: &Dataplane,
+    name: &'static str,
+) -> Result<PerCpuArray<MapData, V>, DataplaneError> {
+    // Checks the map's type and value size before the copy is opened.
+    let shared: PerCpuArray<&MapData, V> =
+        PerCpuArray::try_from(dp.map(name)?).map_err(map_error(name))?;
+    let id = shared.map().info().map_err(map_error(name))?.id();
+    let data = MapData::from_id(id).map_err(map_error(name))?;
+    PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_error(name))
+}
+
+/// The configuration a scrape reports against: the classes in force with their kernel ids
+/// (stable across reloads, see [`crate::ids`]), the interfaces, generation and reloads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigView {
+    /// Classes in policy order, each with its kernel class id.
+    pub classes: Vec<(ClassInfo, u32)>,
+    /// Interfaces to report.
+    pub ifaces: Vec<Iface>,
+    /// Policy generation in force.
+    pub generation: u32,
+    /// Reloads so far.
+    pub reloads: Reloads,
+}
+
+impl ConfigView {
+    /// The view of `policy` compiled with ids in file order ([`crate::compile::CompiledPolicy::new`]).
+    pub fn in_file_order(
+        policy: &Policy,
+        ifaces: Vec<Iface>,
+        generation: u32,
+        reloads: Reloads,
+    ) -> ConfigView {
+        ConfigView {
+            classes: policy
+                .classes
+                .iter()
+                .zip(0..)
+                .map(|(c, id)| (ClassInfo::from(c), id))
+                .collect(),
+            ifaces,
+            generation,
+            reloads,
+        }
+    }
+}
+
+/// Reads the counters of every interface and class of `view`.
+pub fn snapshot(
+    reader: &CounterReader,
+    view: &ConfigView,
+) -> Result<MetricsSnapshot, DataplaneError> {
+    let ifaces = view
+        .ifaces
+        .iter()
+        .map(|iface| {
+            let classes = view
+                .classes
+                .iter()
+                .map(|(_, class)| {
+                    Ok(ClassSample {
+                        counters: reader.class_counters(iface.slot, *class)?,
+                        // Forwarding is not in the program yet; its counter goes here.
+                        forwarded_packets: 0,
+                    })
+                })
+                .collect::<Result<_, DataplaneError>>()?;
+            Ok(IfaceSample {
+                name: iface.name.clone(),
+                attached: iface.attached,
+                counters: reader.iface_counters(iface.slot)?,
+                classes,
+            })
+        })
+        .collect::<Result<_, DataplaneError>>()?;
+    Ok(MetricsSnapshot {
+        generation: view.generation,
+        reloads: view.reloads,
+        classes: view.classes.iter().map(|(c, _)| c.clone()).collect(),
+        ifaces,
+    })
+}
+
+/// Exposition format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 text (what Prometheus asks for).
+    OpenMetrics,
+    /// Prometheus text 0.0.4 (for clients that do not ask for OpenMetrics).
+    PrometheusText,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header lists it, else the Prometheus text format.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::PrometheusText,
+        }
+    }
+
+    /// The `Content-Type` of the format.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::PrometheusText => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+}
+
+/// Writes `snapshot` in `format`.
+pub fn encode(snapshot: MetricsSnapshot, format: Format) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Exposition(snapshot)));
+    let mut out = String::new();
+    match format {
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry)?,
+        Format::PrometheusText => {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?
+        }
+    }
+    Ok(out)
+}
+
+/// A per-class counter: name without `_total` (the encoder adds it), help, value.
+type ClassCounterDef = (&'static str, &'static str, fn(&ClassSample) -> u64);
+
+const CLASS_COUNTERS: [ClassCounterDef; 7] = [
+    (
+        "dataplane_class_packets",
+        "Packets classified into the class.",
+        |s| s.counters.packets,
+    ),
+    (
+        "dataplane_class_bytes",
+        "Bytes (whole frames) classified into the class.",
+        |s| s.counters.bytes,
+    ),
+    (
+        "dataplane_class_dropped_packets",
+        "Packets of the class dropped by policy (including non-ECT packets under an ECN action).",
+        |s| s.counters.dropped_packets,
+    ),
+    (
+        "dataplane_class_dropped_bytes",
+        "Bytes of the class dropped by policy.",
+        |s| s.counters.dropped_bytes,
+    ),
+    (
+        "dataplane_class_ecn_marked_packets",
+        "Packets of the class newly marked ECN CE.",
+        |s| s.counters.ecn_marked_packets,
+    ),
+    (
+        "dataplane_class_remarked_packets",
+        "Packets of the class whose DSCP was rewritten.",
+        |s| s.counters.remarked_packets,
+    ),
+    (
+        "dataplane_class_forwarded_packets",
+        "Packets of the class forwarded by the dataplane past the kernel stack.",
+        |s| s.forwarded_packets,
+    ),
+];
+
+/// Colour label values, by [`Colour`] index.
+const COLOUR_LABELS: [(Colour, &str); COLOURS] = [
+    (Colour::Green, "green"),
+    (Colour::Yellow, "yellow"),
+    (Colour::Red, "red"),
+];
+
+/// One scrape's metrics, for prometheus-client.
+#[derive(Debug)]
+struct Exposition(MetricsSnapshot);
+
+impl Exposition {
+    /// Every (iface, class) pair with its sample.
+    fn class_samples(&self) -> impl Iterator<Item = (&str, &str, &ClassSample)> {
+        self.0.ifaces.iter().flat_map(|iface| {
+            self.0
+                .classes
+                .iter()
+                .zip(&iface.classes)
+                .map(|(class, sample)| (iface.name.as_str(), class.name.as_str(), sample))
+        })
+    }
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let s = &self.0;
+        for (name, help, value) in CLASS_COUNTERS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (iface, class, sample) in self.class_samples() {
+                let labels = [("iface", iface), ("class", class)];
+                ConstCounter::new(value(sample)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "dataplane_class_colour_packets",
+            "Packets of the class by policer colour: green within rate, yellow above rate within ceil, red above ceil.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (iface, class, sample) in self.class_samples() {
+            for (colour, label) in COLOUR_LABELS {
+                let labels = [("iface", iface), ("class", class), ("colour", label)];
+                let value = sample.counters.colour_packets[colour as usize];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        for (name, help, parse_errors_only) in [
+            (
+                "dataplane_parse_errors",
+                "Malformed frames (passed unclassified), by reason.",
+                true,
+            ),
+            (
+                "dataplane_reason_packets",
+                "Packets that left the pipeline early or were dropped, by reason.",
+                false,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for iface in &s.ifaces {
+                for reason in Reason::ALL {
+                    if parse_errors_only && !reason.is_parse_error() {
+                        continue;
+                    }
+                    let labels = [("iface", iface.name.as_str()), ("reason", reason.label())];
+                    let value = iface.counters.reasons[reason as usize];
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "dataplane_flow_cache_lookups",
+            "Flow-cache lookups by result (a miss classifies through the rule tables).",
+            None,
+            MetricType::Counter,
+        )?;
+        for iface in &s.ifaces {
+            let c = &iface.counters;
+            for (result, value) in [("hit", c.flow_cache_hits), ("miss", c.flow_cache_misses)] {
+                let labels = [("iface", iface.name.as_str()), ("result", result)];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        for (name, help, value) in [
+            (
+                "dataplane_class_rate_bytes_per_second",
+                "Committed (guaranteed) rate of the class; 0 = no guarantee.",
+                (|c| Some(c.rate_bytes_per_sec)) as fn(&ClassInfo) -> Option<u64>,
+            ),
+            (
+                "dataplane_class_ceil_bytes_per_second",
+                "Peak rate of the class; absent for a class without a ceiling.",
+                |c| c.ceil_bytes_per_sec,
+            ),
+            (
+                "dataplane_class_priority",
+                "Priority of the class on the link budget, 0 (lowest) to 7.",
+                |c| Some(u64::from(c.priority)),
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for class in &s.classes {
+                if let Some(v) = value(class) {
+                    let labels = [("class", class.name.as_str())];
+                    ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "dataplane_xdp_attached",
+            "1 while the XDP program is attached to the interface, in the labelled mode.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for iface in &s.ifaces {
+            let mode = iface.attached.map_or(DETACHED_LABEL, AttachMode::label);
+            let labels = [("iface", iface.name.as_str()), ("mode", mode)];
+            ConstGauge::new(u64::from(iface.attached.is_some()))
+                .encode(family.encode_family(&labels)?)?;
+        }
+
+        ConstGauge::new(u64::from(s.generation)).encode(encoder.encode_descriptor(
+            "dataplane_config_generation",
+            "Generation of the policy in force (0 before the first).",
+            None,
+            MetricType::Gauge,
+        )?)?;
+
+        let mut family = encoder.encode_descriptor(
+            "dataplane_config_reloads",
+            "Policy reloads by result; after an error the previous policy stays in force.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, value) in [("ok", s.reloads.ok), ("error", s.reloads.error)] {
+            ConstCounter::new(value).encode(family.encode_family(&[("result", result)])?)?;
+        }
+
+        Info::new([("version", BUILD_VERSION)]).encode(encoder.encode_descriptor(
+            "dataplane_build",
+            "Version of the running dataplane.",
+            None,
+            MetricType::Info,
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_snapshot() -> MetricsSnapshot {
+        let class = |name: &str, ceil| ClassInfo {
+            name: name.into(),
+            rate_bytes_per_sec: 1000,
+            ceil_bytes_per_sec: ceil,
+            priority: 3,
+        };
+        let mut counters = ClassCounters {
+            packets: 7,
+            bytes: 700,
+            ..ClassCounters::default()
+        };
+        counters.colour_packets[Colour::Yellow as usize] = 7;
+        let mut iface_counters = IfaceCounters::default();
+        iface_counters.reasons[Reason::TruncatedL4 as usize] = 2;
+        iface_counters.reasons[Reason::NotIp as usize] = 5;
+        MetricsSnapshot {
+            generation: 3,
+            reloads: Reloads { ok: 2, error: 1 },
+            classes: vec![class("bulk", Some(2000)), class("default", None)],
+            ifaces: vec![IfaceSample {
+                name: "eth0".into(),
+                attached: Some(AttachMode::Generic),
+                counters: iface_counters,
+                classes: vec![
+                    ClassSample {
+                        counters,
+                        forwarded_packets: 4,
+                    },
+                    ClassSample::default(),
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn text_format_has_the_documented_series() {
+        let text = encode(sample_snapshot(), Format::PrometheusText).expect("encodes");
+        for line in [
+            "# TYPE dataplane_class_packets_total counter",
+            r#"dataplane_class_packets_total{iface="eth0",class="bulk"} 7"#,
+            r#"dataplane_class_bytes_total{iface="eth0",class="bulk"} 700"#,
+            r#"dataplane_class_forwarded_packets_total{iface="eth0",class="bulk"} 4"#,
+            r#"dataplane_class_colour_packets_total{iface="eth0",class="bulk",colour="yellow"} 7"#,
+            r#"dataplane_class_dropped_packets_total{iface="eth0",class="default"} 0"#,
+            r#"dataplane_parse_errors_total{iface="eth0",reason="truncated_l4"} 2"#,
+            r#"dataplane_reason_packets_total{iface="eth0",reason="not_ip"} 5"#,
+            r#"dataplane_flow_cache_lookups_total{iface="eth0",result="miss"} 0"#,
+            r#"dataplane_class_rate_bytes_per_second{class="bulk"} 1000"#,
+            r#"dataplane_class_ceil_bytes_per_second{class="bulk"} 2000"#,
+            r#"dataplane_class_priority{class="default"} 3"#,
+            r#"dataplane_xdp_attached{iface="eth0",mode="generic"} 1"#,
+            "dataplane_config_generation 3",
+            r#"dataplane_config_reloads_total{result="ok"} 2"#,
+            r#"dataplane_config_reloads_total{result="error"} 1"#,
+            &format!(r#"dataplane_build_info{{version="{BUILD_VERSION}"}} 1"#),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        // Not-IP traffic is not a parse error; an unlimited class has no ceiling series.
+        assert!(!text.contains(r#"dataplane_parse_errors_total{iface="eth0",reason="not_ip"}"#));
+        assert!(!text.contains(r#"dataplane_class_ceil_bytes_per_second{class="default"}"#));
+    }
+
+    #[test]
+    fn open_metrics_ends_with_eof_and_detached_interfaces_read_zero() {
+        let mut snap = sample_snapshot();
+        snap.ifaces[0].attached = None;
+        let text = encode(snap, Format::OpenMetrics).expect("encodes");
+        assert!(text.ends_with("# EOF\n"));
+        assert!(text.contains("# TYPE dataplane_class_packets counter\n"));
+        assert!(text.contains(r#"dataplane_xdp_attached{iface="eth0",mode="none"} 0"#));
+    }
+
+    #[test]
+    fn negotiation_prefers_open_metrics_only_when_asked() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::PrometheusText);
+        assert_eq!(Format::negotiate(None), Format::PrometheusText);
+    }
+
+    #[test]
+    fn default_address_is_loopback() {
+        let addr: std::net::SocketAddr = DEFAULT_METRICS_ADDR.parse().expect("an address");
+        assert!(addr.ip().is_loopback());
+    }
+}

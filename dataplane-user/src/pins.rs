@@ -1,0 +1,309 @@
+//! The bpffs layout a running dataplane lives in, so it outlives the daemon that loaded it.
+//!
+//! ```text
+//! /sys/fs/bpf/dataplane/          pin root (--pin-root), on a bpf filesystem
+//!   v1/                           layout version: a binary only adopts its own version
+//!     maps/<MAP_NAME>             every map of the object (ACTIVE_SLOT, CLASS_COUNTERS, ...)
+//!     programs/dataplane          the XDP pipeline
+//!     programs/xdp_pass           the pass-everything program (veth peers, measurements)
+//!     links/<iface>               one XDP link per attached interface
+//! ```
+//!
+//! A link pin keeps its program attached after every process has exited; removing the pin
+//! detaches it. Maps and programs stay loaded while anything (pin, link, process) holds them.
+
+use std::{
+    ffi::CString,
+    io,
+    path::{Path, PathBuf},
+};
+
+/// Where the layout lives unless told otherwise.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/dataplane";
+/// The layout this binary writes and adopts. Bump it whenever a map's type, key, value or size
+/// changes meaning in a way the size check below would not catch.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Where bpffs is mounted when the system has not mounted it.
+const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
+/// `statfs.f_type` of a bpf filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// What is wrong with the pinned state.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// Another layout version is pinned under the same root.
+    #[error(
+        "{found} holds a dataplane pinned with layout v{version}; this binary uses layout \
+         v{LAYOUT_VERSION} and will not adopt or overwrite it. Detach it with the dataplane \
+         release that created it, or remove it (this detaches that dataplane) with \
+         `dataplane detach --pin-root {root} --layout {version}`"
+    )]
+    OtherVersion {
+        /// The directory found.
+        found: PathBuf,
+        /// Its layout version.
+        version: u32,
+        /// The pin root.
+        root: PathBuf,
+    },
+    /// Something that is not ours sits under the pin root.
+    #[error(
+        "{0} is not part of a dataplane pin layout (expected only v<N> directories); move it away"
+    )]
+    Foreign(PathBuf),
+    /// A pinned map does not match the map this binary's program expects.
+    #[error(
+        "pinned map {path} does not match this binary's object ({what}); the pinned dataplane \
+         came from another build. Run `dataplane detach` (this detaches it), then start again"
+    )]
+    Incompatible {
+        /// The pin.
+        path: PathBuf,
+        /// What differs.
+        what: String,
+    },
+    /// The pin root is not on a bpf filesystem.
+    #[error("{0} is not on a bpf filesystem; mount one (mount -t bpf bpf /sys/fs/bpf) or choose --pin-root under it")]
+    NotBpffs(PathBuf),
+    /// A filesystem operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PinError + 'a {
+    move |source| PinError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The pin paths of one dataplane.
+#[derive(Clone, Debug)]
+pub struct PinLayout {
+    root: PathBuf,
+}
+
+impl PinLayout {
+    /// The layout under `root` (usually [`DEFAULT_PIN_ROOT`]).
+    pub fn new(root: impl Into<PathBuf>) -> PinLayout {
+        PinLayout { root: root.into() }
+    }
+
+    /// The pin root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of this binary's layout version.
+    pub fn dir(&self) -> PathBuf {
+        self.version_dir(LAYOUT_VERSION)
+    }
+
+    fn version_dir(&self, version: u32) -> PathBuf {
+        self.root.join(format!("v{version}"))
+    }
+
+    /// Pin of map `name`.
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir().join("maps").join(name)
+    }
+
+    /// Pin of program `name`.
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.dir().join("programs").join(name)
+    }
+
+    /// Pin of the XDP link on `iface`.
+    pub fn link(&self, iface: &str) -> PathBuf {
+        self.links_dir().join(iface)
+    }
+
+    fn links_dir(&self) -> PathBuf {
+        self.dir().join("links")
+    }
+
+    /// Whether a dataplane of this layout is pinned (its program pin is the marker: it is
+    /// written last on a fresh load).
+    pub fn is_pinned(&self) -> bool {
+        self.program(crate::dataplane::PROGRAM_NAME).exists()
+    }
+
+    /// Refuses pin roots holding other layout versions or foreign entries.
+    pub fn check_version(&self) -> Result<(), PinError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("reading", &self.root)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("reading", &self.root))?;
+            let name = entry.file_name();
+            let version = name
+                .to_str()
+                .and_then(|n| n.strip_prefix('v'))
+                .and_then(|v| v.parse::<u32>().ok());
+            match version {
+                Some(LAYOUT_VERSION) => {}
+                Some(version) => {
+                    return Err(PinError::OtherVersion {
+                        found: entry.path(),
+                        version,
+                        root: self.root.clone(),
+                    })
+                }
+                None => return Err(PinError::Foreign(entry.path())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure the pin root can be created on a bpf filesystem, mounting bpffs at
+    /// /sys/fs/bpf when the system has not.
+    pub fn prepare(&self) -> Result<(), PinError> {
+        let mount_point = Path::new(BPFFS_MOUNT_POINT);
+        if self.root.starts_with(mount_point) && !is_bpffs(mount_point) {
+            mount_bpffs(mount_point)?;
+        }
+        for dir in [
+            self.dir().join("maps"),
+            self.dir().join("programs"),
+            self.links_dir(),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        }
+        if !is_bpffs(&self.root) {
+            return Err(PinError::NotBpffs(self.root.clone()));
+        }
+        Ok(())
+    }
+
+    /// Interfaces with a pinned XDP link, sorted.
+    pub fn attached(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.links_dir())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Removes the link pin of `iface`, detaching the program from it once nothing else
+    /// holds the link. Returns whether there was one.
+    pub fn unpin_link(&self, iface: &str) -> Result<bool, PinError> {
+        let path = self.link(iface);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("removing", &path)(e)),
+        }
+    }
+
+    /// Removes layout `version` entirely: links first (detaching), then programs and maps.
+    pub fn remove_version(&self, version: u32) -> Result<bool, PinError> {
+        let dir = self.version_dir(version);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        for sub in ["links", "programs", "maps"] {
+            let path = dir.join(sub);
+            match std::fs::read_dir(&path) {
+                Ok(entries) => {
+                    for e in entries.filter_map(Result::ok) {
+                        std::fs::remove_file(e.path()).map_err(io_err("removing", &e.path()))?;
+                    }
+                    std::fs::remove_dir(&path).map_err(io_err("removing", &path))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("reading", &path)(e)),
+            }
+        }
+        std::fs::remove_dir(&dir).map_err(io_err("removing", &dir))?;
+        // The root goes too when nothing else is left in it.
+        let _ = std::fs::remove_dir(&self.root);
+        Ok(true)
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is NUL-terminated; `st` is a valid out-pointer for the call.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+fn mount_bpffs(at: &Path) -> Result<(), PinError> {
+    std::fs::create_dir_all(at).map_err(io_err("creating", at))?;
+    let target = CString::new(at.as_os_str().as_encoded_bytes())
+        .map_err(|e| io_err("mounting bpffs on", at)(io::Error::other(e)))?;
+    // SAFETY: all pointers are valid NUL-terminated strings; data is null.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io_err("mounting bpffs on", at)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_the_documented_layout() {
+        let l = PinLayout::new("/sys/fs/bpf/dataplane");
+        assert_eq!(l.dir(), Path::new("/sys/fs/bpf/dataplane/v1"));
+        assert_eq!(
+            l.map("CLASS_COUNTERS"),
+            Path::new("/sys/fs/bpf/dataplane/v1/maps/CLASS_COUNTERS")
+        );
+        assert_eq!(
+            l.program("dataplane"),
+            Path::new("/sys/fs/bpf/dataplane/v1/programs/dataplane")
+        );
+        assert_eq!(
+            l.link("eth0"),
+            Path::new("/sys/fs/bpf/dataplane/v1/links/eth0")
+        );
+    }
+
+    #[test]
+    fn other_versions_and_foreign_entries_are_refused() {
+        let root = std::env::temp_dir().join(format!("dp-pins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("v1")).expect("mkdir");
+        let l = PinLayout::new(&root);
+        assert!(l.check_version().is_ok());
+        std::fs::create_dir_all(root.join("v7")).expect("mkdir");
+        let err = l.check_version().expect_err("v7 is refused").to_string();
+        assert!(
+            err.contains("layout v7") && err.contains("--layout 7"),
+            "{err}"
+        );
+        std::fs::remove_dir(root.join("v7")).expect("rmdir");
+        std::fs::write(root.join("stray"), b"").expect("write");
+        let err = l.check_version().expect_err("stray file").to_string();
+        assert!(err.contains("stray"), "{err}");
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+}

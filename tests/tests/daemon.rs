@@ -1,0 +1,584 @@
+//! The daemon and CLI end to end: the real binary, real pins, real traffic through a veth
+//! pair from a namespace this test creates.
+
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use dataplane_tests::{daemon::Daemon, netns::VethNs, traffic};
+
+/// Traffic tests measure rates: on two cores they must not run at the same time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const STEADY_PORT: u16 = 5002;
+const LIMITED_PORT: u16 = 5001;
+
+/// A policy with an unlimited class on UDP 5002 and a class limited to `rate` on UDP 5001.
+fn policy(rate: &str) -> String {
+    format!(
+        r#"# test policy: operator comment kept by --save
+default_class = "default"
+
+[[class]]
+name = "default"
+
+[[class]]
+name = "steady"
+priority = 5
+
+[[class]]
+name = "limited"
+priority = 1
+rate = "{rate}"
+ceil = "{rate}"
+burst = "16KiB"
+ceil_burst = "16KiB"
+exceed = "drop"
+violate = "drop"
+
+[[rule]]
+class = "steady"
+protocol = "udp"
+dst_port = {STEADY_PORT}
+
+[[rule]]
+class = "limited"
+protocol = "udp"
+dst_port = {LIMITED_PORT}
+"#
+    )
+}
+
+fn addr(net: &VethNs, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(net.root_addr, port))
+}
+
+/// Sends `count` datagrams to `dst` from the namespace at `pps`; returns how many were sent.
+fn send(net: &VethNs, dst: SocketAddr, payload: usize, pps: u64, count: u64) -> u64 {
+    let limit = Duration::from_secs_f64(count as f64 / pps as f64 + 2.0);
+    net.run(move || traffic::send_paced(dst, payload, pps, limit, count))
+}
+
+fn generation(d: &Daemon) -> u64 {
+    d.status()["generation"].as_u64().expect("generation")
+}
+
+/// Waits (bounded) until `f` holds.
+fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends 1000-byte datagrams at three times the limited class's 8 Mbit/s for one second and
+/// returns (sent, received).
+fn police_check(net: &VethNs) -> (u64, u64) {
+    let sink = traffic::Sink::bind(addr(net, LIMITED_PORT));
+    let sent = send(net, addr(net, LIMITED_PORT), 1000, 3000, 3000);
+    (sent, sink.settle())
+}
+
+/// 8 Mbit/s = 1 MB/s: over one second about 1000 frames of 1042 bytes, plus a 16 KiB burst.
+fn assert_policed(sent: u64, received: u64) {
+    assert!(sent >= 2500, "the sender managed only {sent} datagrams");
+    assert!(
+        (700..=1300).contains(&received),
+        "limited class: {received} of {sent} arrived, expected about 1000 (8 Mbit/s for 1 s)"
+    );
+}
+
+#[test]
+fn lifecycle_run_stats_reload_detach() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+
+    let status = d.status();
+    assert_eq!(status["interfaces"][0]["iface"], net.root_if.as_str());
+    assert_eq!(status["interfaces"][0]["mode"], "native");
+    assert_eq!(status["daemon"]["running"], true);
+    assert!(status["program_id"].as_u64().unwrap_or(0) > 0);
+    let g0 = generation(&d);
+    assert!(g0 >= 1);
+    assert!(net.xdp_attached(), "XDP is attached to {}", net.root_if);
+
+    // Real traffic is classified and counted.
+    let sink = traffic::Sink::bind(addr(&net, STEADY_PORT));
+    let sent = send(&net, addr(&net, STEADY_PORT), 100, 2000, 1000);
+    assert_eq!(sink.settle(), sent, "the unlimited class lost packets");
+    assert!(d.class_counter(&net.root_if, "steady", "packets") >= sent);
+    let human = d.ok(&["stats", "--interval", "100ms"]);
+    assert!(
+        human.contains("steady") && human.contains("PACKETS"),
+        "{human}"
+    );
+
+    // Reload by command, by SIGHUP and by editing the file.
+    d.write_config(&policy("16Mbit"));
+    let out = d.ok(&["reload"]);
+    assert!(out.contains("reloaded"), "{out}");
+    let g1 = generation(&d);
+    assert!(g1 > g0);
+    d.hangup();
+    eventually("the SIGHUP reload", Duration::from_secs(5), || {
+        generation(&d) > g1
+    });
+    let g2 = generation(&d);
+    d.write_config(&policy("24Mbit"));
+    eventually("the config-file reload", Duration::from_secs(5), || {
+        generation(&d) > g2
+    });
+    let class = d.ok(&["class", "show", "limited"]);
+    assert!(class.contains("24Mbit"), "{class}");
+    assert_eq!(d.status()["reloads_ok"], 3);
+
+    let live = d.ok(&["stats", "--watch", "--interval", "100ms", "--count", "2"]);
+    assert_eq!(
+        live.matches("dataplane stats, generation").count(),
+        2,
+        "{live}"
+    );
+
+    // Detaching one interface leaves the dataplane loaded.
+    d.ok(&["detach", "--iface", &net.root_if]);
+    assert!(!net.xdp_attached(), "XDP detached from {}", net.root_if);
+    assert_eq!(d.status()["interfaces"].as_array().map(Vec::len), Some(0));
+    let out = d.cli(&["detach", "--iface", &net.root_if]);
+    assert_eq!(out.status.code(), Some(4), "not attached any more");
+
+    // Detach removes everything and the daemon exits.
+    let out = d.ok(&["detach"]);
+    assert!(out.contains("detached"), "{out}");
+    assert!(
+        d.wait_exit(Duration::from_secs(5)),
+        "the daemon exits after a detach"
+    );
+    assert!(!d.pin_root.join("v1").exists(), "pins removed");
+    let out = d.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no dataplane is pinned"));
+}
+
+#[test]
+fn kill_9_leaves_traffic_flowing_and_policed_and_a_restart_readopts() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let before = d.status();
+
+    let steady = traffic::Sink::bind(addr(&net, STEADY_PORT));
+    let sent1 = send(&net, addr(&net, STEADY_PORT), 100, 2000, 500);
+    d.kill9();
+
+    // No daemon: still attached, still classifying, still policing.
+    assert!(net.xdp_attached());
+    let sent2 = send(&net, addr(&net, STEADY_PORT), 100, 2000, 500);
+    assert_eq!(steady.settle(), sent1 + sent2, "traffic kept flowing");
+    let (sent, received) = police_check(&net);
+    assert_policed(sent, received);
+    // Read-only commands work from the pins.
+    let counted = d.class_counter(&net.root_if, "steady", "packets");
+    assert!(counted >= sent1 + sent2, "{counted} < {}", sent1 + sent2);
+    assert_eq!(d.status()["daemon"]["running"], false);
+
+    // A new daemon adopts: same program, counters continue, no re-attach.
+    d.start(&["--iface", &net.root_if]);
+    assert!(d.log().contains("adopted"), "{}", d.log());
+    let after = d.status();
+    assert_eq!(
+        after["program_id"], before["program_id"],
+        "the program was not reloaded"
+    );
+    assert!(generation(&d) >= before["generation"].as_u64().unwrap_or(0));
+    let resumed = d.class_counter(&net.root_if, "steady", "packets");
+    assert!(
+        resumed >= counted,
+        "counters restarted: {resumed} < {counted}"
+    );
+    let sent3 = send(&net, addr(&net, STEADY_PORT), 100, 2000, 200);
+    let total = d.class_counter(&net.root_if, "steady", "packets");
+    assert!(total >= counted + sent3, "{total} < {counted} + {sent3}");
+}
+
+#[test]
+fn invalid_config_on_reload_keeps_the_running_policy() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let g = generation(&d);
+
+    d.write_config(&policy("fast"));
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(4), "rejected reload exits 4");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("class[2].rate") && err.contains("stays in force"),
+        "{err}"
+    );
+    let status = d.status();
+    assert_eq!(status["generation"].as_u64(), Some(g));
+    assert!(status["reloads_error"].as_u64().unwrap_or(0) >= 1);
+    assert!(status["last_error"].as_str().unwrap_or("").contains("rate"));
+    // The old 8 Mbit/s limit is still enforced.
+    let (sent, received) = police_check(&net);
+    assert_policed(sent, received);
+
+    // A broken file at start of an adopted dataplane does not cut traffic either.
+    d.kill9();
+    d.start(&["--iface", &net.root_if]);
+    assert!(d
+        .log()
+        .contains("config rejected, the policy in force stays"));
+    assert_eq!(d.status()["generation"].as_u64(), Some(g));
+    let (sent, received) = police_check(&net);
+    assert_policed(sent, received);
+}
+
+#[test]
+fn reloads_under_traffic_lose_no_packets_of_unchanged_classes() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let counted_before = d.class_counter(&net.root_if, "steady", "packets");
+
+    let sink = traffic::Sink::bind(addr(&net, STEADY_PORT));
+    let dst = addr(&net, STEADY_PORT);
+    let sender =
+        net.spawn(move || traffic::send_paced(dst, 200, 10_000, Duration::from_secs(3), 30_000));
+    let g0 = generation(&d);
+    let mut reloads = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(2500) && reloads < 20 {
+        let rate = format!("{}Mbit", 8 + reloads);
+        if reloads % 2 == 0 {
+            d.ok(&["class", "set", "limited", "--rate", &rate, "--ceil", &rate]);
+        } else {
+            d.write_config(&policy(&rate));
+            d.ok(&["reload"]);
+        }
+        reloads += 1;
+    }
+    let sent = sender.join().expect("sender");
+    assert!(
+        reloads >= 5,
+        "only {reloads} reloads happened during the traffic"
+    );
+    assert!(generation(&d) >= g0 + reloads);
+    assert!(sent > 10_000, "sender managed only {sent}");
+    assert_eq!(
+        sink.settle(),
+        sent,
+        "packets of the unchanged class were lost"
+    );
+    let counted = d.class_counter(&net.root_if, "steady", "packets") - counted_before;
+    assert_eq!(counted, sent, "every packet counted once under its class");
+}
+
+#[test]
+fn concurrent_cli_changes_are_serialized() {
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let g0 = generation(&d);
+    let rules0 = serde_json::from_str::<serde_json::Value>(&d.ok(&["rule", "list", "--json"]))
+        .expect("json")
+        .as_array()
+        .map_or(0, Vec::len);
+
+    let d = std::sync::Arc::new(d);
+    let workers: Vec<_> = (0..9)
+        .map(|i| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                let port = (6000 + i).to_string();
+                let rate = format!("{}Mbit", 10 + i);
+                let out = match i {
+                    8 => d.cli(&["rule", "add", "--class", "nope"]),
+                    i if i % 2 == 0 => d.cli(&[
+                        "rule",
+                        "add",
+                        "--class",
+                        "steady",
+                        "--protocol",
+                        "udp",
+                        "--dst-port",
+                        &port,
+                    ]),
+                    _ => d.cli(&["class", "set", "limited", "--rate", &rate, "--ceil", &rate]),
+                };
+                (i, out)
+            })
+        })
+        .collect();
+    for w in workers {
+        let (i, out) = w.join().expect("worker");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if i == 8 {
+            assert_eq!(out.status.code(), Some(4), "invalid change rejected: {err}");
+            assert!(err.contains("class") && err.contains("nope"), "{err}");
+        } else {
+            assert!(out.status.success(), "change {i} failed: {err}");
+        }
+    }
+    assert_eq!(
+        generation(&d),
+        g0 + 8,
+        "each valid change is one generation"
+    );
+    let rules = serde_json::from_str::<serde_json::Value>(&d.ok(&["rule", "list", "--json"]))
+        .expect("json");
+    let rules = rules.as_array().expect("array");
+    assert_eq!(rules.len(), rules0 + 4, "four rules added, none lost");
+    for port in [6000, 6002, 6004, 6006] {
+        assert!(
+            rules.iter().any(|r| r["rule"]["dst_port"] == port),
+            "rule for {port} landed"
+        );
+    }
+}
+
+#[test]
+fn runtime_changes_saved_survive_a_restart() {
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    d.ok(&[
+        "class", "set", "limited", "--rate", "16Mbit", "--ceil", "20Mbit", "--save",
+    ]);
+    d.ok(&[
+        "rule",
+        "add",
+        "--class",
+        "steady",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "7000",
+        "--position",
+        "0",
+        "--save",
+    ]);
+    d.ok(&["rule", "del", "2", "--save"]);
+    let text = std::fs::read_to_string(d.config_path()).expect("config");
+    assert!(
+        text.contains("operator comment kept"),
+        "comments survive --save:\n{text}"
+    );
+    assert!(text.contains("16Mbit") && text.contains("7000"), "{text}");
+    // Without --save the file is untouched.
+    d.ok(&["class", "set", "limited", "--priority", "2"]);
+    assert_eq!(
+        std::fs::read_to_string(d.config_path()).expect("config"),
+        text
+    );
+
+    d.stop();
+    d.start(&["--iface", &net.root_if]);
+    let classes: serde_json::Value =
+        serde_json::from_str(&d.ok(&["class", "list", "--json"])).expect("json");
+    let limited = classes
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "limited"))
+        .expect("limited class")
+        .clone();
+    assert_eq!(limited["rate"], "16Mbit");
+    assert_eq!(limited["ceil"], "20Mbit");
+    assert_eq!(
+        limited["priority"], 1,
+        "the unsaved change is gone after the restart"
+    );
+    let rules = d.ok(&["rule", "list"]);
+    let first = rules.lines().nth(1).unwrap_or_default();
+    assert!(
+        first.contains("steady") && first.contains("7000"),
+        "{rules}"
+    );
+}
+
+#[test]
+fn bad_arguments_and_missing_daemon_give_distinct_exit_codes() {
+    let d = Daemon::create();
+    let out = d.cli(&["class", "set", "x", "--rate", "fast"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rate \"fast\""));
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(3), "no daemon");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no dataplane daemon is running"));
+    let out = d.cli(&["stats"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no dataplane is pinned"));
+    let out = d.cli(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2), "usage error");
+    let out = d.cli(&["kernel-log", "loud"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown log level"));
+    d.write_config("[[class]]\nname = \"default\"\nrate = \"-1\"\n");
+    let out = d.cli(&["config", "check", &d.config_path().display().to_string()]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("class[0].rate"));
+    let out = d.ok(&["completions", "bash"]);
+    assert!(
+        out.contains("dataplane") && out.contains("complete"),
+        "bash completions"
+    );
+}
+
+#[test]
+fn other_layout_versions_and_incompatible_pins_are_refused() {
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+
+    // A layout of another version: refused with the way out, then removed that way.
+    std::fs::create_dir_all(d.pin_root.join("v9")).expect("mkdir on bpffs");
+    let (code, err) = d.start_fails(&["--iface", &net.root_if]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("layout v9") && err.contains("--layout 9"),
+        "{err}"
+    );
+    assert!(d.pin_root.join("v9").exists(), "never silently removed");
+    d.ok(&["detach", "--layout", "9"]);
+    d.start(&["--iface", &net.root_if]);
+    d.stop();
+
+    // A pinned map of another shape (as another build would leave): refused by name.
+    let map = d.pin_root.join("v1/maps/ACTIVE_SLOT");
+    std::fs::remove_file(&map).expect("unpin");
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&map)
+        .args([
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "1",
+            "name",
+            "ACTIVE_SLOT",
+        ])
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, err) = d.start_fails(&["--iface", &net.root_if]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("ACTIVE_SLOT") && err.contains("does not match"),
+        "{err}"
+    );
+    // It is still attached: the refused daemon changed nothing.
+    assert!(net.xdp_attached());
+}
+
+#[test]
+fn auto_mode_falls_back_to_generic_loudly_and_native_fails_clearly() {
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    // An ifb device has no driver XDP.
+    let dummy = format!("dd{}x", std::process::id() % 1_000_000);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &dummy])
+        .status();
+    let ok = std::process::Command::new("ip")
+        .args(["link", "add", &dummy, "type", "ifb"])
+        .status()
+        .expect("ip");
+    assert!(ok.success());
+    struct Link(String);
+    impl Drop for Link {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.0])
+                .status();
+        }
+    }
+    let _link = Link(dummy.clone());
+
+    let (code, err) = d.start_fails(&["--iface", &dummy]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&dummy) && err.contains("native"), "{err}");
+
+    d.start(&["--iface", &dummy, "--xdp-mode", "auto"]);
+    assert!(d.log().contains("FALLING BACK TO GENERIC"), "{}", d.log());
+    assert_eq!(d.status()["interfaces"][0]["mode"], "generic");
+    let human = d.ok(&["status"]);
+    assert!(human.contains("WARNING: generic mode"), "{human}");
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_daemon_and_sees_what_was_sent() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let metrics: SocketAddr = d.status_state_metrics_addr();
+
+    let steady = traffic::Sink::bind(addr(&net, STEADY_PORT));
+    let sent_steady = send(&net, addr(&net, STEADY_PORT), 100, 2000, 1500);
+    assert_eq!(steady.settle(), sent_steady);
+    let (sent_limited, received_limited) = police_check(&net);
+    let dropped = sent_limited - received_limited;
+
+    let prometheus = dataplane_tests::prometheus::Prometheus::start(&[metrics], &[]);
+    let iface = &net.root_if;
+    let value = |metric: &str, class: &str, want: u64| {
+        let q = format!("{metric}{{iface=\"{iface}\",class=\"{class}\"}}");
+        prometheus.wait_for(&q, Duration::from_secs(20), |s| {
+            s.len() == 1 && s[0].value == want as f64
+        });
+    };
+    value("dataplane_class_packets_total", "steady", sent_steady);
+    value("dataplane_class_packets_total", "limited", sent_limited);
+    value("dataplane_class_dropped_packets_total", "limited", dropped);
+    value("dataplane_class_dropped_packets_total", "steady", 0);
+    prometheus.wait_for(
+        &format!("dataplane_xdp_attached{{iface=\"{iface}\",mode=\"native\"}}"),
+        Duration::from_secs(20),
+        |s| s.len() == 1 && s[0].value == 1.0,
+    );
+    // A reload shows up as a new generation and an ok reload.
+    let g = generation(&d);
+    d.write_config(&policy("16Mbit"));
+    d.ok(&["reload"]);
+    prometheus.wait_for(
+        "dataplane_config_generation",
+        Duration::from_secs(20),
+        |s| s.len() == 1 && s[0].value > g as f64,
+    );
+    prometheus.wait_for(
+        "dataplane_config_reloads_total{result=\"ok\"}",
+        Duration::from_secs(20),
+        |s| s.len() == 1 && s[0].value == 1.0,
+    );
+    prometheus.wait_for(
+        "dataplane_class_rate_bytes_per_second{class=\"limited\"}",
+        Duration::from_secs(20),
+        |s| s.len() == 1 && s[0].value == 2_000_000.0,
+    );
+}
