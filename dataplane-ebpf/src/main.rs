@@ -9,6 +9,7 @@ mod act;
 mod classify;
 mod forward;
 mod frame;
+mod log;
 mod maps;
 mod police;
 
@@ -35,7 +36,10 @@ pub fn dataplane(ctx: XdpContext) -> u32 {
     let iface_slot = iface.map_or(0, |i| i.slot);
     match pipeline(&ctx, &Frame::new(&ctx), iface, iface_slot) {
         Ok(action) => action,
-        Err(reason) => record(iface_slot, reason),
+        Err(reason) => {
+            log::outcome(ctx.ctx, reason);
+            record(iface_slot, reason)
+        }
     }
 }
 

@@ -582,3 +582,34 @@ fn a_real_prometheus_scrapes_the_daemon_and_sees_what_was_sent() {
         |s| s.len() == 1 && s[0].value == 2_000_000.0,
     );
 }
+
+#[test]
+fn kernel_log_lines_reach_the_daemon_log_only_while_enabled() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let kernel_lines = |d: &Daemon| d.log().matches("dataplane::kernel").count();
+
+    // Off by default: drops log nothing.
+    let (sent, received) = police_check(&net);
+    assert!(received < sent, "the limited class dropped");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(kernel_lines(&d), 0, "{}", d.log());
+
+    d.ok(&["kernel-log", "debug"]);
+    assert_eq!(d.status()["kernel_log_level"], "debug");
+    police_check(&net);
+    eventually("kernel log lines", Duration::from_secs(5), || {
+        kernel_lines(&d) > 0
+    });
+    assert!(d.log().contains("outcome policy_drop"), "{}", d.log());
+
+    d.ok(&["kernel-log", "off"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = kernel_lines(&d);
+    police_check(&net);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(kernel_lines(&d), before, "nothing logged once off again");
+}
