@@ -8,6 +8,7 @@
 pub mod action;
 pub mod checksum;
 pub mod classify;
+pub mod forward;
 pub mod maps;
 pub mod packet;
 pub mod policer;

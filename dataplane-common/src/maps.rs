@@ -67,10 +67,20 @@ pub struct PolicerState {
 pub struct IfaceConfig {
     /// Counter and rule slot, 1..MAX_IFACES (0 is "unregistered").
     pub slot: u32,
+    /// [`IfaceConfig::FORWARD`] or 0.
+    pub flags: u32,
+    /// The interface's own MAC: only frames sent to it are forwarded.
+    pub mac: [u8; 6],
     /// Padding.
-    pub _pad: u32,
+    pub _pad: [u8; 2],
     /// Link budget; unlimited = none.
     pub link: BucketParams,
+}
+
+impl IfaceConfig {
+    /// Forward packets arriving here that the policy lets through and that are not for this
+    /// host, straight to the egress interface (route lookup in the kernel's FIB).
+    pub const FORWARD: u32 = 1;
 }
 
 /// Shared link-budget state of an interface.
@@ -155,6 +165,24 @@ impl IfaceCounters {
     }
 }
 
+/// Per-CPU counters of one class forwarded out of one interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardCounters {
+    /// Packets redirected to the egress interface.
+    pub packets: u64,
+    /// Their bytes (whole frames).
+    pub bytes: u64,
+}
+
+impl ForwardCounters {
+    /// Adds another CPU's counters.
+    pub fn add(&mut self, o: &ForwardCounters) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+    }
+}
+
 /// Flow-cache key: every field a rule can match on, so a cached class is exact.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -232,10 +260,11 @@ const _: () = {
     assert!(core::mem::size_of::<BucketParams>() == 16);
     assert!(core::mem::size_of::<ClassConfig>() == 40);
     assert!(core::mem::size_of::<PolicerState>() == 16);
-    assert!(core::mem::size_of::<IfaceConfig>() == 24);
+    assert!(core::mem::size_of::<IfaceConfig>() == 32);
     assert!(core::mem::size_of::<LinkState>() == 8);
     assert!(core::mem::size_of::<ClassCounters>() == 88);
     assert!(core::mem::size_of::<IfaceCounters>() == 8 * (REASON_COUNT + 2));
+    assert!(core::mem::size_of::<ForwardCounters>() == 16);
     assert!(core::mem::size_of::<FlowKey>() == 44);
     assert!(core::mem::size_of::<FlowEntry>() == 8);
     assert!(core::mem::size_of::<crate::classify::PrefixKey>() == 20);
@@ -254,6 +283,7 @@ mod pod {
     unsafe impl aya::Pod for LinkState {}
     unsafe impl aya::Pod for ClassCounters {}
     unsafe impl aya::Pod for IfaceCounters {}
+    unsafe impl aya::Pod for ForwardCounters {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for PrefixKey {}
@@ -290,9 +320,17 @@ pub mod names {
     pub const IFACE_COUNTERS: &str = "IFACE_COUNTERS";
     /// `Array<u32, 1>`: kernel log level (0 off, 1 error ... 5 trace).
     pub const LOG_LEVEL: &str = "LOG_LEVEL";
+    /// `DevMapHash` keyed by ifindex: the interfaces forwarded packets may leave by.
+    pub const EGRESS_DEVICES: &str = "EGRESS_DEVICES";
+    /// `PerCpuArray<ForwardCounters, MAX_IFACES * MAX_CLASSES>`, by egress slot and class.
+    pub const FORWARD_COUNTERS: &str = "FORWARD_COUNTERS";
+    /// `PerCpuArray<bpf_fib_lookup, 1>`: the route lookup's scratch space (kernel only).
+    pub const FIB_SCRATCH: &str = "FIB_SCRATCH";
+    /// `PerCpuArray` of one parsed packet's room: the parser's scratch space (kernel only).
+    pub const PACKET_SCRATCH: &str = "PACKET_SCRATCH";
 
     /// Every map, for checks that the object and the pins hold them all.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 18] = [
         ACTIVE_SLOT,
         POLICY_SLOTS,
         CLASSES,
@@ -307,10 +345,15 @@ pub mod names {
         CLASS_COUNTERS,
         IFACE_COUNTERS,
         LOG_LEVEL,
+        EGRESS_DEVICES,
+        FORWARD_COUNTERS,
+        FIB_SCRATCH,
+        PACKET_SCRATCH,
     ];
 }
 
-/// Index of the counters of class `class` on interface slot `iface_slot`.
+/// Index of the counters of class `class` on interface slot `iface_slot` (`CLASS_COUNTERS`,
+/// and `FORWARD_COUNTERS` by egress slot).
 #[inline(always)]
 pub const fn class_counter_index(iface_slot: u32, class: u32) -> u32 {
     iface_slot * crate::MAX_CLASSES as u32 + class

@@ -124,6 +124,17 @@ fn be16(b: [u8; 2]) -> u16 {
 /// passed to the kernel, never dropped.
 #[inline(always)]
 pub fn parse<P: PacketBytes + ?Sized>(pkt: &P) -> Result<PacketMeta, Reason> {
+    let mut meta = PacketMeta::default();
+    parse_into(pkt, &mut meta)?;
+    Ok(meta)
+}
+
+/// [`parse`] into memory the caller provides (every field is overwritten). The XDP program
+/// parses into a per-CPU map value: kept on the BPF stack, the addresses were split into
+/// single bytes and spilled one 8-byte slot each.
+#[inline(always)]
+pub fn parse_into<P: PacketBytes + ?Sized>(pkt: &P, meta: &mut PacketMeta) -> Result<(), Reason> {
+    *meta = PacketMeta::default();
     let ethertype_at = ETH_HLEN - 2;
     let mut ethertype = be16(pkt.bytes(ethertype_at).ok_or(Reason::TruncatedEthernet)?);
     let mut l3_offset = ETH_HLEN;
@@ -136,19 +147,16 @@ pub fn parse<P: PacketBytes + ?Sized>(pkt: &P) -> Result<PacketMeta, Reason> {
         l3_offset += VLAN_HLEN;
         tags += 1;
     }
-    let mut meta = PacketMeta {
-        l3_offset,
-        ..PacketMeta::default()
-    };
+    meta.l3_offset = l3_offset;
     let span = match ethertype {
-        ethertype::IPV4 => parse_ipv4(pkt, &mut meta)?,
-        ethertype::IPV6 => parse_ipv6(pkt, &mut meta)?,
+        ethertype::IPV4 => parse_ipv4(pkt, meta)?,
+        ethertype::IPV6 => parse_ipv6(pkt, meta)?,
         _ => return Err(Reason::NotIp),
     };
     if !meta.later_fragment {
-        parse_l4(pkt, span, &mut meta)?;
+        parse_l4(pkt, span, meta)?;
     }
-    Ok(meta)
+    Ok(())
 }
 
 /// Where the upper-layer header starts and where the IP packet ends (Ethernet padding may

@@ -36,10 +36,49 @@ pub enum Reason {
     EcnNotCapable = 14,
     /// The packet could not be rewritten (header moved out of reach): passed unchanged.
     RewriteFailed = 15,
+    /// Forwarding: the route is a blackhole.
+    FibBlackhole = 16,
+    /// Forwarding: the route is unreachable.
+    FibUnreachable = 17,
+    /// Forwarding: the route is prohibit.
+    FibProhibit = 18,
+    /// Forwarding: not a unicast route to forward on (local delivery, broadcast, multicast,
+    /// no route at all): the kernel handles it.
+    FibNotForwarded = 19,
+    /// Forwarding: IP forwarding is disabled on the ingress interface (sysctl).
+    FibForwardingDisabled = 20,
+    /// Forwarding: the route needs encapsulation (lightweight tunnel) the helper does not do.
+    FibUnsupported = 21,
+    /// Forwarding: the next hop's link-layer address is not resolved yet; the kernel
+    /// resolves it (ARP / neighbour discovery) and forwards this packet itself.
+    FibNoNeighbour = 22,
+    /// Forwarding: larger than the egress MTU; the kernel fragments or sends
+    /// "packet too big".
+    FibFragNeeded = 23,
+    /// Forwarding: the route lookup failed in another way (an error or a result code this
+    /// build does not know).
+    FibOther = 24,
+    /// Forwarding: TTL / hop limit would reach zero; the kernel sends ICMP time exceeded.
+    TtlExpired = 25,
+    /// Forwarding: the destination MAC is not the ingress interface's (broadcast,
+    /// multicast, or another host's frame seen in promiscuous mode).
+    NotOurMac = 26,
+    /// Forwarding: VLAN-tagged frames are left to the kernel's VLAN devices.
+    VlanTagged = 27,
+    /// Forwarding: an address a router must not forward (loopback, link-local,
+    /// unspecified, multicast or limited-broadcast source).
+    NotRoutable = 28,
+    /// Forwarding: the egress interface is not registered with the dataplane; the kernel
+    /// forwards the packet.
+    EgressNotRegistered = 29,
+    /// Forwarding: the egress interface is missing from the redirect device map.
+    RedirectFailed = 30,
+    /// A per-CPU scratch map had no value (it always has one): passed (fail open).
+    ScratchUnavailable = 31,
 }
 
 /// Number of [`Reason`] variants (the width of the per-interface reason counters).
-pub const REASON_COUNT: usize = 16;
+pub const REASON_COUNT: usize = 32;
 
 impl Reason {
     /// All variants, in index order.
@@ -60,6 +99,22 @@ impl Reason {
         Reason::PolicyDrop,
         Reason::EcnNotCapable,
         Reason::RewriteFailed,
+        Reason::FibBlackhole,
+        Reason::FibUnreachable,
+        Reason::FibProhibit,
+        Reason::FibNotForwarded,
+        Reason::FibForwardingDisabled,
+        Reason::FibUnsupported,
+        Reason::FibNoNeighbour,
+        Reason::FibFragNeeded,
+        Reason::FibOther,
+        Reason::TtlExpired,
+        Reason::NotOurMac,
+        Reason::VlanTagged,
+        Reason::NotRoutable,
+        Reason::EgressNotRegistered,
+        Reason::RedirectFailed,
+        Reason::ScratchUnavailable,
     ];
 
     /// Metric label value.
@@ -81,6 +136,22 @@ impl Reason {
             Reason::PolicyDrop => "policy_drop",
             Reason::EcnNotCapable => "ecn_not_capable",
             Reason::RewriteFailed => "rewrite_failed",
+            Reason::FibBlackhole => "fib_blackhole",
+            Reason::FibUnreachable => "fib_unreachable",
+            Reason::FibProhibit => "fib_prohibit",
+            Reason::FibNotForwarded => "fib_not_forwarded",
+            Reason::FibForwardingDisabled => "fib_forwarding_disabled",
+            Reason::FibUnsupported => "fib_unsupported",
+            Reason::FibNoNeighbour => "fib_no_neighbour",
+            Reason::FibFragNeeded => "fib_frag_needed",
+            Reason::FibOther => "fib_other",
+            Reason::TtlExpired => "ttl_expired",
+            Reason::NotOurMac => "not_our_mac",
+            Reason::VlanTagged => "vlan_tagged",
+            Reason::NotRoutable => "not_routable",
+            Reason::EgressNotRegistered => "egress_not_registered",
+            Reason::RedirectFailed => "redirect_failed",
+            Reason::ScratchUnavailable => "scratch_unavailable",
         }
     }
 
@@ -104,7 +175,23 @@ impl Reason {
             | Reason::ClassifierMiss
             | Reason::PolicyDrop
             | Reason::EcnNotCapable
-            | Reason::RewriteFailed => false,
+            | Reason::RewriteFailed
+            | Reason::FibBlackhole
+            | Reason::FibUnreachable
+            | Reason::FibProhibit
+            | Reason::FibNotForwarded
+            | Reason::FibForwardingDisabled
+            | Reason::FibUnsupported
+            | Reason::FibNoNeighbour
+            | Reason::FibFragNeeded
+            | Reason::FibOther
+            | Reason::TtlExpired
+            | Reason::NotOurMac
+            | Reason::VlanTagged
+            | Reason::NotRoutable
+            | Reason::EgressNotRegistered
+            | Reason::RedirectFailed
+            | Reason::ScratchUnavailable => false,
         }
     }
 }

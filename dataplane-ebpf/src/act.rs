@@ -4,6 +4,7 @@
 use dataplane_common::{
     action::{apply, Outcome},
     checksum::replace_word,
+    forward::IPV4_CHECKSUM_OFFSET,
     maps::{ClassConfig, ClassCounters},
     packet::{Family, PacketMeta},
     policer::Colour,
@@ -12,9 +13,8 @@ use dataplane_common::{
 
 use crate::frame::Frame;
 
-const IPV4_CHECKSUM_OFFSET: usize = 10;
-
-/// Applies the action and counts the class's packet; `Err` for drops and failed rewrites.
+/// Applies the action and counts the class's packet; the DS field the packet leaves with, or
+/// `Err` for drops and failed rewrites.
 #[inline(always)]
 pub fn act(
     frame: &Frame,
@@ -23,7 +23,7 @@ pub fn act(
     colour: Colour,
     bytes: u32,
     counters: Option<*mut ClassCounters>,
-) -> Result<(), Reason> {
+) -> Result<u8, Reason> {
     let outcome = apply(cfg.actions[colour as usize], meta.tos);
     if let Some(c) = counters {
         // SAFETY: per-CPU value; XDP does not nest on one CPU.
@@ -55,8 +55,8 @@ pub fn act(
     match outcome {
         Outcome::Drop => Err(Reason::PolicyDrop),
         Outcome::DropNotEct => Err(Reason::EcnNotCapable),
-        Outcome::Pass { tos, .. } if tos != meta.tos => rewrite_tos(frame, meta, tos),
-        Outcome::Pass { .. } => Ok(()),
+        Outcome::Pass { tos, .. } if tos != meta.tos => rewrite_tos(frame, meta, tos).map(|()| tos),
+        Outcome::Pass { tos, .. } => Ok(tos),
     }
 }
 

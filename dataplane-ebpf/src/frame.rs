@@ -3,6 +3,10 @@
 use aya_ebpf::programs::XdpContext;
 use dataplane_common::packet::PacketBytes;
 
+/// Largest offset we add to a packet pointer: beyond any linear XDP frame (a page), and
+/// small enough that offset + N stays under the verifier's 0xffff limit for range tracking.
+const MAX_OFFSET: usize = 0x3fff;
+
 /// The frame of one XDP invocation.
 pub struct Frame {
     start: usize,
@@ -21,6 +25,11 @@ impl Frame {
     /// Pointer to `N` writable bytes at `offset`, if inside the frame.
     #[inline(always)]
     pub fn slice_mut<const N: usize>(&self, offset: usize) -> Option<*mut [u8; N]> {
+        // The verifier adds only bounded offsets to packet pointers; an offset read back from
+        // memory (the parsed packet lives in a map) is unbounded until checked.
+        if offset > MAX_OFFSET {
+            return None;
+        }
         let at = self.start + offset;
         if at + N > self.end {
             return None;

@@ -1,4 +1,5 @@
-//! The dataplane XDP program: parse → classify → police → act, every outcome counted once.
+//! The dataplane XDP program: parse → classify → police → act → forward, every outcome counted
+//! once.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -6,21 +7,25 @@
 
 mod act;
 mod classify;
+mod forward;
 mod frame;
+mod log;
 mod maps;
 mod police;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use dataplane_common::{
     maps::{class_counter_index, IfaceConfig, IfaceCounters},
-    packet::{parse, PacketBytes},
+    packet::{parse_into, PacketBytes, PacketMeta},
     reason::Reason,
     GENERATION_SLOTS, MAX_CLASSES,
 };
 
 use crate::{
     frame::Frame,
-    maps::{ACTIVE_SLOT, CLASSES, CLASS_COUNTERS, IFACES, IFACE_COUNTERS, POLICY_SLOTS},
+    maps::{
+        ACTIVE_SLOT, CLASSES, CLASS_COUNTERS, IFACES, IFACE_COUNTERS, PACKET_SCRATCH, POLICY_SLOTS,
+    },
 };
 
 #[xdp]
@@ -29,9 +34,12 @@ pub fn dataplane(ctx: XdpContext) -> u32 {
     // SAFETY: hash values are plain data, replaced whole by user space.
     let iface = unsafe { IFACES.get(ifindex) };
     let iface_slot = iface.map_or(0, |i| i.slot);
-    match pipeline(&Frame::new(&ctx), iface, iface_slot) {
-        Ok(()) => xdp_action::XDP_PASS,
-        Err(reason) => record(iface_slot, reason),
+    match pipeline(&ctx, &Frame::new(&ctx), iface, iface_slot) {
+        Ok(action) => action,
+        Err(reason) => {
+            log::outcome(ctx.ctx, reason);
+            record(iface_slot, reason)
+        }
     }
 }
 
@@ -42,7 +50,8 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// The single funnel for outcomes other than "passed by policy": counts and picks the verdict.
+/// The single funnel for outcomes other than "passed or forwarded by policy": counts and picks
+/// the verdict.
 #[inline(always)]
 fn record(iface_slot: u32, reason: Reason) -> u32 {
     if let Some(c) = IFACE_COUNTERS.get_ptr_mut(iface_slot) {
@@ -58,9 +67,23 @@ fn record(iface_slot: u32, reason: Reason) -> u32 {
     }
 }
 
+/// The verdict for a packet the policy lets through (`XDP_PASS`, or `XDP_REDIRECT` when
+/// forwarded), or why it left early.
 #[inline(always)]
-fn pipeline(frame: &Frame, iface: Option<&IfaceConfig>, iface_slot: u32) -> Result<(), Reason> {
-    let meta = parse(frame)?;
+fn pipeline(
+    ctx: &XdpContext,
+    frame: &Frame,
+    iface: Option<&IfaceConfig>,
+    iface_slot: u32,
+) -> Result<u32, Reason> {
+    let meta = PACKET_SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(Reason::ScratchUnavailable)?;
+    // SAFETY: per-CPU map value with room and alignment for a PacketMeta (checked at compile
+    // time in maps.rs); XDP does not nest on one CPU; parse_into overwrites every field.
+    let meta = unsafe { &mut *meta.cast::<PacketMeta>() };
+    parse_into(frame, meta)?;
+    let meta: &PacketMeta = meta;
 
     let slot = ACTIVE_SLOT.get(0).copied().unwrap_or(0) % GENERATION_SLOTS as u32;
     let policy = POLICY_SLOTS.get(slot).ok_or(Reason::NoPolicy)?;
@@ -68,7 +91,7 @@ fn pipeline(frame: &Frame, iface: Option<&IfaceConfig>, iface_slot: u32) -> Resu
         return Err(Reason::NoPolicy);
     }
     let iface_counters: Option<*mut IfaceCounters> = IFACE_COUNTERS.get_ptr_mut(iface_slot);
-    let class = classify::class_of(&meta, iface_slot, slot, policy, iface_counters)?;
+    let class = classify::class_of(meta, iface_slot, slot, policy, iface_counters)?;
     if class >= MAX_CLASSES as u32 {
         return Err(Reason::ClassifierMiss);
     }
@@ -80,7 +103,15 @@ fn pipeline(frame: &Frame, iface: Option<&IfaceConfig>, iface_slot: u32) -> Resu
     let colour = police::colour(class, cfg, iface, iface_slot, bytes);
 
     let counters = CLASS_COUNTERS.get_ptr_mut(class_counter_index(iface_slot, class));
-    act::act(frame, &meta, cfg, colour, bytes, counters)
+    let tos = act::act(frame, meta, cfg, colour, bytes, counters)?;
+
+    // Interfaces without forwarding pay one flag test.
+    match iface {
+        Some(iface) if iface.flags & IfaceConfig::FORWARD != 0 => {
+            forward::forward(ctx, frame, meta, iface, tos, class, bytes)
+        }
+        _ => Ok(xdp_action::XDP_PASS),
+    }
 }
 
 #[cfg(not(test))]

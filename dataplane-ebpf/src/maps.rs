@@ -2,15 +2,17 @@
 //! `dataplane_common::maps::names` for user space.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    bindings::bpf_fib_lookup,
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use dataplane_common::{
     classify::{PrefixKey, RuleVector, FIELD_TABLE_ENTRIES},
     maps::{
-        ClassConfig, ClassCounters, FlowEntry, FlowKey, IfaceConfig, IfaceCounters, LinkState,
-        PolicerState, PolicySlot,
+        ClassConfig, ClassCounters, FlowEntry, FlowKey, ForwardCounters, IfaceConfig,
+        IfaceCounters, LinkState, PolicerState, PolicySlot,
     },
+    packet::PacketMeta,
     FLOW_CACHE_ENTRIES, GENERATION_SLOTS, MAX_CLASSES, MAX_IFACES, MAX_RULES, PREFIX_ENTRIES,
     VECTOR_POOL_ENTRIES,
 };
@@ -59,3 +61,28 @@ pub static IFACE_COUNTERS: PerCpuArray<IfaceCounters, MAX_IFACES> = PerCpuArray:
 /// logging costs one array read when off.
 #[btf_map]
 pub static LOG_LEVEL: Array<u32, 1> = Array::new();
+/// Interfaces forwarded packets may leave by, keyed by ifindex: the redirect targets.
+#[btf_map]
+pub static EGRESS_DEVICES: DevMapHash<MAX_IFACES> = DevMapHash::new();
+/// Per egress interface slot and class: forwarded packets and bytes.
+#[btf_map]
+pub static FORWARD_COUNTERS: PerCpuArray<ForwardCounters, { MAX_IFACES * MAX_CLASSES }> =
+    PerCpuArray::new();
+/// Scratch space for the route lookup's 64-byte parameter block (the verifier allows 512
+/// bytes of stack, and the pipeline needs most of them).
+#[btf_map]
+pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup, 1> = PerCpuArray::new();
+/// Scratch space for the parsed packet (see [`PacketScratch`]).
+#[btf_map]
+pub static PACKET_SCRATCH: PerCpuArray<PacketScratch, 1> = PerCpuArray::new();
+
+/// Room for one [`dataplane_common::packet::PacketMeta`]: parsed on the stack, its addresses
+/// were split into single bytes and spilled into one 8-byte slot each, most of the stack.
+/// The map value is plain words (PacketMeta is not `#[repr(C)]`, so it gets no BTF of its own).
+#[repr(C)]
+pub struct PacketScratch {
+    words: [u64; core::mem::size_of::<PacketMeta>().div_ceil(8)],
+}
+
+const _: () =
+    assert!(core::mem::align_of::<PacketMeta>() <= core::mem::align_of::<PacketScratch>());

@@ -140,7 +140,8 @@ pub struct InterfaceSpec {
     pub link_rate_bytes_per_sec: Option<u64>,
     /// Burst of the link budget.
     pub link_burst_bytes: u64,
-    /// Forward between interfaces (used by a later feature).
+    /// Forward packets arriving here (that the policy lets through and that are not for
+    /// this host) in XDP, straight to the egress interface the kernel's routing table names.
     pub forward: bool,
 }
 
@@ -277,7 +278,9 @@ struct InterfaceFile {
     /// Burst of the link budget ("8MiB"). Default: 10 ms of `link_rate`, at least 64 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     link_burst: Option<Scalar>,
-    /// Forward between interfaces (a later feature). Default: false.
+    /// Forward packets arriving here in XDP (route lookup in the kernel's FIB, redirect to
+    /// the egress interface; what the lookup cannot finish goes to the kernel). The egress
+    /// interface must be registered too (listed or attached). Default: false.
     #[serde(default)]
     forward: bool,
 }

@@ -346,6 +346,13 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches the pass-everything program to `iface` (`mode`): a veth whose peer receives
+    /// forwarded (redirected) frames needs an XDP program to accept them.
+    pub fn attach_pass(&mut self, iface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        self.xdp_mut(PASS_PROGRAM_NAME)?.attach(iface, mode)?;
+        Ok(())
+    }
+
     /// A map of the object by name, for modules that own their own maps' logic.
     pub(crate) fn map_mut(
         &mut self,
@@ -544,10 +551,10 @@ impl Dataplane {
         }
         let cfg = IfaceConfig {
             slot,
-            _pad: 0,
             link: link.map_or(BucketParams::UNLIMITED, |(rate, burst)| {
                 BucketParams::new(rate, burst)
             }),
+            ..IfaceConfig::default()
         };
         let name = names::IFACES;
         let map = self.map_mut(name)?;
@@ -557,7 +564,8 @@ impl Dataplane {
     }
 
     /// Registers the policy's interfaces (slot = position + 1) and then `attached` ones the
-    /// policy does not name. Interfaces missing on this host are skipped (their rules cannot
+    /// policy does not name, all as forwarding egress devices, forwarding from those the
+    /// policy marks `forward`. Interfaces missing on this host are skipped (their rules cannot
     /// match here) and returned so the caller can warn.
     pub fn register_interfaces(
         &mut self,
@@ -588,7 +596,14 @@ impl Dataplane {
                 .find(|i| &i.name == name)
                 .and_then(|i| i.link_rate_bytes_per_sec.map(|r| (r, i.link_burst_bytes)));
             match ifindex(name) {
-                Some(index) => self.register_iface(index, *slot, link)?,
+                Some(index) => {
+                    self.register_iface(index, *slot, link)?;
+                    let forward = policy
+                        .interfaces
+                        .iter()
+                        .any(|s| &s.name == name && s.forward);
+                    self.register_forwarding(name, index, forward)?;
+                }
                 None => missing.push(name.clone()),
             }
         }

@@ -63,6 +63,23 @@ impl FromStr for KernelLogLevel {
     }
 }
 
+/// Re-emits the program's log records as `tracing` events (target `dataplane::kernel`). They
+/// are emitted at INFO whatever their kernel level: the level was already chosen in the
+/// kernel (LOG_LEVEL), and the daemon's own filter must not hide what the operator asked for.
+struct KernelLines;
+
+impl log::Log for KernelLines {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        tracing::info!(target: "dataplane::kernel", level = %record.level(), "{}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
 /// Starts forwarding the program's log records into `tracing` (target `dataplane::kernel`).
 /// Returns the forwarding task; `None` (with a warning) when the program has no log buffer.
 pub fn forward(dp: &Dataplane) -> Option<JoinHandle<()>> {
@@ -73,7 +90,7 @@ pub fn forward(dp: &Dataplane) -> Option<JoinHandle<()>> {
             return None;
         }
     };
-    let logger = match aya_log::EbpfLogger::init_from_id(id) {
+    let logger = match aya_log::EbpfLogger::init_from_id_with_logger(id, KernelLines) {
         Ok(l) => l,
         Err(e) => {
             warn!("kernel logs unavailable: {e}");

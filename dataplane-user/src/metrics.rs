@@ -13,7 +13,7 @@
 //! | `dataplane_class_dropped_packets_total`, `dataplane_class_dropped_bytes_total` | iface, class | dropped by policy |
 //! | `dataplane_class_ecn_marked_packets_total` | iface, class | newly marked CE |
 //! | `dataplane_class_remarked_packets_total` | iface, class | DSCP rewritten |
-//! | `dataplane_class_forwarded_packets_total` | iface, class | forwarded past the kernel stack |
+//! | `dataplane_class_forwarded_packets_total` | iface, class | forwarded past the kernel stack, by egress interface |
 //! | `dataplane_class_colour_packets_total` | iface, class, colour | green / yellow / red |
 //! | `dataplane_parse_errors_total` | iface, reason | the [`Reason::is_parse_error`] reasons |
 //! | `dataplane_reason_packets_total` | iface, reason | every [`Reason`] (early exits and drops) |
@@ -35,7 +35,7 @@ use aya::{
     Pod,
 };
 use dataplane_common::{
-    maps::{class_counter_index, names, ClassCounters, IfaceCounters},
+    maps::{class_counter_index, names, ClassCounters, ForwardCounters, IfaceCounters},
     policer::{Colour, COLOURS},
     reason::Reason,
 };
@@ -148,6 +148,7 @@ pub struct Iface {
 pub struct CounterReader {
     classes: PerCpuArray<MapData, ClassCounters>,
     ifaces: PerCpuArray<MapData, IfaceCounters>,
+    forwarded: PerCpuArray<MapData, ForwardCounters>,
 }
 
 impl CounterReader {
@@ -156,7 +157,17 @@ impl CounterReader {
         Ok(CounterReader {
             classes: own_handle(dp, names::CLASS_COUNTERS)?,
             ifaces: own_handle(dp, names::IFACE_COUNTERS)?,
+            forwarded: own_handle(dp, names::FORWARD_COUNTERS)?,
         })
+    }
+
+    /// Packets of class id `class` forwarded out of interface slot `egress_slot`.
+    pub fn forwarded_packets(&self, egress_slot: u32, class: u32) -> Result<u64, DataplaneError> {
+        let values = self
+            .forwarded
+            .get(&class_counter_index(egress_slot, class), 0)
+            .map_err(map_error(names::FORWARD_COUNTERS))?;
+        Ok(values.iter().map(|v| v.packets).sum())
     }
 
     /// Counters of class id `class` on interface slot `iface_slot`, summed over CPUs.
@@ -257,8 +268,8 @@ pub fn snapshot(
                 .map(|(_, class)| {
                     Ok(ClassSample {
                         counters: reader.class_counters(iface.slot, *class)?,
-                        // Forwarding is not in the program yet; its counter goes here.
-                        forwarded_packets: 0,
+                        // Counted by egress interface: what left through this one.
+                        forwarded_packets: reader.forwarded_packets(iface.slot, *class)?,
                     })
                 })
                 .collect::<Result<_, DataplaneError>>()?;

@@ -142,6 +142,20 @@ fn lifecycle_run_stats_reload_detach() {
     assert!(class.contains("24Mbit"), "{class}");
     assert_eq!(d.status()["reloads_ok"], 3);
 
+    let live = d.ok(&["stats", "--watch", "--interval", "100ms", "--count", "2"]);
+    assert_eq!(
+        live.matches("dataplane stats, generation").count(),
+        2,
+        "{live}"
+    );
+
+    // Detaching one interface leaves the dataplane loaded.
+    d.ok(&["detach", "--iface", &net.root_if]);
+    assert!(!net.xdp_attached(), "XDP detached from {}", net.root_if);
+    assert_eq!(d.status()["interfaces"].as_array().map(Vec::len), Some(0));
+    let out = d.cli(&["detach", "--iface", &net.root_if]);
+    assert_eq!(out.status.code(), Some(4), "not attached any more");
+
     // Detach removes everything and the daemon exits.
     let out = d.ok(&["detach"]);
     assert!(out.contains("detached"), "{out}");
@@ -150,7 +164,6 @@ fn lifecycle_run_stats_reload_detach() {
         "the daemon exits after a detach"
     );
     assert!(!d.pin_root.join("v1").exists(), "pins removed");
-    assert!(!net.xdp_attached(), "XDP detached from {}", net.root_if);
     let out = d.cli(&["status"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no dataplane is pinned"));
@@ -568,4 +581,35 @@ fn a_real_prometheus_scrapes_the_daemon_and_sees_what_was_sent() {
         Duration::from_secs(20),
         |s| s.len() == 1 && s[0].value == 2_000_000.0,
     );
+}
+
+#[test]
+fn kernel_log_lines_reach_the_daemon_log_only_while_enabled() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let kernel_lines = |d: &Daemon| d.log().matches("dataplane::kernel").count();
+
+    // Off by default: drops log nothing.
+    let (sent, received) = police_check(&net);
+    assert!(received < sent, "the limited class dropped");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(kernel_lines(&d), 0, "{}", d.log());
+
+    d.ok(&["kernel-log", "debug"]);
+    assert_eq!(d.status()["kernel_log_level"], "debug");
+    police_check(&net);
+    eventually("kernel log lines", Duration::from_secs(5), || {
+        kernel_lines(&d) > 0
+    });
+    assert!(d.log().contains("outcome policy_drop"), "{}", d.log());
+
+    d.ok(&["kernel-log", "off"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = kernel_lines(&d);
+    police_check(&net);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(kernel_lines(&d), before, "nothing logged once off again");
 }

@@ -30,6 +30,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // promtool and a real server for the exporter tests (tests pick free ports; they never
     // touch the packaged service's 9090).
     "prometheus",
+    // systemd-analyze checks the shipped unit.
+    "systemd",
+    "iperf3",
+    "ethtool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -1,0 +1,106 @@
+//! Forwarding in user space: every registered interface goes into the redirect device map
+//! (forwarded packets may leave by any of them), and interfaces whose policy entry says
+//! `forward = true` get the FORWARD flag and their MAC in `IFACES`. Also the forwarded-traffic
+//! counters.
+
+use aya::maps::{xdp::XdpMapError, DevMapHash, HashMap, MapData, MapError, PerCpuArray};
+use dataplane_common::maps::{class_counter_index, names, ForwardCounters, IfaceConfig};
+
+use crate::dataplane::{Dataplane, DataplaneError};
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map {
+        map: map.to_string(),
+        source,
+    }
+}
+
+impl Dataplane {
+    /// Makes registered interface `name` (`ifindex`) a redirect target and sets its
+    /// forwarding flag and MAC. Called after `register_iface` wrote its `IFACES` entry; the
+    /// entry is replaced whole, so packets see the old or the new one.
+    pub(crate) fn register_forwarding(
+        &mut self,
+        name: &str,
+        ifindex: u32,
+        forward: bool,
+    ) -> Result<(), DataplaneError> {
+        let mac = mac_address(name)
+            .map_err(|e| DataplaneError::Interface(format!("{name}: reading its MAC: {e}")))?;
+        let devices = names::EGRESS_DEVICES;
+        let mut map: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(self.map_mut(devices)?).map_err(map_err(devices))?;
+        map.insert(ifindex, ifindex, None, 0).map_err(|e| match e {
+            XdpMapError::MapError(source) => DataplaneError::Map {
+                map: devices.to_string(),
+                source,
+            },
+            other => DataplaneError::Interface(format!("{name}: device map: {other}")),
+        })?;
+
+        let ifaces = names::IFACES;
+        let mut map: HashMap<&mut MapData, u32, IfaceConfig> =
+            HashMap::try_from(self.map_mut(ifaces)?).map_err(map_err(ifaces))?;
+        let mut cfg = map.get(&ifindex, 0).map_err(map_err(ifaces))?;
+        cfg.mac = mac;
+        cfg.flags = if forward {
+            cfg.flags | IfaceConfig::FORWARD
+        } else {
+            cfg.flags & !IfaceConfig::FORWARD
+        };
+        map.insert(ifindex, cfg, 0).map_err(map_err(ifaces))
+    }
+
+    /// Packets and bytes of `class` forwarded out of interface slot `egress_slot`, summed
+    /// over CPUs.
+    pub fn forward_counters(
+        &self,
+        egress_slot: u32,
+        class: u32,
+    ) -> Result<ForwardCounters, DataplaneError> {
+        let name = names::FORWARD_COUNTERS;
+        let values = PerCpuArray::<&MapData, ForwardCounters>::try_from(self.map(name)?)
+            .map_err(map_err(name))?
+            .get(&class_counter_index(egress_slot, class), 0)
+            .map_err(map_err(name))?;
+        let mut sum = ForwardCounters::default();
+        values.iter().for_each(|v| sum.add(v));
+        Ok(sum)
+    }
+}
+
+/// The MAC address of interface `name` in the calling thread's network namespace.
+pub fn mac_address(name: &str) -> std::io::Result<[u8; 6]> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not an interface name",
+        ));
+    }
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid ifreq.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads the name and writes ifru_hwaddr of the ifreq we pass.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl filled the hwaddr member of the union.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(data) {
+        *dst = src as u8;
+    }
+    Ok(mac)
+}
