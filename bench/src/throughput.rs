@@ -497,12 +497,40 @@ fn report(
             let target = match (b, base(other)) {
                 (Some(b), Some(o)) => {
                     let r = Figure::ratio(&runs[b][fi].mpps, &runs[o][fi].mpps);
+                    let ns = |i: usize| 1e3 / Figure::of(&runs[i][fi].mpps).median;
+                    let a = base(Config::BareRedirect).map_or(f64::NAN, ns);
+                    let (tb, to) = (ns(b), ns(o));
+                    let note = if other == Config::BareRedirect {
+                        format!(
+                            "whole path per packet: (a) {a:.0} ns (generator, veths, redirect, \
+                             sink), (b) {tb:.0} ns: the dataplane program with its FIB lookup \
+                             adds {:.0} ns; {min}× would need it under {:.0} ns",
+                            tb - a,
+                            a / min - a
+                        )
+                    } else {
+                        let need = to / min;
+                        let versus_a = if need < a {
+                            format!("less than the bare redirect path (a) takes ({a:.0} ns)")
+                        } else {
+                            format!(
+                                "leaving the dataplane {:.0} ns over the bare redirect path (a, \
+                                 {a:.0} ns)",
+                                need - a
+                            )
+                        };
+                        format!(
+                            "whole path per packet: {} {to:.0} ns, (b) {tb:.0} ns; {min}× \
+                             would need (b) at {need:.0} ns, {versus_a}",
+                            &other.label()[..3],
+                        )
+                    };
                     Target {
                         name,
                         goal: goal.into(),
                         measured: format!("{}×", r.show(2)),
                         verdict: Verdict::of(r.median >= min),
-                        note: String::new(),
+                        note,
                     }
                 }
                 _ => {
