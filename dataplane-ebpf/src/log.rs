@@ -1,34 +1,86 @@
-//! Kernel-side log lines (aya-log), gated by the LOG_LEVEL map user space sets at runtime.
-//! Off by default: then an outcome costs one array read here and nothing else.
+//! Kernel-side log lines in aya-log's record format, gated by the LOG_LEVEL map user space
+//! sets at runtime. Off by default: then an outcome costs one array read here and nothing else.
+//!
+//! The records go to a BTF ring buffer named `AYA_LOGS`, which aya-log's user-space reader
+//! finds by name; the aya-log-ebpf macros are not used because they declare that buffer as a
+//! legacy (non-BTF) map, which libbpf (and so bpftool and libbpf-based operator tools) refuses
+//! to load.
 
 use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
-use aya_log_ebpf::{debug, error};
+use aya_log_common::{ArgumentKind, DisplayHint, Level, LogValueLength, RecordFieldKind};
 use dataplane_common::reason::Reason;
 
-use crate::maps::LOG_LEVEL;
+use crate::maps::{AYA_LOGS, LOG_LEVEL};
 
 /// Levels as user space writes them (dataplane::kernel_log::KernelLogLevel).
 const LEVEL_ERROR: u32 = 1;
 const LEVEL_DEBUG: u32 = 4;
+/// Ring-buffer room reserved per record (a power of two, as aya-log does).
+const RECORD_CAPACITY: usize = 256;
+/// Target of every record (the daemon's `tracing` target for kernel lines).
+const TARGET: &str = "dataplane::kernel";
 
 #[inline(always)]
 fn level() -> u32 {
     LOG_LEVEL.get(0).copied().unwrap_or(0)
 }
 
-/// Logs an outcome other than "passed by policy": drops at debug, states that should never
-/// happen at error. Not inlined: the log record is built on the stack, which the pipeline's
-/// frame leaves no room for; only the LOG_LEVEL check is paid inline.
+/// Writes "ifindex <ifindex>: <what>" at `level` as one aya-log record (header fields, then
+/// the format string's literals and arguments, each argument after its display hint),
+/// encoded straight into the ring buffer so the stack holds no copy. `None` when the ring is
+/// full or the record does not fit: the line is lost, the packet is not affected.
+#[inline(always)]
+fn write(level: Level, ifindex: u32, what: &str) -> Option<()> {
+    let mut buf = AYA_LOGS.reserve_bytes(RECORD_CAPACITY, 0)?;
+    let mut pos = core::mem::size_of::<LogValueLength>();
+    let level: u8 = level.into();
+    let hint: u8 = DisplayHint::Default.into();
+    let ok = (|| {
+        let mut put = |kind: u8, value: &[u8]| -> Option<()> {
+            let len = LogValueLength::try_from(value.len()).ok()?.to_ne_bytes();
+            let dst = buf.get_mut(pos..)?.get_mut(..3 + value.len())?;
+            dst[0] = kind;
+            dst[1..3].copy_from_slice(&len);
+            dst[3..].copy_from_slice(value);
+            pos += 3 + value.len();
+            Some(())
+        };
+        put(RecordFieldKind::Target.into(), TARGET.as_bytes())?;
+        put(RecordFieldKind::Level.into(), &[level])?;
+        put(RecordFieldKind::Module.into(), module_path!().as_bytes())?;
+        put(RecordFieldKind::File.into(), file!().as_bytes())?;
+        put(RecordFieldKind::Line.into(), &line!().to_ne_bytes())?;
+        put(RecordFieldKind::NumArgs.into(), &6u32.to_ne_bytes())?;
+        put(ArgumentKind::Str.into(), b"ifindex ")?;
+        put(ArgumentKind::DisplayHint.into(), &[hint])?;
+        put(ArgumentKind::U32.into(), &ifindex.to_ne_bytes())?;
+        put(ArgumentKind::Str.into(), b": ")?;
+        put(ArgumentKind::DisplayHint.into(), &[hint])?;
+        put(ArgumentKind::Str.into(), what.as_bytes())
+    })();
+    let size = LogValueLength::try_from(pos).ok();
+    match (ok, size, buf.get_mut(..2)) {
+        (Some(()), Some(size), Some(head)) => {
+            head.copy_from_slice(&size.to_ne_bytes());
+            buf.submit(0);
+        }
+        _ => buf.discard(0),
+    }
+    Some(())
+}
+
+/// Logs an outcome other than "passed by policy": drops and passes-to-kernel at debug, states
+/// that should never happen at error. Not inlined: the record is built on the stack, which
+/// the pipeline's frame leaves no room for.
 #[inline(never)]
 fn emit(raw: *mut xdp_md, reason: Reason, level: u32) {
-    let ctx = &XdpContext::new(raw);
-    let ifindex = ctx.ingress_ifindex() as u32;
+    let ifindex = XdpContext::new(raw).ingress_ifindex() as u32;
     match reason {
         Reason::ClassifierMiss if level >= LEVEL_ERROR => {
-            error!(ctx, "ifindex {}: classifier returned no class", ifindex);
+            write(Level::Error, ifindex, "classifier returned no class");
         }
         _ if level >= LEVEL_DEBUG => {
-            debug!(ctx, "ifindex {}: outcome {}", ifindex, reason.label());
+            write(Level::Debug, ifindex, reason.label());
         }
         _ => {}
     }

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
-    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use dataplane_common::{
@@ -86,3 +86,6 @@ pub struct PacketScratch {
 
 const _: () =
     assert!(core::mem::align_of::<PacketMeta>() <= core::mem::align_of::<PacketScratch>());
+/// Kernel log records in aya-log's format (read by aya-log's user-space reader by name).
+#[btf_map]
+pub static AYA_LOGS: RingBuf<(), { 1 << 17 }> = RingBuf::new();

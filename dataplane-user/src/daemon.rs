@@ -4,7 +4,6 @@
 
 use std::{
     io::ErrorKind,
-    net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::PathBuf,
     sync::Arc,
@@ -52,7 +51,7 @@ pub enum ModeChoice {
 }
 
 /// What `dataplane run` was asked to do.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct DaemonConfig {
     /// Interfaces to attach to.
     pub ifaces: Vec<String>,
@@ -68,8 +67,9 @@ pub struct DaemonConfig {
     pub watch_interval: Duration,
     /// Kernel log level at start.
     pub kernel_log: KernelLogLevel,
-    /// Where to serve Prometheus metrics; `None` = not at all.
-    pub metrics_addr: Option<SocketAddr>,
+    /// Listener to serve Prometheus metrics on (bound by the caller before anything else, so
+    /// a taken port fails the start before the dataplane is touched); `None` = no metrics.
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 /// The running daemon's state; one request at a time holds it.
@@ -548,7 +548,7 @@ impl Daemon {
 }
 
 /// Runs the daemon until SIGTERM / Ctrl-C (dataplane left running) or a full detach.
-pub async fn run(cfg: DaemonConfig) -> Result<()> {
+pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
     let socket_path = cfg.run.socket();
     if crate::control::is_running(&socket_path) {
         bail!(
@@ -557,14 +557,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         );
     }
     let watch_interval = cfg.watch_interval;
-    let metrics_addr = cfg.metrics_addr;
+    let metrics_listener = cfg.metrics.take();
     let mut daemon = Daemon::start(cfg)?;
     let kernel_logs = kernel_log::forward(&daemon.dp);
-    let metrics_server = match metrics_addr {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("serving metrics on {addr} (choose another with --metrics-addr, or --no-metrics)"))?;
+    let metrics_server = match metrics_listener {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
             let bound = listener.local_addr()?;
             info!(addr = %bound, "serving Prometheus metrics on /metrics");
             daemon.state.metrics_addr = Some(bound.to_string());
@@ -636,7 +635,9 @@ async fn serve(
         .context("reading the peer's credentials")?;
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
+    if BufReader::new(read).read_line(&mut line).await? == 0 {
+        return Ok(()); // a liveness probe: connected and closed without asking anything
+    }
     let response = if cred.uid() != 0 {
         Response {
             message: "only root may control the dataplane".into(),
@@ -663,5 +664,23 @@ async fn serve(
     let mut text = serde_json::to_string(&response)?;
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
+    Ok(())
+}
+
+/// Moves the calling thread (and the threads it starts afterwards) into network namespace
+/// `name` (as `ip netns` names it). Mounts are untouched, so the pins stay on the host's
+/// bpffs, unlike under `ip netns exec`.
+pub fn enter_netns(name: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = std::path::Path::new("/run/netns").join(name);
+    let handle = std::fs::File::open(&path)
+        .with_context(|| format!("network namespace {name}: opening {}", path.display()))?;
+    // SAFETY: setns on an open namespace fd; it changes only this thread's network namespace.
+    if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "entering network namespace {name}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     Ok(())
 }

@@ -103,11 +103,25 @@ fn info_type(info: &aya::maps::MapInfo) -> u32 {
     info.map_type().map_or(u32::MAX, |t| t as u32)
 }
 
-fn map_err(map: &str) -> impl Fn(MapError) -> DataplaneError + '_ {
+/// Wraps a map error with the map's name.
+pub(crate) fn map_err(map: &str) -> impl Fn(MapError) -> DataplaneError + '_ {
     move |source| DataplaneError::Map {
         map: map.to_string(),
         source,
     }
+}
+
+/// Entry `index` of per-CPU map `map` (named `name`), summed over CPUs with `add`.
+pub(crate) fn sum_over_cpus<T: std::borrow::Borrow<MapData>, V: aya::Pod + Default>(
+    map: &PerCpuArray<T, V>,
+    name: &str,
+    index: u32,
+    add: fn(&mut V, &V),
+) -> Result<V, DataplaneError> {
+    let values = map.get(&index, 0).map_err(map_err(name))?;
+    let mut sum = V::default();
+    values.iter().for_each(|v| add(&mut sum, v));
+    Ok(sum)
 }
 
 /// How long a generation slot stays untouched after it stopped being live. A packet that
@@ -686,23 +700,21 @@ impl Dataplane {
         iface_slot: u32,
         class: u32,
     ) -> Result<ClassCounters, DataplaneError> {
-        let values = self
-            .per_cpu::<ClassCounters>(names::CLASS_COUNTERS)?
-            .get(&class_counter_index(iface_slot, class), 0)
-            .map_err(map_err(names::CLASS_COUNTERS))?;
-        let mut sum = ClassCounters::default();
-        values.iter().for_each(|v| sum.add(v));
-        Ok(sum)
+        sum_over_cpus(
+            &self.per_cpu(names::CLASS_COUNTERS)?,
+            names::CLASS_COUNTERS,
+            class_counter_index(iface_slot, class),
+            ClassCounters::add,
+        )
     }
 
     /// Counters of interface slot `iface_slot`, summed over CPUs.
     pub fn iface_counters(&self, iface_slot: u32) -> Result<IfaceCounters, DataplaneError> {
-        let values = self
-            .per_cpu::<IfaceCounters>(names::IFACE_COUNTERS)?
-            .get(&iface_slot, 0)
-            .map_err(map_err(names::IFACE_COUNTERS))?;
-        let mut sum = IfaceCounters::default();
-        values.iter().for_each(|v| sum.add(v));
-        Ok(sum)
+        sum_over_cpus(
+            &self.per_cpu(names::IFACE_COUNTERS)?,
+            names::IFACE_COUNTERS,
+            iface_slot,
+            IfaceCounters::add,
+        )
     }
 }

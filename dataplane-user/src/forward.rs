@@ -3,17 +3,10 @@
 //! `forward = true` get the FORWARD flag and their MAC in `IFACES`. Also the forwarded-traffic
 //! counters.
 
-use aya::maps::{xdp::XdpMapError, DevMapHash, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{xdp::XdpMapError, DevMapHash, HashMap, MapData, PerCpuArray};
 use dataplane_common::maps::{class_counter_index, names, ForwardCounters, IfaceConfig};
 
-use crate::dataplane::{Dataplane, DataplaneError};
-
-fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map {
-        map: map.to_string(),
-        source,
-    }
-}
+use crate::dataplane::{map_err, sum_over_cpus, Dataplane, DataplaneError};
 
 impl Dataplane {
     /// Makes registered interface `name` (`ifindex`) a redirect target and sets its
@@ -59,13 +52,14 @@ impl Dataplane {
         class: u32,
     ) -> Result<ForwardCounters, DataplaneError> {
         let name = names::FORWARD_COUNTERS;
-        let values = PerCpuArray::<&MapData, ForwardCounters>::try_from(self.map(name)?)
-            .map_err(map_err(name))?
-            .get(&class_counter_index(egress_slot, class), 0)
+        let map = PerCpuArray::<&MapData, ForwardCounters>::try_from(self.map(name)?)
             .map_err(map_err(name))?;
-        let mut sum = ForwardCounters::default();
-        values.iter().for_each(|v| sum.add(v));
-        Ok(sum)
+        sum_over_cpus(
+            &map,
+            name,
+            class_counter_index(egress_slot, class),
+            ForwardCounters::add,
+        )
     }
 }
 

@@ -31,7 +31,7 @@ pub mod http;
 use std::fmt;
 
 use aya::{
-    maps::{IterableMap, Map, MapData, MapError, PerCpuArray},
+    maps::{IterableMap, Map, MapData, PerCpuArray},
     Pod,
 };
 use dataplane_common::{
@@ -49,7 +49,7 @@ use prometheus_client::{
 pub use crate::state::AttachMode;
 use crate::{
     config::{ClassSpec, Policy},
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{map_err, sum_over_cpus, Dataplane, DataplaneError},
 };
 
 /// Where `dataplane run` serves metrics unless told otherwise: loopback only, on a port
@@ -163,11 +163,13 @@ impl CounterReader {
 
     /// Packets of class id `class` forwarded out of interface slot `egress_slot`.
     pub fn forwarded_packets(&self, egress_slot: u32, class: u32) -> Result<u64, DataplaneError> {
-        let values = self
-            .forwarded
-            .get(&class_counter_index(egress_slot, class), 0)
-            .map_err(map_error(names::FORWARD_COUNTERS))?;
-        Ok(values.iter().map(|v| v.packets).sum())
+        Ok(sum_over_cpus(
+            &self.forwarded,
+            names::FORWARD_COUNTERS,
+            class_counter_index(egress_slot, class),
+            ForwardCounters::add,
+        )?
+        .packets)
     }
 
     /// Counters of class id `class` on interface slot `iface_slot`, summed over CPUs.
@@ -176,31 +178,22 @@ impl CounterReader {
         iface_slot: u32,
         class: u32,
     ) -> Result<ClassCounters, DataplaneError> {
-        let values = self
-            .classes
-            .get(&class_counter_index(iface_slot, class), 0)
-            .map_err(map_error(names::CLASS_COUNTERS))?;
-        let mut sum = ClassCounters::default();
-        values.iter().for_each(|v| sum.add(v));
-        Ok(sum)
+        sum_over_cpus(
+            &self.classes,
+            names::CLASS_COUNTERS,
+            class_counter_index(iface_slot, class),
+            ClassCounters::add,
+        )
     }
 
     /// Counters of interface slot `iface_slot`, summed over CPUs.
     pub fn iface_counters(&self, iface_slot: u32) -> Result<IfaceCounters, DataplaneError> {
-        let values = self
-            .ifaces
-            .get(&iface_slot, 0)
-            .map_err(map_error(names::IFACE_COUNTERS))?;
-        let mut sum = IfaceCounters::default();
-        values.iter().for_each(|v| sum.add(v));
-        Ok(sum)
-    }
-}
-
-fn map_error(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map {
-        map: map.to_string(),
-        source,
+        sum_over_cpus(
+            &self.ifaces,
+            names::IFACE_COUNTERS,
+            iface_slot,
+            IfaceCounters::add,
+        )
     }
 }
 
@@ -211,10 +204,10 @@ fn own_handle<V: Pod>(
 ) -> Result<PerCpuArray<MapData, V>, DataplaneError> {
     // Checks the map's type and value size before the copy is opened.
     let shared: PerCpuArray<&MapData, V> =
-        PerCpuArray::try_from(dp.map(name)?).map_err(map_error(name))?;
-    let id = shared.map().info().map_err(map_error(name))?.id();
-    let data = MapData::from_id(id).map_err(map_error(name))?;
-    PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_error(name))
+        PerCpuArray::try_from(dp.map(name)?).map_err(map_err(name))?;
+    let id = shared.map().info().map_err(map_err(name))?.id();
+    let data = MapData::from_id(id).map_err(map_err(name))?;
+    PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err(name))
 }
 
 /// The configuration a scrape reports against: the classes in force with their kernel ids

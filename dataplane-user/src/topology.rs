@@ -307,6 +307,17 @@ impl Topology {
             Ok(missing)
         })?
         .map_err(in_gateway)?;
+        self.attach_pass_to_hosts(dp, mode)?;
+        Ok(missing)
+    }
+
+    /// Attaches `dp`'s pass-everything program to every host's interface, so the veths accept
+    /// frames the gateway redirects to them (for as long as `dp` lives).
+    pub fn attach_pass_to_hosts(
+        &self,
+        dp: &mut Dataplane,
+        mode: XdpMode,
+    ) -> Result<(), TopologyError> {
         for host in self.hosts() {
             in_netns(&host.netns, || dp.attach_pass(&host.iface, mode))?.map_err(|source| {
                 TopologyError::Dataplane {
@@ -315,7 +326,7 @@ impl Topology {
                 }
             })?;
         }
-        Ok(missing)
+        Ok(())
     }
 }
 

@@ -401,6 +401,9 @@ impl IperfServer {
     /// which the client fetches.
     pub fn run_client(self, client_netns: &str, args: &[&str]) -> IperfResult {
         let deadline = Instant::now() + Duration::from_secs(3);
+        // iperf3 3.12 sometimes aborts a UDP run on a busy machine with EAGAIN on its control
+        // socket; such a run is repeated, a bounded number of times.
+        let mut aborted_runs = 0;
         let json = loop {
             let out = netns_command(client_netns, "iperf3")
                 .args(["-c", &self.addr.ip().to_string()])
@@ -416,6 +419,10 @@ impl IperfServer {
                 None if out.status.success() => break json,
                 Some(e) if e.contains("unable to connect") && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100));
+                }
+                Some(e) if e.contains("Resource temporarily unavailable") && aborted_runs < 2 => {
+                    aborted_runs += 1;
+                    eprintln!("iperf3 run aborted ({e}); running it again");
                 }
                 _ => panic!("iperf3 client in {client_netns} failed: {json}"),
             }

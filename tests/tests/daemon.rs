@@ -604,7 +604,7 @@ fn kernel_log_lines_reach_the_daemon_log_only_while_enabled() {
     eventually("kernel log lines", Duration::from_secs(5), || {
         kernel_lines(&d) > 0
     });
-    assert!(d.log().contains("outcome policy_drop"), "{}", d.log());
+    assert!(d.log().contains(": policy_drop"), "{}", d.log());
 
     d.ok(&["kernel-log", "off"]);
     std::thread::sleep(Duration::from_millis(300));

@@ -48,6 +48,12 @@ struct Cli {
 enum Task {
     /// Install the Debian packages and bpf-linker the build and tests need (idempotent, root).
     Setup,
+    /// The main job on the embedded default: `dataplane demo` (release build, root).
+    Demo {
+        /// Arguments for `dataplane demo` (e.g. --duration 60s).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Format and lint checks, then every host and kernel test (root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -70,6 +76,7 @@ fn main() -> Result<()> {
         Task::Setup => setup(),
         Task::Test { args } => test(&args),
         Task::Bench { quick, out } => bench(quick, out),
+        Task::Demo { args } => demo(&args),
     }
 }
 
@@ -140,6 +147,21 @@ fn setup() -> Result<()> {
     }
     eprintln!("setup complete");
     Ok(())
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    require_root("demo")?;
+    let root = workspace_root();
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "dataplane-user",
+        "--bins",
+    ]))?;
+    run(Command::new(root.join("target/release/dataplane"))
+        .arg("demo")
+        .args(args))
 }
 
 fn test(args: &[String]) -> Result<()> {

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 error; 2 bad command line; 3 no daemon running (changing
 //! commands); 4 invalid config or change rejected (nothing changed).
 
+mod demo;
 mod output;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
@@ -100,6 +101,20 @@ enum Command {
         /// off, error, warn, info, debug or trace.
         level: KernelLogLevel,
     },
+    /// The main job on the embedded default: a namespace topology (clients -> gateway ->
+    /// server), the daemon on the gateway with the built-in AI catalogue and forwarding, a
+    /// bounded mix of AI traffic, a live per-class table and a summary. Cleans up on exit.
+    Demo {
+        /// How long the traffic runs.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Where the daemon serves metrics.
+        #[arg(long, default_value = metrics::DEFAULT_METRICS_ADDR)]
+        metrics_addr: SocketAddr,
+        /// Do not serve metrics.
+        #[arg(long, conflicts_with = "metrics_addr")]
+        no_metrics: bool,
+    },
     /// Print shell completions.
     Completions {
         /// Shell.
@@ -130,6 +145,10 @@ struct RunArgs {
     /// Do not serve metrics.
     #[arg(long, conflicts_with = "metrics_addr")]
     no_metrics: bool,
+    /// Attach to interfaces of this network namespace (`ip netns` name). Pins, the control
+    /// socket and the metrics listener stay in the host's namespaces.
+    #[arg(long)]
+    netns: Option<String>,
 }
 
 #[derive(Args)]
@@ -373,6 +392,14 @@ fn dispatch(cli: Cli) -> Result<(), Failed> {
                 level: level.label().to_string(),
             },
         ),
+        Command::Demo {
+            duration,
+            metrics_addr,
+            no_metrics,
+        } => Ok(demo::run(&demo::DemoOptions {
+            duration,
+            metrics_addr: (!no_metrics).then_some(metrics_addr),
+        })?),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -386,6 +413,22 @@ fn dispatch(cli: Cli) -> Result<(), Failed> {
 }
 
 fn run(paths: &Paths, args: RunArgs) -> Result<(), Failed> {
+    let metrics = if args.no_metrics {
+        None
+    } else {
+        Some(
+            std::net::TcpListener::bind(args.metrics_addr).with_context(|| {
+                format!(
+                    "serving metrics on {} (choose another with --metrics-addr, or --no-metrics)",
+                    args.metrics_addr
+                )
+            })?,
+        )
+    };
+    // Before the runtime starts: its threads inherit the namespace.
+    if let Some(netns) = &args.netns {
+        daemon::enter_netns(netns)?;
+    }
     let cfg = DaemonConfig {
         ifaces: args.ifaces,
         config: args.config,
@@ -394,7 +437,7 @@ fn run(paths: &Paths, args: RunArgs) -> Result<(), Failed> {
         run: paths.run(),
         watch_interval: args.watch_interval,
         kernel_log: args.kernel_log,
-        metrics_addr: (!args.no_metrics).then_some(args.metrics_addr),
+        metrics,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(daemon::run(cfg))?;

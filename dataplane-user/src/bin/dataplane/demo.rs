@@ -1,0 +1,631 @@
+//! `dataplane demo`: the main job on an embedded default. Builds clients → gateway → server in
+//! network namespaces, runs the real daemon on the gateway with the built-in AI catalogue
+//! (rates scaled from a 100 Gbit/s gateway down to veth-sized traffic) and forwarding on,
+//! sends a bounded mix of AI-like traffic that exceeds some class limits, shows a live
+//! per-class table, prints a summary, and removes everything on exit and on Ctrl-C.
+
+use std::{
+    io::{IsTerminal, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::programs::XdpMode;
+use dataplane::{
+    control,
+    daemon::DEFAULT_POLICY,
+    dataplane::Dataplane,
+    pins::{PinLayout, LAYOUT_VERSION},
+    state::RunDir,
+    topology::{in_netns, Topology},
+    units::{format_bytes, format_pps, format_rate, parse_rate},
+    view::{rows, ClassRow, Running},
+};
+
+/// The catalogue is written for a 100 Gbit/s gateway; the demo's veths carry Mbit/s.
+const RATE_SCALE: u64 = 1000;
+/// Clients in the demo topology.
+const CLIENTS: usize = 2;
+/// RoCEv2 offered load: twice the scaled rdma ceiling, so it is marked and dropped.
+const ROCE_BITS_PER_SEC: u64 = 100_000_000;
+/// RoCEv2 payload after the BTH (a 1 KiB RDMA write).
+const ROCE_PAYLOAD: usize = 1024;
+/// CNPs per second (congestion notifications back to the senders).
+const CNP_PPS: u64 = 200;
+/// IANA port of RoCEv2.
+const ROCE_PORT: u16 = 4791;
+/// torch.distributed's default MASTER_PORT (collectives over TCP).
+const COLLECTIVE_PORT: u16 = 29500;
+/// Triton's gRPC port (inference RPCs).
+const INFERENCE_PORT: u16 = 8001;
+/// NFS (storage bulk flow).
+const STORAGE_PORT: u16 = 2049;
+/// Inference request and response sizes.
+const RPC_REQUEST: usize = 1024;
+const RPC_RESPONSE: usize = 16 * 1024;
+/// ECT(0) in the IP TOS byte: RoCE traffic is ECN-capable (DCQCN).
+const TOS_ECT0: libc::c_int = 0x02;
+/// Socket timeouts, so every loop sees the stop flag within this.
+const IO_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Options of `dataplane demo`.
+pub struct DemoOptions {
+    /// How long traffic runs.
+    pub duration: Duration,
+    /// Where the daemon serves metrics (`None`: not at all).
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Everything the demo created, removed in reverse order on drop (also on error and Ctrl-C).
+struct Demo {
+    topology: Option<Topology>,
+    pass: Option<Dataplane>,
+    daemon: Option<Child>,
+    layout: PinLayout,
+    run: RunDir,
+    dir: PathBuf,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        if let Err(e) = self.layout.remove_version(LAYOUT_VERSION) {
+            eprintln!("demo cleanup: {e}");
+        }
+        self.run.clear();
+        self.pass = None;
+        self.topology = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the demo.
+pub fn run(options: &DemoOptions) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing Ctrl-C handling")?;
+    }
+    let id = format!("dataplane-demo-{}", std::process::id());
+    let mut demo = Demo {
+        topology: None,
+        pass: None,
+        daemon: None,
+        layout: PinLayout::new(PathBuf::from("/sys/fs/bpf").join(&id)),
+        run: RunDir::new(PathBuf::from("/run").join(&id)),
+        dir: std::env::temp_dir().join(&id),
+    };
+    std::fs::create_dir_all(&demo.dir).context("creating the demo's scratch directory")?;
+
+    println!(
+        "building the topology: {CLIENTS} clients -> gateway -> server (network namespaces, veth)"
+    );
+    let topology = demo.topology.insert(Topology::new(CLIENTS)?);
+    let gateway = topology.gateway.clone();
+    let gateway_ifaces = topology.gateway_ifaces();
+    let clients = topology.clients.clone();
+    let server = topology.server.clone();
+    // The hosts' veths accept redirected frames only with an XDP program of their own.
+    let mut pass = Dataplane::load().context("loading the XDP object for the hosts' veths")?;
+    topology.attach_pass_to_hosts(&mut pass, XdpMode::Driver)?;
+    demo.pass = Some(pass);
+
+    let policy_path = demo.dir.join("policy.toml");
+    std::fs::write(&policy_path, demo_policy(&gateway_ifaces)?)?;
+    let log_path = demo.dir.join("daemon.log");
+    let mut daemon = Command::new(std::env::current_exe()?);
+    daemon
+        .args(["--pin-root"])
+        .arg(demo.layout.root())
+        .arg("--run-dir")
+        .arg(demo.run.dir())
+        .args(["run", "--netns", &gateway, "--config"])
+        .arg(&policy_path);
+    for iface in &gateway_ifaces {
+        daemon.args(["--iface", iface]);
+    }
+    match options.metrics_addr {
+        Some(addr) => daemon.args(["--metrics-addr", &addr.to_string()]),
+        None => daemon.arg("--no-metrics"),
+    };
+    let log = std::fs::File::create(&log_path)?;
+    demo.daemon = Some(
+        daemon
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the daemon")?,
+    );
+    wait_for_daemon(&mut demo, &log_path)?;
+    let running = Running::open(&demo.layout, &demo.run)?;
+    println!(
+        "dataplane running on the gateway ({}), generation {}, default AI catalogue scaled 1:{RATE_SCALE}, forwarding on",
+        gateway_ifaces.join(", "),
+        running.dp.generation()?
+    );
+    if let Some(addr) = &running.state.metrics_addr {
+        println!("metrics: http://{addr}/metrics");
+    }
+
+    let traffic = Traffic::start(&clients, server.v4, &server.netns, &stop, options.duration)?;
+    let started = Instant::now();
+    let first = running.sample()?;
+    let mut before = first.clone();
+    let tty = std::io::stdout().is_terminal();
+    while started.elapsed() < options.duration && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(
+            Duration::from_secs(1).min(options.duration.saturating_sub(started.elapsed())),
+        );
+        let after = running.sample()?;
+        let (_, classes) = rows(&before, &after);
+        if tty {
+            print!("\x1b[2J\x1b[H");
+        }
+        println!(
+            "\ndataplane demo: {:.0}/{:.0} s, per class on the gateway (Ctrl-C stops)",
+            started.elapsed().as_secs_f64(),
+            options.duration.as_secs_f64()
+        );
+        table(&by_class(&classes));
+        std::io::stdout().flush()?;
+        before = after;
+    }
+    let interrupted = stop.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let offered = traffic.finish();
+    let last = running.sample()?;
+    let (_, totals) = rows(&first, &last);
+    summary(&by_class(&totals), &running, &offered, started.elapsed())?;
+    drop(running);
+    drop(demo);
+    println!("cleaned up: daemon stopped, pins, namespaces and veths removed");
+    if interrupted {
+        println!("(interrupted)");
+    }
+    Ok(())
+}
+
+/// The built-in catalogue with its rates divided by [`RATE_SCALE`] (bursts back to their
+/// defaults) and forwarding on for the gateway's interfaces.
+fn demo_policy(gateway_ifaces: &[String]) -> Result<String> {
+    let mut doc: toml_edit::DocumentMut = DEFAULT_POLICY.parse()?;
+    if let Some(classes) = doc
+        .get_mut("class")
+        .and_then(|c| c.as_array_of_tables_mut())
+    {
+        for class in classes.iter_mut() {
+            for key in ["rate", "ceil"] {
+                if let Some(v) = class.get(key).and_then(|v| v.as_str()) {
+                    let scaled = format_rate(parse_rate(v)? / RATE_SCALE);
+                    class[key] = toml_edit::value(scaled);
+                }
+            }
+            class.remove("burst");
+            class.remove("ceil_burst");
+        }
+    }
+    let mut ifaces = toml_edit::ArrayOfTables::new();
+    for name in gateway_ifaces {
+        let mut t = toml_edit::Table::new();
+        t["name"] = toml_edit::value(name.as_str());
+        t["forward"] = toml_edit::value(true);
+        ifaces.push(t);
+    }
+    doc["interface"] = toml_edit::Item::ArrayOfTables(ifaces);
+    let text = doc.to_string();
+    dataplane::config::Policy::from_toml_str(&text, "demo policy")?;
+    Ok(text)
+}
+
+fn wait_for_daemon(demo: &mut Demo, log: &std::path::Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !control::is_running(&demo.run.socket()) {
+        if let Some(status) = demo
+            .daemon
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            bail!(
+                "the daemon exited ({status}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("the daemon was not ready within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Rows summed over the gateway's interfaces, one per class.
+fn by_class(rows: &[ClassRow]) -> Vec<ClassRow> {
+    let mut out: Vec<ClassRow> = Vec::new();
+    for r in rows {
+        match out.iter_mut().find(|o| o.class == r.class) {
+            Some(o) => {
+                o.packets += r.packets;
+                o.bytes += r.bytes;
+                o.dropped_packets += r.dropped_packets;
+                o.dropped_bytes += r.dropped_bytes;
+                o.ecn_marked_packets += r.ecn_marked_packets;
+                o.remarked_packets += r.remarked_packets;
+                o.packets_per_sec += r.packets_per_sec;
+                o.bytes_per_sec += r.bytes_per_sec;
+                o.dropped_per_sec += r.dropped_per_sec;
+            }
+            None => out.push(ClassRow {
+                iface: "gateway".into(),
+                ..r.clone()
+            }),
+        }
+    }
+    out
+}
+
+fn table(rows: &[ClassRow]) {
+    println!(
+        "{:<12} {:>10} {:>12} {:>12} {:>10} {:>12} {:>10}",
+        "CLASS", "PPS", "RATE", "DROP RATE", "PACKETS", "ECN-MARKED", "DROPS"
+    );
+    for r in rows {
+        println!(
+            "{:<12} {:>10} {:>12} {:>12} {:>10} {:>12} {:>10}",
+            r.class,
+            format_pps(r.packets_per_sec),
+            format_rate(r.bytes_per_sec as u64),
+            format_pps(r.dropped_per_sec),
+            r.packets,
+            r.ecn_marked_packets,
+            r.dropped_packets,
+        );
+    }
+}
+
+fn summary(
+    totals: &[ClassRow],
+    running: &Running,
+    offered: &[(&'static str, u64)],
+    elapsed: Duration,
+) -> Result<()> {
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let policy = running.policy.as_ref().context("the daemon's policy")?;
+    println!(
+        "\nsummary after {secs:.1} s (classified, policed and forwarded in XDP on the gateway):"
+    );
+    println!(
+        "{:<12} {:>10} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "CLASS", "PACKETS", "BYTES", "AVG RATE", "RATE", "CEIL", "ECN-MARKED", "DROPS"
+    );
+    for r in totals.iter().filter(|r| r.packets > 0) {
+        let spec = policy.classes.iter().find(|c| c.name == r.class);
+        let rate = spec.map_or("-".into(), |c| {
+            if c.rate_bytes_per_sec == 0 {
+                "-".into()
+            } else {
+                format_rate(c.rate_bytes_per_sec)
+            }
+        });
+        let ceil = spec
+            .and_then(|c| c.ceil_bytes_per_sec)
+            .map_or("-".into(), format_rate);
+        println!(
+            "{:<12} {:>10} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
+            r.class,
+            r.packets,
+            format_bytes(r.bytes),
+            format_rate((r.bytes as f64 / secs) as u64),
+            rate,
+            ceil,
+            r.ecn_marked_packets,
+            r.dropped_packets
+        );
+    }
+    let forwarded: u64 = running
+        .ifaces()
+        .iter()
+        .map(|(_, slot)| {
+            running
+                .classes()
+                .iter()
+                .map(|(_, id)| {
+                    running
+                        .dp
+                        .forward_counters(*slot, *id)
+                        .map_or(0, |c| c.packets)
+                })
+                .sum::<u64>()
+        })
+        .sum();
+    let classified: u64 = totals.iter().map(|r| r.packets).sum();
+    println!("forwarded in XDP: {forwarded} of {classified} classified packets");
+    let flows: Vec<String> = offered.iter().map(|(f, n)| format!("{f} {n}")).collect();
+    println!("sent by the traffic generators: {}", flows.join(", "));
+    Ok(())
+}
+
+/// The traffic generators: threads in the client and server namespaces.
+struct Traffic {
+    threads: Vec<(&'static str, JoinHandle<u64>)>,
+}
+
+impl Traffic {
+    fn start(
+        clients: &[dataplane::topology::Host],
+        server: Ipv4Addr,
+        server_ns: &str,
+        stop: &Arc<AtomicBool>,
+        duration: Duration,
+    ) -> Result<Traffic> {
+        let mut threads = Vec::new();
+        // Servers first, so the clients find them listening.
+        for port in [COLLECTIVE_PORT, STORAGE_PORT, INFERENCE_PORT] {
+            let listener = in_netns(server_ns, || TcpListener::bind((server, port)))??;
+            let stop = stop.clone();
+            threads.push((
+                "server",
+                std::thread::spawn(move || serve(listener, port == INFERENCE_PORT, &stop)),
+            ));
+        }
+        let to = move |port| SocketAddr::V4(SocketAddrV4::new(server, port));
+        let deadline = Instant::now() + duration + Duration::from_secs(2);
+        let spawn = |netns: &str, f: Box<dyn FnOnce() -> u64 + Send>| -> JoinHandle<u64> {
+            let netns = netns.to_string();
+            std::thread::spawn(move || in_netns(&netns, f).unwrap_or(0))
+        };
+        let c0 = &clients[0].netns;
+        let c1 = &clients[clients.len() - 1].netns;
+        let (s1, s2, s3, s4, s5) = (
+            stop.clone(),
+            stop.clone(),
+            stop.clone(),
+            stop.clone(),
+            stop.clone(),
+        );
+        threads.push((
+            "RoCEv2 packets",
+            spawn(c0, Box::new(move || roce(to(ROCE_PORT), &s1, deadline))),
+        ));
+        threads.push((
+            "CNPs",
+            spawn(c1, Box::new(move || cnp(to(ROCE_PORT), &s2, deadline))),
+        ));
+        threads.push((
+            "collective bytes",
+            spawn(
+                c0,
+                Box::new(move || stream(to(COLLECTIVE_PORT), &s3, deadline)),
+            ),
+        ));
+        threads.push((
+            "storage bytes",
+            spawn(
+                c1,
+                Box::new(move || stream(to(STORAGE_PORT), &s4, deadline)),
+            ),
+        ));
+        threads.push((
+            "inference RPCs",
+            spawn(c1, Box::new(move || rpc(to(INFERENCE_PORT), &s5, deadline))),
+        ));
+        Ok(Traffic { threads })
+    }
+
+    /// Waits for every generator; returns what each client flow sent.
+    fn finish(self) -> Vec<(&'static str, u64)> {
+        self.threads
+            .into_iter()
+            .filter_map(|(name, t)| {
+                let n = t.join().unwrap_or(0);
+                (name != "server").then_some((name, n))
+            })
+            .collect()
+    }
+}
+
+fn running(stop: &AtomicBool, deadline: Instant) -> bool {
+    !stop.load(Ordering::Relaxed) && Instant::now() < deadline
+}
+
+/// A RoCEv2 Base Transport Header (IBA 9.2): opcode, flags, P_Key, destination QP, PSN.
+fn bth(opcode: u8, psn: u32) -> [u8; 12] {
+    let qp: u32 = 0x00_00_11;
+    [
+        opcode,
+        0x40, // migration state set, pad 0, transport version 0
+        0xff,
+        0xff, // default P_Key
+        0,
+        (qp >> 16) as u8,
+        (qp >> 8) as u8,
+        qp as u8,
+        0x80, // ack requested
+        (psn >> 16) as u8,
+        (psn >> 8) as u8,
+        psn as u8,
+    ]
+}
+
+/// RC RDMA WRITE ONLY.
+const OPCODE_RDMA_WRITE_ONLY: u8 = 0x0a;
+/// Congestion Notification Packet.
+const OPCODE_CNP: u8 = 0x81;
+
+fn udp_socket(tos: libc::c_int) -> Option<UdpSocket> {
+    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+    // SAFETY: setsockopt with a valid fd and an int value.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_TOS,
+            (&tos as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    Some(socket)
+}
+
+/// Paced UDP: `build(n)` is datagram n; sends `pps` per second until stopped.
+fn paced(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    pps: u64,
+    stop: &AtomicBool,
+    deadline: Instant,
+    mut build: impl FnMut(u64) -> Vec<u8>,
+) -> u64 {
+    let start = Instant::now();
+    let mut sent = 0;
+    while running(stop, deadline) {
+        let due = (start.elapsed().as_secs_f64() * pps as f64) as u64;
+        while sent < due {
+            if socket.send_to(&build(sent), to).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    sent
+}
+
+fn roce(to: SocketAddr, stop: &AtomicBool, deadline: Instant) -> u64 {
+    let Some(socket) = udp_socket(TOS_ECT0) else {
+        return 0;
+    };
+    let frame_bits = ((12 + ROCE_PAYLOAD + 4 + 42) * 8) as u64;
+    let pps = ROCE_BITS_PER_SEC / frame_bits;
+    paced(&socket, to, pps, stop, deadline, |n| {
+        let mut d = bth(OPCODE_RDMA_WRITE_ONLY, n as u32).to_vec();
+        d.resize(12 + ROCE_PAYLOAD + 4, 0x5a); // payload and ICRC
+        d
+    })
+}
+
+fn cnp(to: SocketAddr, stop: &AtomicBool, deadline: Instant) -> u64 {
+    let Some(socket) = udp_socket(TOS_ECT0) else {
+        return 0;
+    };
+    paced(&socket, to, CNP_PPS, stop, deadline, |n| {
+        let mut d = bth(OPCODE_CNP, n as u32).to_vec();
+        d.resize(12 + 16 + 4, 0); // reserved bytes and ICRC
+        d
+    })
+}
+
+fn connect(to: SocketAddr) -> Option<TcpStream> {
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    s.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
+    Some(s)
+}
+
+/// A bulk TCP stream (collectives, storage): as fast as the class lets it.
+fn stream(to: SocketAddr, stop: &AtomicBool, deadline: Instant) -> u64 {
+    let Some(mut s) = connect(to) else {
+        return 0;
+    };
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut sent = 0;
+    while running(stop, deadline) {
+        match s.write(&chunk) {
+            Ok(n) => sent += n as u64,
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
+/// Inference RPCs: a small request, a larger response, one at a time.
+fn rpc(to: SocketAddr, stop: &AtomicBool, deadline: Instant) -> u64 {
+    let Some(mut s) = connect(to) else {
+        return 0;
+    };
+    let request = vec![1u8; RPC_REQUEST];
+    let mut response = vec![0u8; RPC_RESPONSE];
+    let mut done = 0;
+    'rpcs: while running(stop, deadline) {
+        if s.write_all(&request).is_err() {
+            break;
+        }
+        let mut got = 0;
+        while got < RPC_RESPONSE {
+            match s.read(&mut response[got..]) {
+                Ok(0) => break 'rpcs,
+                Ok(n) => got += n,
+                Err(e) if is_timeout(&e) && running(stop, deadline) => {}
+                Err(_) => break 'rpcs,
+            }
+        }
+        done += 1;
+    }
+    done
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Accepts connections until stopped: discards what arrives, or (RPC) answers each request.
+fn serve(listener: TcpListener, rpc: bool, stop: &Arc<AtomicBool>) -> u64 {
+    if listener.set_nonblocking(true).is_err() {
+        return 0;
+    }
+    let received = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                let (stop, received) = (stop.clone(), received.clone());
+                workers.push(std::thread::spawn(move || {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let answer = vec![2u8; RPC_RESPONSE];
+                    let mut pending = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        match s.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                received.fetch_add(n as u64, Ordering::Relaxed);
+                                pending += n;
+                                while rpc && pending >= RPC_REQUEST {
+                                    pending -= RPC_REQUEST;
+                                    if s.write_all(&answer).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(e) if is_timeout(&e) => {}
+                            Err(_) => break,
+                        }
+                    }
+                }));
+            }
+            Err(e) if is_timeout(&e) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break,
+        }
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    received.load(Ordering::Relaxed)
+}
