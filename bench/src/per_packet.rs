@@ -121,7 +121,9 @@ impl<'a> Case<'a> {
         let (hits, misses) = (a.hits - b.hits, a.misses - b.misses);
         let cache = if self.dp.is_none() {
             "–".to_string()
-        } else if hits == 0 && misses > 0 {
+        } else if hits + misses == 0 {
+            "not consulted".to_string()
+        } else if hits == 0 {
             "0% (every packet classified)".to_string()
         } else {
             format!(
