@@ -45,8 +45,17 @@ impl Machine {
         let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
         let commit = command("git", &["-C", workspace, "rev-parse", "--short", "HEAD"])
             .map(|c| {
-                let dirty = command("git", &["-C", workspace, "status", "--porcelain"])
-                    .is_some_and(|s| !s.is_empty());
+                let dirty = command(
+                    "git",
+                    &[
+                        "-C",
+                        workspace,
+                        "status",
+                        "--porcelain",
+                        "--untracked-files=no",
+                    ],
+                )
+                .is_some_and(|s| !s.is_empty());
                 if dirty {
                     format!("{c} (with uncommitted changes)")
                 } else {
