@@ -183,8 +183,10 @@ impl ForwardCounters {
     }
 }
 
-/// Flow-cache key: every field a rule can match on, so a cached class is exact.
-#[repr(C)]
+/// Every field a rule can match on, so a cached class is exact. The flow cache is keyed by
+/// its [`FlowKey::hash`] and stores the whole key in the entry, compared on every hit: the
+/// kernel hashes and compares an 8-byte map key in about half the time of this 44-byte one.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Source address.
@@ -206,8 +208,27 @@ pub struct FlowKey {
     /// [`FlowKey::FLAG_V6`] | [`FlowKey::FLAG_PORTS`] | [`FlowKey::FLAG_OPCODE`].
     pub flags: u8,
     /// Padding, always zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
+
+/// Words of a [`FlowKey`].
+const FLOW_KEY_WORDS: usize = core::mem::size_of::<FlowKey>() / 8;
+
+/// Random 32-bit keys of [`FlowKey::hash`], two per key word.
+const FLOW_HASH_KEYS: [u32; 2 * FLOW_KEY_WORDS] = [
+    0x9e37_79b9,
+    0x7f4a_7c15,
+    0xf39c_c060,
+    0x5ced_c834,
+    0x1082_276b,
+    0xf3a2_7251,
+    0xa9b7_9ad4,
+    0x85eb_ca6b,
+    0xc2b2_ae35,
+    0x27d4_eb2f,
+    0x1656_67b1,
+    0xd3a2_646c,
+];
 
 impl FlowKey {
     /// IPv6 packet.
@@ -240,15 +261,52 @@ impl FlowKey {
             dscp: meta.dscp(),
             roce_opcode: meta.roce_opcode.unwrap_or_default(),
             flags,
-            _pad: [0; 3],
+            _pad: [0; 7],
         }
+    }
+
+    /// The key as machine words (aligned: single loads in the kernel).
+    #[inline(always)]
+    pub fn words(&self) -> [u64; FLOW_KEY_WORDS] {
+        // SAFETY: #[repr(C, align(8))] plain data of exactly this size (asserted below), every
+        // byte initialised (the padding is an explicit field).
+        unsafe { core::mem::transmute_copy(self) }
+    }
+
+    /// Whether `other` is the same flow (word by word: no byte-wise compare).
+    #[inline(always)]
+    pub fn same_flow(&self, other: &FlowKey) -> bool {
+        let (a, b) = (self.words(), other.words());
+        let mut diff = 0;
+        for i in 0..FLOW_KEY_WORDS {
+            diff |= a[i] ^ b[i];
+        }
+        diff == 0
+    }
+
+    /// The flow-cache map key: NH (Black et al., UMAC), a sum of 32 x 32-bit products of
+    /// the key's halves plus random keys; two distinct flows collide with probability about
+    /// 2^-32. Independent multiplies, so it costs a few cycles. A collision only costs a
+    /// miss: the entry's whole key is compared.
+    #[inline(always)]
+    pub fn hash(&self) -> u64 {
+        let w = self.words();
+        let mut h = 0u64;
+        for i in 0..FLOW_KEY_WORDS {
+            let lo = (w[i] as u32).wrapping_add(FLOW_HASH_KEYS[2 * i]);
+            let hi = ((w[i] >> 32) as u32).wrapping_add(FLOW_HASH_KEYS[2 * i + 1]);
+            h = h.wrapping_add(u64::from(lo) * u64::from(hi));
+        }
+        h
     }
 }
 
-/// A cached classification.
+/// A cached classification, in the flow cache under its key's [`FlowKey::hash`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
+    /// The flow (an entry of another flow with the same hash is a miss).
+    pub key: FlowKey,
     /// Generation the class was computed under.
     pub generation: u32,
     /// Class id.
@@ -265,8 +323,9 @@ const _: () = {
     assert!(core::mem::size_of::<ClassCounters>() == 88);
     assert!(core::mem::size_of::<IfaceCounters>() == 8 * (REASON_COUNT + 2));
     assert!(core::mem::size_of::<ForwardCounters>() == 16);
-    assert!(core::mem::size_of::<FlowKey>() == 44);
-    assert!(core::mem::size_of::<FlowEntry>() == 8);
+    assert!(core::mem::size_of::<FlowKey>() == 48);
+    assert!(core::mem::size_of::<FlowKey>() == 8 * FLOW_KEY_WORDS);
+    assert!(core::mem::size_of::<FlowEntry>() == 56);
     assert!(core::mem::size_of::<crate::classify::PrefixKey>() == 20);
 };
 
@@ -312,7 +371,7 @@ pub mod names {
     pub const IFACES: &str = "IFACES";
     /// `Array<LinkState, MAX_IFACES>`.
     pub const LINKS: &str = "LINKS";
-    /// `LruHashMap<FlowKey, FlowEntry>`.
+    /// `LruHashMap<u64 FlowKey::hash, FlowEntry>`.
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
     /// `PerCpuArray<ClassCounters, MAX_IFACES * MAX_CLASSES>`.
     pub const CLASS_COUNTERS: &str = "CLASS_COUNTERS";
@@ -357,4 +416,95 @@ pub mod names {
 #[inline(always)]
 pub const fn class_counter_index(iface_slot: u32, class: u32) -> u32 {
     iface_slot * crate::MAX_CLASSES as u32 + class
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32) -> FlowKey {
+        let mut k = FlowKey {
+            src_port: 40000,
+            dst_port: 4791,
+            protocol: 17,
+            flags: FlowKey::FLAG_PORTS,
+            ..FlowKey::default()
+        };
+        k.src[..4].copy_from_slice(&[198, 18, 0, 1]);
+        k.dst[..4].copy_from_slice(&i.to_be_bytes());
+        k
+    }
+
+    #[test]
+    fn words_cover_every_field() {
+        let base = key(1);
+        let variants = [
+            FlowKey {
+                src_port: 1,
+                ..base
+            },
+            FlowKey {
+                dst_port: 1,
+                ..base
+            },
+            FlowKey {
+                iface_slot: 1,
+                ..base
+            },
+            FlowKey {
+                protocol: 6,
+                ..base
+            },
+            FlowKey { dscp: 1, ..base },
+            FlowKey {
+                roce_opcode: 1,
+                ..base
+            },
+            FlowKey {
+                flags: FlowKey::FLAG_V6,
+                ..base
+            },
+            FlowKey {
+                src: [0xff; 16],
+                ..base
+            },
+            FlowKey {
+                dst: [0xff; 16],
+                ..base
+            },
+        ];
+        assert!(base.same_flow(&key(1)));
+        for v in variants {
+            assert!(!base.same_flow(&v), "{v:?}");
+            assert_ne!(base.hash(), v.hash(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn structured_flows_do_not_collide() {
+        extern crate std;
+        use std::collections::HashSet;
+        // A /16 of v4 destinations, v6 destinations differing in one byte each, every source
+        // port.
+        let mut keys = HashSet::new();
+        for i in 0..65536u32 {
+            keys.insert(key(i));
+        }
+        for byte in 0..16 {
+            for v in 0..=255u8 {
+                let mut k = key(0);
+                k.flags |= FlowKey::FLAG_V6;
+                k.dst[byte] = v;
+                keys.insert(k);
+            }
+        }
+        for port in 0..=u16::MAX {
+            keys.insert(FlowKey {
+                src_port: port,
+                ..key(7)
+            });
+        }
+        let hashes: HashSet<u64> = keys.iter().map(FlowKey::hash).collect();
+        assert_eq!(hashes.len(), keys.len(), "hash collisions");
+    }
 }

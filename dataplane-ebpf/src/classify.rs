@@ -28,9 +28,10 @@ pub fn class_of(
         return classify(meta, iface_slot, slot, policy);
     }
     let key = FlowKey::of(meta, iface_slot as u8);
+    let hash = key.hash();
     // SAFETY: LRU hash values are plain data; a concurrent update replaces the element.
-    if let Some(entry) = unsafe { FLOW_CACHE.get(key) } {
-        if entry.generation == policy.generation {
+    if let Some(entry) = unsafe { FLOW_CACHE.get(hash) } {
+        if entry.generation == policy.generation && entry.key.same_flow(&key) {
             bump(counters, |c| c.flow_cache_hits += 1);
             return Ok(entry.class);
         }
@@ -38,11 +39,13 @@ pub fn class_of(
     bump(counters, |c| c.flow_cache_misses += 1);
     let class = classify(meta, iface_slot, slot, policy)?;
     let entry = FlowEntry {
+        key,
         generation: policy.generation,
         class,
     };
-    // A full cache evicts the least recently used flow; a failed insert only costs a miss.
-    let _ = FLOW_CACHE.insert(key, entry, 0);
+    // A full cache evicts the least recently used flow, and a flow whose hash another flow
+    // has replaces it; a failed insert only costs a miss.
+    let _ = FLOW_CACHE.insert(hash, entry, 0);
     Ok(class)
 }
 

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use dataplane_common::{
     classify::{PrefixKey, RuleVector, FIELD_TABLE_ENTRIES},
     maps::{
-        ClassConfig, ClassCounters, FlowEntry, FlowKey, ForwardCounters, IfaceConfig,
-        IfaceCounters, LinkState, PolicerState, PolicySlot,
+        ClassConfig, ClassCounters, FlowEntry, ForwardCounters, IfaceConfig, IfaceCounters,
+        LinkState, PolicerState, PolicySlot,
     },
     packet::PacketMeta,
     FLOW_CACHE_ENTRIES, GENERATION_SLOTS, MAX_CLASSES, MAX_IFACES, MAX_RULES, PREFIX_ENTRIES,
@@ -47,9 +47,10 @@ pub static IFACES: HashMap<u32, IfaceConfig, MAX_IFACES> = HashMap::new();
 /// Per interface slot: shared link-budget state.
 #[btf_map]
 pub static LINKS: Array<LinkState, MAX_IFACES> = Array::new();
-/// Flow -> class, tagged with the generation it was computed under.
+/// Flow (by key hash) -> the flow's key and class, tagged with the generation it was
+/// computed under.
 #[btf_map]
-pub static FLOW_CACHE: LruHashMap<FlowKey, FlowEntry, FLOW_CACHE_ENTRIES> = LruHashMap::new();
+pub static FLOW_CACHE: LruHashMap<u64, FlowEntry, FLOW_CACHE_ENTRIES> = LruHashMap::new();
 /// Per interface slot and class: packets, bytes, colours, drops, marks.
 #[btf_map]
 pub static CLASS_COUNTERS: PerCpuArray<ClassCounters, { MAX_IFACES * MAX_CLASSES }> =
