@@ -45,6 +45,7 @@ impl Machine {
         let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
         let commit = command("git", &["-C", workspace, "rev-parse", "--short", "HEAD"])
             .map(|c| {
+                // The outputs of earlier runs are not changes to what is measured.
                 let dirty = command(
                     "git",
                     &[
@@ -53,6 +54,10 @@ impl Machine {
                         "status",
                         "--porcelain",
                         "--untracked-files=no",
+                        "--",
+                        ".",
+                        ":!BENCHMARKS.md",
+                        ":!bench/plots",
                     ],
                 )
                 .is_some_and(|s| !s.is_empty());
