@@ -6,7 +6,7 @@
 //! legacy (non-BTF) map, which libbpf (and so bpftool and libbpf-based operator tools) refuses
 //! to load.
 
-use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_md, maps::ring_buf::RingBufBytes, programs::XdpContext};
 use aya_log_common::{ArgumentKind, DisplayHint, Level, LogValueLength, RecordFieldKind};
 use dataplane_common::reason::Reason;
 
@@ -25,48 +25,66 @@ fn level() -> u32 {
     LOG_LEVEL.get(0).copied().unwrap_or(0)
 }
 
-/// Writes "ifindex <ifindex>: <what>" at `level` as one aya-log record (header fields, then
-/// the format string's literals and arguments, each argument after its display hint),
-/// encoded straight into the ring buffer so the stack holds no copy. `None` when the ring is
-/// full or the record does not fit: the line is lost, the packet is not affected.
-#[inline(always)]
-fn write(level: Level, ifindex: u32, what: &str) -> Option<()> {
-    let mut buf = AYA_LOGS.reserve_bytes(RECORD_CAPACITY, 0)?;
-    let mut pos = core::mem::size_of::<LogValueLength>();
-    let level: u8 = level.into();
-    let hint: u8 = DisplayHint::Default.into();
-    let ok = (|| {
-        let mut put = |kind: u8, value: &[u8]| -> Option<()> {
-            let len = LogValueLength::try_from(value.len()).ok()?.to_ne_bytes();
-            let dst = buf.get_mut(pos..)?.get_mut(..3 + value.len())?;
-            dst[0] = kind;
-            dst[1..3].copy_from_slice(&len);
-            dst[3..].copy_from_slice(value);
-            pos += 3 + value.len();
-            Some(())
-        };
-        put(RecordFieldKind::Target.into(), TARGET.as_bytes())?;
-        put(RecordFieldKind::Level.into(), &[level])?;
-        put(RecordFieldKind::Module.into(), module_path!().as_bytes())?;
-        put(RecordFieldKind::File.into(), file!().as_bytes())?;
-        put(RecordFieldKind::Line.into(), &line!().to_ne_bytes())?;
-        put(RecordFieldKind::NumArgs.into(), &6u32.to_ne_bytes())?;
-        put(ArgumentKind::Str.into(), b"ifindex ")?;
-        put(ArgumentKind::DisplayHint.into(), &[hint])?;
-        put(ArgumentKind::U32.into(), &ifindex.to_ne_bytes())?;
-        put(ArgumentKind::Str.into(), b": ")?;
-        put(ArgumentKind::DisplayHint.into(), &[hint])?;
-        put(ArgumentKind::Str.into(), what.as_bytes())
-    })();
-    let size = LogValueLength::try_from(pos).ok();
-    match (ok, size, buf.get_mut(..2)) {
-        (Some(()), Some(size), Some(head)) => {
-            head.copy_from_slice(&size.to_ne_bytes());
-            buf.submit(0);
-        }
-        _ => buf.discard(0),
+/// One aya-log record being written into the ring buffer.
+struct Record<'a> {
+    buf: RingBufBytes<'a>,
+    /// Bytes written so far, the leading size field included.
+    pos: usize,
+}
+
+impl Record<'_> {
+    /// Appends one field: kind, length, value.
+    #[inline(always)]
+    fn put(&mut self, kind: u8, value: &[u8]) -> Option<()> {
+        let len = LogValueLength::try_from(value.len()).ok()?.to_ne_bytes();
+        let dst = self.buf.get_mut(self.pos..)?.get_mut(..3 + value.len())?;
+        dst[0] = kind;
+        dst[1..3].copy_from_slice(&len);
+        dst[3..].copy_from_slice(value);
+        self.pos += 3 + value.len();
+        Some(())
     }
-    Some(())
+
+    /// Header fields, then the format string's literals and arguments, each argument after
+    /// its display hint; last, the total size in front.
+    #[inline(always)]
+    fn fill(&mut self, level: Level, ifindex: u32, what: &str) -> Option<()> {
+        let level: u8 = level.into();
+        let hint: u8 = DisplayHint::Default.into();
+        self.put(RecordFieldKind::Target.into(), TARGET.as_bytes())?;
+        self.put(RecordFieldKind::Level.into(), &[level])?;
+        self.put(RecordFieldKind::Module.into(), module_path!().as_bytes())?;
+        self.put(RecordFieldKind::File.into(), file!().as_bytes())?;
+        self.put(RecordFieldKind::Line.into(), &line!().to_ne_bytes())?;
+        self.put(RecordFieldKind::NumArgs.into(), &6u32.to_ne_bytes())?;
+        self.put(ArgumentKind::Str.into(), b"ifindex ")?;
+        self.put(ArgumentKind::DisplayHint.into(), &[hint])?;
+        self.put(ArgumentKind::U32.into(), &ifindex.to_ne_bytes())?;
+        self.put(ArgumentKind::Str.into(), b": ")?;
+        self.put(ArgumentKind::DisplayHint.into(), &[hint])?;
+        self.put(ArgumentKind::Str.into(), what.as_bytes())?;
+        let size = LogValueLength::try_from(self.pos).ok()?.to_ne_bytes();
+        self.buf.get_mut(..2)?.copy_from_slice(&size);
+        Some(())
+    }
+}
+
+/// Writes "ifindex <ifindex>: <what>" at `level` as one aya-log record, encoded straight into
+/// the ring buffer so the stack holds no copy. When the ring is full or the record does not
+/// fit, the line is lost; the packet is not affected.
+#[inline(always)]
+fn write(level: Level, ifindex: u32, what: &str) {
+    let Some(buf) = AYA_LOGS.reserve_bytes(RECORD_CAPACITY, 0) else {
+        return;
+    };
+    let mut record = Record {
+        buf,
+        pos: core::mem::size_of::<LogValueLength>(),
+    };
+    match record.fill(level, ifindex, what) {
+        Some(()) => record.buf.submit(0),
+        None => record.buf.discard(0),
+    }
 }
 
 /// Logs an outcome other than "passed by policy": drops and passes-to-kernel at debug, states
