@@ -149,16 +149,21 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-fn demo(args: &[String]) -> Result<()> {
-    require_root("demo")?;
-    let root = workspace_root();
-    run(Command::new("cargo").current_dir(&root).args([
+/// Builds target/release/dataplane (the demo and the benchmarks run the real binary).
+fn build_release_binary(root: &Path) -> Result<()> {
+    run(Command::new("cargo").current_dir(root).args([
         "build",
         "--release",
         "-p",
         "dataplane-user",
         "--bins",
-    ]))?;
+    ]))
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    require_root("demo")?;
+    let root = workspace_root();
+    build_release_binary(&root)?;
     run(Command::new(root.join("target/release/dataplane"))
         .arg("demo")
         .args(args))
@@ -222,13 +227,7 @@ fn bench(quick: bool, out: Option<PathBuf>) -> Result<()> {
     require_root("bench")?;
     let root = workspace_root();
     // The control-plane figures run the real daemon binary.
-    run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "dataplane-user",
-        "--bins",
-    ]))?;
+    build_release_binary(&root)?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
         .args(["run", "--release", "--quiet", "-p", "dataplane-bench", "--"])
