@@ -186,6 +186,30 @@ pub struct Sample {
     pub ifaces: Vec<IfaceSample>,
 }
 
+impl Sample {
+    /// The counters of every interface added up, as one interface named `name`.
+    pub fn merged(&self, name: &str) -> Sample {
+        let mut all = IfaceSample {
+            name: name.to_string(),
+            counters: IfaceCounters::default(),
+            classes: Vec::new(),
+        };
+        for iface in &self.ifaces {
+            all.counters.add(&iface.counters);
+            for (class, c) in &iface.classes {
+                match all.classes.iter_mut().find(|(n, _)| n == class) {
+                    Some((_, sum)) => sum.add(c),
+                    None => all.classes.push((class.clone(), *c)),
+                }
+            }
+        }
+        Sample {
+            at: self.at,
+            ifaces: vec![all],
+        }
+    }
+}
+
 /// One row of `dataplane stats`.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClassRow {

@@ -4,12 +4,12 @@
 //! removed on drop, and leftovers of crashed runs (dead pids) are removed first.
 
 use std::{
-    fs::File,
     net::Ipv4Addr,
-    os::fd::AsRawFd,
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
+
+use dataplane::topology::in_netns;
 
 /// Prefix of every name this module creates: `dn<pid>x<n>`.
 const PREFIX: &str = "dn";
@@ -128,14 +128,8 @@ impl VethNs {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let path = format!("/var/run/netns/{}", self.ns);
-        std::thread::spawn(move || {
-            let file = File::open(&path).expect("namespace file");
-            // SAFETY: setns on a valid namespace fd; affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
+        let ns = self.ns.clone();
+        std::thread::spawn(move || in_netns(&ns, f).expect("entering the test namespace"))
     }
 
     /// Whether an XDP program is attached to the root end.

@@ -33,6 +33,8 @@ use dataplane::{
 
 /// The catalogue is written for a 100 Gbit/s gateway; the demo's veths carry Mbit/s.
 const RATE_SCALE: u64 = 1000;
+/// The gateway's interfaces are shown added up, under this name.
+const GATEWAY: &str = "gateway";
 /// Clients in the demo topology.
 const CLIENTS: usize = 2;
 /// RoCEv2 offered load: twice the scaled rdma ceiling, so it is marked and dropped.
@@ -169,7 +171,7 @@ pub fn run(options: &DemoOptions) -> Result<()> {
             Duration::from_secs(1).min(options.duration.saturating_sub(started.elapsed())),
         );
         let after = running.sample()?;
-        let (_, classes) = rows(&before, &after);
+        let (_, classes) = rows(&before.merged(GATEWAY), &after.merged(GATEWAY));
         if tty {
             print!("\x1b[2J\x1b[H");
         }
@@ -178,7 +180,7 @@ pub fn run(options: &DemoOptions) -> Result<()> {
             started.elapsed().as_secs_f64(),
             options.duration.as_secs_f64()
         );
-        table(&by_class(&classes));
+        table(&classes);
         std::io::stdout().flush()?;
         before = after;
     }
@@ -186,8 +188,8 @@ pub fn run(options: &DemoOptions) -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let offered = traffic.finish();
     let last = running.sample()?;
-    let (_, totals) = rows(&first, &last);
-    summary(&by_class(&totals), &running, &offered, started.elapsed())?;
+    let (_, totals) = rows(&first.merged(GATEWAY), &last.merged(GATEWAY));
+    summary(&totals, &running, &offered, started.elapsed())?;
     drop(running);
     drop(demo);
     println!("cleaned up: daemon stopped, pins, namespaces and veths removed");
@@ -248,31 +250,6 @@ fn wait_for_daemon(demo: &mut Demo, log: &std::path::Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
-}
-
-/// Rows summed over the gateway's interfaces, one per class.
-fn by_class(rows: &[ClassRow]) -> Vec<ClassRow> {
-    let mut out: Vec<ClassRow> = Vec::new();
-    for r in rows {
-        match out.iter_mut().find(|o| o.class == r.class) {
-            Some(o) => {
-                o.packets += r.packets;
-                o.bytes += r.bytes;
-                o.dropped_packets += r.dropped_packets;
-                o.dropped_bytes += r.dropped_bytes;
-                o.ecn_marked_packets += r.ecn_marked_packets;
-                o.remarked_packets += r.remarked_packets;
-                o.packets_per_sec += r.packets_per_sec;
-                o.bytes_per_sec += r.bytes_per_sec;
-                o.dropped_per_sec += r.dropped_per_sec;
-            }
-            None => out.push(ClassRow {
-                iface: "gateway".into(),
-                ..r.clone()
-            }),
-        }
-    }
-    out
 }
 
 fn table(rows: &[ClassRow]) {
