@@ -1,7 +1,10 @@
 //! Policing accuracy: configured against admitted rate from 1 Mbit/s up to what one CPU can
 //! offer, on one and two sending CPUs; and what the policer's clock read costs.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
 use anyhow::{ensure, Result};
 use aya::programs::Xdp;
@@ -9,7 +12,7 @@ use dataplane::dataplane::Dataplane;
 use dataplane_common::policer::Colour;
 use dataplane_tests::{
     frames::Frame,
-    kernel::{load_policy, pin_to_cpu, run_repeated},
+    kernel::{load_policy, pin_to_cpu, run_repeated, run_until_stopped, SenderEnd},
 };
 use indicatif::ProgressBar;
 
@@ -34,8 +37,8 @@ const TOLERANCE: f64 = 0.01;
 /// (that would measure the load generator); offered load far above the rate drains them
 /// within the warm-up.
 const BURST: &str = "32MiB";
-/// Bounds every sender in packets, whatever the calibration says.
-const MAX_REPEAT: u32 = 200_000_000;
+/// Bounds every sender in time, far beyond warm-up and window.
+const SENDER_BOUND: Duration = Duration::from_secs(60);
 /// Clock helpers per run of a clock program (CLOCK_CALLS in the eBPF object).
 const CLOCK_CALLS: f64 = 16.0;
 
@@ -56,20 +59,18 @@ fn frame() -> Vec<u8> {
         .build()
 }
 
-/// Green bytes per second admitted over the window, with `cpus` senders each in one long
-/// BPF_PROG_TEST_RUN call; the counters are sampled twice while all calls still run, so
-/// neither setup nor the initial burst enters the figure. Also returns the offered rate.
+/// Green bytes per second admitted over the window, with `cpus` senders that offer load until
+/// both samples are taken; the counters are sampled twice while all senders run, so neither
+/// setup nor the initial burst enters the figure. Also returns the offered rate.
 fn admitted(
     dp: &Dataplane,
     class: u32,
     frame: &[u8],
     cpus: usize,
-    ns_per_packet: f64,
     settings: &Settings,
 ) -> Result<(f64, f64)> {
     let prog = dp.program()?;
-    let run_for = (settings.warm_up + settings.window) * 3 / 2 + Duration::from_millis(50);
-    let repeat = ((run_for.as_nanos() as f64 / ns_per_packet) as u32).min(MAX_REPEAT);
+    let stop = AtomicBool::new(false);
     let sample = || -> Result<(Instant, u64, u64)> {
         let c = dp.class_counters(0, class)?;
         Ok((
@@ -81,26 +82,30 @@ fn admitted(
     let (first, second, all_running) = std::thread::scope(|s| -> Result<_> {
         let senders: Vec<_> = (0..cpus)
             .map(|cpu| {
+                let stop = &stop;
                 s.spawn(move || {
                     pin_to_cpu(cpu);
-                    run_repeated(prog, frame, repeat);
+                    run_until_stopped(prog, frame, stop, SENDER_BOUND)
                 })
             })
             .collect();
         std::thread::sleep(settings.warm_up);
-        let first = sample()?;
+        let first = sample();
         std::thread::sleep(settings.window);
-        let second = sample()?;
-        let all_running = senders.iter().all(|h| !h.is_finished());
+        let second = sample();
+        stop.store(true, Ordering::Relaxed);
+        let mut all_running = true;
         for h in senders {
-            h.join()
+            let end = h
+                .join()
                 .map_err(|_| anyhow::anyhow!("sender thread panicked"))?;
+            all_running &= end == SenderEnd::Stopped;
         }
-        Ok((first, second, all_running))
+        Ok((first?, second?, all_running))
     })?;
     ensure!(
         all_running,
-        "a sender finished before the second sample: the window saw no offered load"
+        "a sender ran out of time before the second sample"
     );
     let secs = (second.0 - first.0).as_secs_f64();
     let green = (second.1 - first.1) as f64 * FRAME_BYTES as f64 * 8.0 / secs;
@@ -151,7 +156,7 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
         for row in rows.iter_mut() {
             let (dp, p) = load_policy(&policy(row.rate));
             let class = p.class_id("limited").expect("class in the policy");
-            let (green, offered) = admitted(&dp, class, &frame, row.cpus, ns_per_packet, settings)?;
+            let (green, offered) = admitted(&dp, class, &frame, row.cpus, settings)?;
             row.errors.push(green / row.rate - 1.0);
             row.offered.push(offered);
             bar.inc(1);

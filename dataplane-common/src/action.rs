@@ -100,9 +100,50 @@ pub const fn apply(action: ColourAction, tos: u8) -> Outcome {
     }
 }
 
+/// Whether the DS field `tos` says the sender understands ECN (ECT(0), ECT(1) or CE).
+#[inline(always)]
+pub const fn is_ecn_capable(tos: u8) -> bool {
+    tos & ECN_MASK != 0
+}
+
+/// An early congestion signal on top of an action's outcome: CE on a packet that passes
+/// (the caller signals only ECN-capable packets this way; it drops the others).
+#[inline(always)]
+pub const fn mark_ce(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Pass {
+            tos,
+            ecn_marked,
+            remarked,
+        } if is_ecn_capable(tos) => Outcome::Pass {
+            tos: tos | ECN_CE,
+            ecn_marked: ecn_marked || tos & ECN_MASK != ECN_CE,
+            remarked,
+        },
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn early_mark_sets_ce_once_and_keeps_drops() {
+        let pass = apply(ColourAction::remark(10), 0b10);
+        assert_eq!(
+            mark_ce(pass),
+            Outcome::Pass {
+                tos: (10 << 2) | ECN_CE,
+                ecn_marked: true,
+                remarked: true
+            }
+        );
+        let ce = apply(ColourAction::PASS, ECN_CE);
+        assert_eq!(mark_ce(ce), ce, "already CE: nothing new");
+        assert_eq!(mark_ce(Outcome::Drop), Outcome::Drop);
+        assert!(is_ecn_capable(0b01) && is_ecn_capable(0b10) && !is_ecn_capable(0xfc));
+    }
 
     #[test]
     fn ecn_marks_capable_and_drops_others() {

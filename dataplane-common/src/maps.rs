@@ -5,7 +5,7 @@ use crate::{
     action::ColourAction,
     classify::FIELD_COUNT,
     packet::{Family, PacketMeta},
-    policer::{BucketParams, TrTcm, COLOURS},
+    policer::{Aqm, AqmState, BucketParams, TrTcm, COLOURS},
     reason::REASON_COUNT,
 };
 
@@ -43,6 +43,8 @@ impl PolicySlot {
 pub struct ClassConfig {
     /// Committed and peak buckets.
     pub policer: TrTcm,
+    /// Early congestion signals on the enforcing bucket's phantom queue.
+    pub aqm: Aqm,
     /// Action per colour (green, yellow, red).
     pub actions: [ColourAction; COLOURS],
     /// Strict priority 0 (lowest) ..= 7 on the link budget.
@@ -59,6 +61,8 @@ pub struct PolicerState {
     pub committed_tat: u64,
     /// Peak bucket TAT.
     pub peak_tat: u64,
+    /// The AQM's control law.
+    pub aqm: AqmState,
 }
 
 /// A registered interface, keyed by ifindex.
@@ -113,6 +117,12 @@ pub struct ClassCounters {
     pub remarked_packets: u64,
     /// Their bytes.
     pub remarked_bytes: u64,
+    /// Of the ECN-marked packets, those marked early by the phantom queue's AQM (the bucket
+    /// still had room).
+    pub early_marked_packets: u64,
+    /// Of the dropped packets, those dropped early by the AQM (not ECN-capable; the bucket
+    /// still had room).
+    pub early_dropped_packets: u64,
 }
 
 impl ClassCounters {
@@ -129,6 +139,8 @@ impl ClassCounters {
         self.ecn_marked_bytes += o.ecn_marked_bytes;
         self.remarked_packets += o.remarked_packets;
         self.remarked_bytes += o.remarked_bytes;
+        self.early_marked_packets += o.early_marked_packets;
+        self.early_dropped_packets += o.early_dropped_packets;
     }
 }
 
@@ -316,11 +328,11 @@ pub struct FlowEntry {
 const _: () = {
     assert!(core::mem::size_of::<PolicySlot>() == 56);
     assert!(core::mem::size_of::<BucketParams>() == 16);
-    assert!(core::mem::size_of::<ClassConfig>() == 40);
-    assert!(core::mem::size_of::<PolicerState>() == 16);
+    assert!(core::mem::size_of::<ClassConfig>() == 64);
+    assert!(core::mem::size_of::<PolicerState>() == 32);
     assert!(core::mem::size_of::<IfaceConfig>() == 32);
     assert!(core::mem::size_of::<LinkState>() == 8);
-    assert!(core::mem::size_of::<ClassCounters>() == 88);
+    assert!(core::mem::size_of::<ClassCounters>() == 104);
     assert!(core::mem::size_of::<IfaceCounters>() == 8 * (REASON_COUNT + 2));
     assert!(core::mem::size_of::<ForwardCounters>() == 16);
     assert!(core::mem::size_of::<FlowKey>() == 48);

@@ -116,6 +116,84 @@ pub const fn priority_limit(burst_ticks: u64, priority: u8) -> u64 {
     burst_ticks / 8 * (p + 1)
 }
 
+/// Active queue management on a class's phantom queue. The enforcing bucket's backlog
+/// (TAT − now) is the time a packet would wait in a shaper at the bucket's rate: its phantom
+/// sojourn time. While that sojourn is above `target_ns`, one packet per `interval_ns` is
+/// signalled (CE if ECN-capable, else dropped): senders get one signal per reaction time
+/// instead of losing the whole burst that fills the bucket, and no packet is held.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Aqm {
+    /// Phantom sojourn time (ns) above which packets are signalled.
+    pub target_ns: u64,
+    /// Least time between two signals (ns).
+    pub interval_ns: u64,
+    /// Which bucket's phantom queue: [`Aqm::COMMITTED`], [`Aqm::PEAK`] or [`Aqm::NONE`].
+    pub bucket: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+impl Default for Aqm {
+    fn default() -> Self {
+        Aqm::OFF
+    }
+}
+
+impl Aqm {
+    /// The committed bucket's phantom queue.
+    pub const COMMITTED: u32 = 0;
+    /// The peak bucket's phantom queue.
+    pub const PEAK: u32 = 1;
+    /// No AQM.
+    pub const NONE: u32 = u32::MAX;
+    /// No early signals: the buckets refuse only when full.
+    pub const OFF: Aqm = Aqm {
+        target_ns: 0,
+        interval_ns: 0,
+        bucket: Aqm::NONE,
+        _pad: 0,
+    };
+}
+
+/// The AQM's state per class, shared by all CPUs and updated without a lock: two CPUs racing
+/// may both signal once, which errs towards one extra signal.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AqmState {
+    /// When (ns) the next signal may come while signalling.
+    pub next_signal_ns: u64,
+    /// 1 while the sojourn is above target.
+    pub signalling: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+/// Whether a signal is due for a packet that finds a phantom sojourn of `sojourn_ns` at
+/// `now_ns` (it is given only if the bucket takes the packet: see [`aqm_signalled`]). Ends a
+/// signalling episode when the sojourn is back at or below the target.
+#[inline(always)]
+pub fn aqm_due(aqm: &Aqm, state: &mut AqmState, sojourn_ns: u64, now_ns: u64) -> bool {
+    if sojourn_ns <= aqm.target_ns {
+        state.signalling = 0;
+        return false;
+    }
+    state.signalling == 0 || (now_ns.wrapping_sub(state.next_signal_ns) as i64) >= 0
+}
+
+/// Records a signal given at `now_ns`: the next may come one interval later.
+#[inline(always)]
+pub fn aqm_signalled(aqm: &Aqm, state: &mut AqmState, now_ns: u64) {
+    state.signalling = 1;
+    state.next_signal_ns = now_ns.wrapping_add(aqm.interval_ns);
+}
+
+/// The phantom backlog of a bucket in ns: how far its TAT runs ahead of `now` (ticks).
+#[inline(always)]
+pub const fn backlog_ns(tat: u64, now: u64) -> u64 {
+    backlog(tat, now) / TICKS_PER_NS
+}
+
 /// Per-class policer configuration.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -222,6 +300,45 @@ mod tests {
             b.burst_ticks
         )
         .is_none());
+    }
+
+    #[test]
+    fn aqm_signals_once_per_interval_while_above_target() {
+        extern crate std;
+        let aqm = Aqm {
+            target_ns: 1_000,
+            interval_ns: 100_000,
+            bucket: Aqm::COMMITTED,
+            _pad: 0,
+        };
+        let signal = |st: &mut AqmState, sojourn, t| {
+            let due = aqm_due(&aqm, st, sojourn, t);
+            if due {
+                aqm_signalled(&aqm, st, t);
+            }
+            due
+        };
+        let mut st = AqmState::default();
+        assert!(!(0..100).any(|t| signal(&mut st, 1_000, t * 1000)));
+        // A due signal not given (the bucket refused the packet) stays due.
+        assert!(aqm_due(&aqm, &mut st, 5_000, 100));
+        assert!(aqm_due(&aqm, &mut st, 5_000, 200));
+        // Above target: at once, then one per interval.
+        let signals: std::vec::Vec<u64> = (200_000..1_200_000)
+            .step_by(100)
+            .filter(|&t| signal(&mut st, 5_000, t))
+            .collect();
+        assert_eq!(signals.len(), 10, "{signals:?}");
+        assert_eq!(signals[0], 200_000, "the first without delay");
+        assert!(signals.windows(2).all(|w| w[1] - w[0] == 100_000));
+        // Below target: none; back above: at once.
+        assert!(!signal(&mut st, 10, 1_200_000));
+        assert!(signal(&mut st, 5_000, 1_200_100));
+        // Time wraps.
+        let mut st = AqmState::default();
+        assert!(signal(&mut st, 5_000, u64::MAX - 10));
+        assert!(!signal(&mut st, 5_000, 5));
+        assert!(signal(&mut st, 5_000, 100_000));
     }
 
     #[test]

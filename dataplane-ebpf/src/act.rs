@@ -2,29 +2,36 @@
 //! (IPv4 checksum updated incrementally, IPv6 traffic class split across two bytes).
 
 use dataplane_common::{
-    action::{apply, Outcome},
+    action::{apply, mark_ce, Outcome},
     checksum::replace_word,
     forward::IPV4_CHECKSUM_OFFSET,
     maps::{ClassConfig, ClassCounters},
     packet::{Family, PacketMeta},
-    policer::Colour,
     reason::Reason,
 };
 
-use crate::frame::Frame;
+use crate::{
+    frame::Frame,
+    police::{Policed, Signal},
+};
 
-/// Applies the action and counts the class's packet; the DS field the packet leaves with, or
-/// `Err` for drops and failed rewrites.
+/// Applies the action (and an early signal) and counts the class's packet; the DS field the
+/// packet leaves with, or `Err` for drops and failed rewrites.
 #[inline(always)]
 pub fn act(
     frame: &Frame,
     meta: &PacketMeta,
     cfg: &ClassConfig,
-    colour: Colour,
+    policed: &Policed,
     bytes: u32,
     counters: Option<*mut ClassCounters>,
 ) -> Result<u8, Reason> {
-    let outcome = apply(cfg.actions[colour as usize], meta.tos);
+    let colour = policed.colour;
+    let outcome = match policed.signal {
+        Signal::None => apply(cfg.actions[colour as usize], meta.tos),
+        Signal::Mark => mark_ce(apply(cfg.actions[colour as usize], meta.tos)),
+        Signal::Drop => Outcome::Drop,
+    };
     if let Some(c) = counters {
         // SAFETY: per-CPU value; XDP does not nest on one CPU.
         let c = unsafe { &mut *c };
@@ -35,6 +42,9 @@ pub fn act(
             Outcome::Drop | Outcome::DropNotEct => {
                 c.dropped_packets += 1;
                 c.dropped_bytes += u64::from(bytes);
+                if policed.signal == Signal::Drop {
+                    c.early_dropped_packets += 1;
+                }
             }
             Outcome::Pass {
                 ecn_marked,
@@ -44,6 +54,9 @@ pub fn act(
                 if ecn_marked {
                     c.ecn_marked_packets += 1;
                     c.ecn_marked_bytes += u64::from(bytes);
+                    if policed.signal == Signal::Mark {
+                        c.early_marked_packets += 1;
+                    }
                 }
                 if remarked {
                     c.remarked_packets += 1;

@@ -16,6 +16,7 @@ mod police;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use dataplane_common::{
+    action::is_ecn_capable,
     maps::{class_counter_index, IfaceConfig, IfaceCounters},
     packet::{parse_into, PacketBytes, PacketMeta},
     reason::Reason,
@@ -101,10 +102,17 @@ fn pipeline(
         .ok_or(Reason::ClassifierMiss)?;
 
     let bytes = frame.frame_len() as u32;
-    let colour = police::colour(class, cfg, iface, iface_slot, bytes);
+    let policed = police::police(
+        class,
+        cfg,
+        iface,
+        iface_slot,
+        bytes,
+        is_ecn_capable(meta.tos),
+    );
 
     let counters = CLASS_COUNTERS.get_ptr_mut(class_counter_index(iface_slot, class));
-    let tos = act::act(frame, meta, cfg, colour, bytes, counters)?;
+    let tos = act::act(frame, meta, cfg, &policed, bytes, counters)?;
 
     // Interfaces without forwarding pay one flag test.
     match iface {

@@ -7,7 +7,10 @@ use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{
     maps::{ClassConfig, IfaceConfig},
-    policer::{gcra_admit, gcra_force, ns_to_ticks, priority_limit, BucketParams, Colour},
+    policer::{
+        aqm_due, aqm_signalled, backlog_ns, gcra_admit, gcra_force, ns_to_ticks, priority_limit,
+        Aqm, AqmState, BucketParams, Colour,
+    },
 };
 
 use crate::maps::{LINKS, POLICERS};
@@ -47,46 +50,206 @@ fn admit(tat: *mut u64, bucket: &BucketParams, now: u64, bytes: u32) -> bool {
     update(tat, |old| gcra_admit(old, now, cost, bucket.burst_ticks))
 }
 
-/// The colour of a packet of `bytes` in class `class`, after the link budget of `iface`.
+/// An early congestion signal from a phantom queue's AQM.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// None: the packet goes on with its colour's action.
+    None,
+    /// Mark CE (the packet is ECN-capable and was charged to its buckets).
+    Mark,
+    /// Drop (not ECN-capable; charged to nothing, so the flow's next packets still fit).
+    Drop,
+}
+
+/// A packet's colour and early signal.
+pub struct Policed {
+    pub colour: Colour,
+    pub signal: Signal,
+}
+
+impl Policed {
+    const fn plain(colour: Colour) -> Policed {
+        Policed {
+            colour,
+            signal: Signal::None,
+        }
+    }
+}
+
+/// How a bucket with AQM on its phantom queue takes a packet.
+enum Admission {
+    Admitted,
+    /// Admitted and signalled (ECN-capable: to be marked).
+    Marked,
+    /// Signalled early and not ECN-capable: to be dropped, nothing charged.
+    EarlyDrop,
+    /// The bucket is full.
+    Refused,
+}
+
+/// The bucket's test with the AQM on its phantom queue: a due signal goes to a packet the
+/// bucket takes (a packet it refuses is dropped anyway, a signal of its own). An ECN-capable
+/// packet is charged and marked; any other is dropped and charged to nothing, so the flow's
+/// next packets still fit.
 #[inline(always)]
-pub fn colour(
+fn admit_with_aqm(
+    tat: *mut u64,
+    bucket: &BucketParams,
+    aqm: &Aqm,
+    state: *mut AqmState,
+    now_ns: u64,
+    bytes: u32,
+    ecn_capable: bool,
+) -> Admission {
+    let now = ns_to_ticks(now_ns);
+    // SAFETY: map value pointers, as in `update`. The AQM state is shared without a lock
+    // (see `AqmState`) and written back only when it changes.
+    let (old_tat, old) = unsafe {
+        (
+            core::ptr::read_volatile(tat),
+            core::ptr::read_volatile(state),
+        )
+    };
+    let mut new = old;
+    let due = aqm_due(aqm, &mut new, backlog_ns(old_tat, now), now_ns);
+    let admission = if !due {
+        if admit(tat, bucket, now, bytes) {
+            Admission::Admitted
+        } else {
+            Admission::Refused
+        }
+    } else if ecn_capable {
+        if admit(tat, bucket, now, bytes) {
+            aqm_signalled(aqm, &mut new, now_ns);
+            Admission::Marked
+        } else {
+            Admission::Refused
+        }
+    } else if gcra_admit(old_tat, now, bucket.cost(bytes), bucket.burst_ticks).is_some() {
+        aqm_signalled(aqm, &mut new, now_ns);
+        Admission::EarlyDrop
+    } else {
+        Admission::Refused
+    };
+    if new != old {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(state, new) };
+    }
+    admission
+}
+
+/// A bucket's test with or without the AQM.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn take(
+    which: u32,
+    tat: *mut u64,
+    bucket: &BucketParams,
+    aqm: &Aqm,
+    state: *mut AqmState,
+    now_ns: u64,
+    bytes: u32,
+    ecn_capable: bool,
+) -> Admission {
+    if aqm.bucket == which {
+        admit_with_aqm(tat, bucket, aqm, state, now_ns, bytes, ecn_capable)
+    } else if admit(tat, bucket, ns_to_ticks(now_ns), bytes) {
+        Admission::Admitted
+    } else {
+        Admission::Refused
+    }
+}
+
+/// The colour and early signal of a packet of `bytes` in class `class`, after the link budget
+/// of `iface`.
+#[inline(always)]
+pub fn police(
     class: u32,
     cfg: &ClassConfig,
     iface: Option<&IfaceConfig>,
     iface_slot: u32,
     bytes: u32,
-) -> Colour {
+    ecn_capable: bool,
+) -> Policed {
     let tcm = &cfg.policer;
     let link = iface.map(|i| &i.link).filter(|l| l.is_limited());
     if !tcm.peak.is_limited() && !tcm.committed.is_limited() && link.is_none() {
-        return Colour::Yellow;
+        return Policed::plain(Colour::Yellow);
     }
     // SAFETY: helper without preconditions.
-    let now = ns_to_ticks(unsafe { bpf_ktime_get_ns() });
+    let now_ns = unsafe { bpf_ktime_get_ns() };
+    let now = ns_to_ticks(now_ns);
     // The pipeline already bounded `class`, so this lookup cannot fail; if it ever did, the
     // packet is not punished for it (fail open).
     let Some(state) = POLICERS.get_ptr_mut(class) else {
-        return Colour::Green;
+        return Policed::plain(Colour::Green);
     };
     // SAFETY: map value pointer; fields are u64-aligned.
-    let (committed_tat, peak_tat) = unsafe {
+    let (committed_tat, peak_tat, aqm_state) = unsafe {
         (
             core::ptr::addr_of_mut!((*state).committed_tat),
             core::ptr::addr_of_mut!((*state).peak_tat),
+            core::ptr::addr_of_mut!((*state).aqm),
         )
     };
-    if tcm.peak.is_limited() && !admit(peak_tat, &tcm.peak, now, bytes) {
-        return Colour::Red;
+    let aqm = &cfg.aqm;
+    let mut signal = Signal::None;
+    if tcm.peak.is_limited() {
+        match take(
+            Aqm::PEAK,
+            peak_tat,
+            &tcm.peak,
+            aqm,
+            aqm_state,
+            now_ns,
+            bytes,
+            ecn_capable,
+        ) {
+            Admission::Admitted => {}
+            Admission::Marked => signal = Signal::Mark,
+            // Not admitted: counted as what exceeds the peak.
+            Admission::EarlyDrop => {
+                return Policed {
+                    colour: Colour::Red,
+                    signal: Signal::Drop,
+                }
+            }
+            Admission::Refused => return Policed::plain(Colour::Red),
+        }
     }
-    let colour = if tcm.committed.is_limited() && admit(committed_tat, &tcm.committed, now, bytes) {
-        Colour::Green
+    let colour = if tcm.committed.is_limited() {
+        match take(
+            Aqm::COMMITTED,
+            committed_tat,
+            &tcm.committed,
+            aqm,
+            aqm_state,
+            now_ns,
+            bytes,
+            ecn_capable,
+        ) {
+            Admission::Admitted => Colour::Green,
+            Admission::Marked => {
+                signal = Signal::Mark;
+                Colour::Green
+            }
+            // Not admitted: counted as what exceeds the rate.
+            Admission::EarlyDrop => {
+                return Policed {
+                    colour: Colour::Yellow,
+                    signal: Signal::Drop,
+                }
+            }
+            Admission::Refused => Colour::Yellow,
+        }
     } else {
         Colour::Yellow
     };
-    match link {
+    let colour = match link {
         Some(link) => link_budget(colour, link, iface_slot, cfg.priority, now, bytes),
         None => colour,
-    }
+    };
+    Policed { colour, signal }
 }
 
 /// Guaranteed (green) traffic always takes its share of the link; excess (yellow) traffic

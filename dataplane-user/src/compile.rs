@@ -13,11 +13,11 @@ use dataplane_common::{
     },
     maps::ClassConfig,
     packet::{Family, PacketMeta},
-    policer::{BucketParams, TrTcm},
+    policer::{Aqm, BucketParams, TrTcm},
     MAX_RULES,
 };
 
-use crate::config::{ClassSpec, FlowCache, Policy};
+use crate::config::{enforcing_bucket, ClassSpec, FlowCache, Policy};
 
 /// Local id of a vector within one compiled policy; 0 is always the all-rules vector.
 pub type VectorId = u32;
@@ -174,6 +174,32 @@ fn compile_prefixes(
     }
 }
 
+/// The AQM on the class's enforcing bucket (the one `config::enforcing_bucket` names).
+fn class_aqm(c: &ClassSpec) -> Aqm {
+    let Some(spec) = c.aqm else {
+        return Aqm::OFF;
+    };
+    let committed_enforces = enforcing_bucket(
+        c.rate_bytes_per_sec,
+        c.burst_bytes,
+        None,
+        0,
+        c.exceed,
+        c.violate,
+    )
+    .is_some();
+    Aqm {
+        target_ns: spec.target_ns,
+        interval_ns: spec.interval_ns,
+        bucket: if committed_enforces {
+            Aqm::COMMITTED
+        } else {
+            Aqm::PEAK
+        },
+        _pad: 0,
+    }
+}
+
 /// The kernel form of a class.
 pub fn class_config(c: &ClassSpec) -> ClassConfig {
     let committed = if c.rate_bytes_per_sec > 0 {
@@ -186,8 +212,10 @@ pub fn class_config(c: &ClassSpec) -> ClassConfig {
         None => BucketParams::UNLIMITED,
     };
     let actions: [ColourAction; 3] = [c.conform, c.exceed, c.violate];
+    let aqm = class_aqm(c);
     ClassConfig {
         policer: TrTcm { committed, peak },
+        aqm,
         actions,
         priority: c.priority,
         _pad: 0,

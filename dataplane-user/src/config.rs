@@ -62,6 +62,25 @@ const PROTOCOL_NAMES: [(&str, u8); 4] = [
     ("icmpv6", ipproto::ICMPV6),
 ];
 
+/// Rate and burst of the bucket a class's AQM manages: the committed one when what exceeds it
+/// is dropped or marked, else the peak one when what exceeds that is; `None` when neither.
+pub fn enforcing_bucket(
+    rate: u64,
+    burst: u64,
+    ceil: Option<u64>,
+    ceil_burst: u64,
+    exceed: ColourAction,
+    violate: ColourAction,
+) -> Option<(u64, u64)> {
+    let enforcing =
+        |a: ColourAction| a.verdict == Verdict::Drop as u8 || a.verdict == Verdict::Ecn as u8;
+    if rate > 0 && enforcing(exceed) {
+        Some((rate, burst))
+    } else {
+        ceil.filter(|_| enforcing(violate)).map(|c| (c, ceil_burst))
+    }
+}
+
 /// The default burst for `rate` bytes per second: [`DEFAULT_BURST_MILLIS`] of it, at least
 /// [`MIN_DEFAULT_BURST_BYTES`].
 pub const fn default_burst(rate_bytes_per_sec: u64) -> u64 {
@@ -129,7 +148,24 @@ pub struct ClassSpec {
     pub exceed: ColourAction,
     /// Action for red (above ceil) packets.
     pub violate: ColourAction,
+    /// Early congestion signals on the phantom queue of the enforcing bucket; `None` = off.
+    pub aqm: Option<AqmSpec>,
 }
+
+/// The phantom-queue AQM of a class (see `dataplane_common::policer::Aqm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AqmSpec {
+    /// Phantom sojourn time above which packets are signalled.
+    pub target_ns: u64,
+    /// Least time between two signals.
+    pub interval_ns: u64,
+}
+
+/// Default AQM target: this much phantom sojourn, or a quarter of the burst if that is less.
+pub const DEFAULT_AQM_TARGET_NS: u64 = 1_000_000;
+/// Default AQM interval: about the longest round trip inside a data centre, so each sender
+/// gets one signal per reaction.
+pub const DEFAULT_AQM_INTERVAL_NS: u64 = 1_000_000;
 
 /// An interface the policy is attached to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -321,6 +357,17 @@ struct ClassFile {
     /// `violate` is "remark". Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     remark_dscp: Option<i64>,
+    /// Early congestion signals (CE, or a sparse drop for packets that are not ECN-capable)
+    /// on the phantom queue of the bucket whose overflow is dropped or marked. Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aqm: Option<bool>,
+    /// Phantom sojourn above which packets are signalled ("1ms"). Default: 1 ms, or a quarter
+    /// of the burst's time at the enforcing rate if that is less.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aqm_target: Option<String>,
+    /// Least time between two signals ("1ms"). Default: 1 ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aqm_interval: Option<String>,
 }
 
 /// A `[[rule]]` table. Every key but `class` is optional; an absent key matches anything.
@@ -735,6 +782,8 @@ impl Validator<'_> {
             ActionName::Ecn => ColourAction::ECN,
             ActionName::Remark => ColourAction::remark(remark_dscp.unwrap_or(KEEP_DSCP)),
         };
+        let (exceed, violate) = (action(f.exceed), action(f.violate));
+        let aqm = self.aqm(i, f, rate, burst, ceil, ceil_burst, exceed, violate)?;
         Ok(ClassSpec {
             name: f.name.clone(),
             priority,
@@ -743,9 +792,75 @@ impl Validator<'_> {
             burst_bytes: burst,
             ceil_burst_bytes: ceil_burst,
             conform,
-            exceed: action(f.exceed),
-            violate: action(f.violate),
+            exceed,
+            violate,
+            aqm,
         })
+    }
+
+    /// The class's AQM: only on a class with a bucket whose overflow is dropped or marked.
+    #[allow(clippy::too_many_arguments)]
+    fn aqm(
+        &self,
+        i: usize,
+        f: &ClassFile,
+        rate: u64,
+        burst: u64,
+        ceil: Option<u64>,
+        ceil_burst: u64,
+        exceed: ColourAction,
+        violate: ColourAction,
+    ) -> Result<Option<AqmSpec>, ConfigError> {
+        if f.aqm != Some(true) {
+            for (key, set) in [
+                ("aqm_target", f.aqm_target.is_some()),
+                ("aqm_interval", f.aqm_interval.is_some()),
+            ] {
+                if set {
+                    return Err(self.err(
+                        class_field(i, key),
+                        "set, but aqm is not true; add `aqm = true` or remove it",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        let Some((bucket_rate, bucket_burst)) =
+            enforcing_bucket(rate, burst, ceil, ceil_burst, exceed, violate)
+        else {
+            return Err(self.err(
+                class_field(i, "aqm"),
+                "no bucket of this class drops or marks what exceeds it (a rate with exceed = \"drop\" or \"ecn\", or a ceil with violate = \"drop\" or \"ecn\"): there is no phantom queue to manage",
+            ));
+        };
+        let duration = |key: &str, v: &Option<String>| -> Result<Option<u64>, ConfigError> {
+            v.as_deref()
+                .map(|s| {
+                    units::parse_duration_ns(s)
+                        .map_err(|e| self.err(class_field(i, key), e.to_string()))
+                })
+                .transpose()
+        };
+        let burst_ns = (u128::from(bucket_burst) * 1_000_000_000 / u128::from(bucket_rate.max(1)))
+            .min(u128::from(u64::MAX)) as u64;
+        let target_ns = duration("aqm_target", &f.aqm_target)?
+            .unwrap_or_else(|| DEFAULT_AQM_TARGET_NS.min(burst_ns / 4));
+        if target_ns >= burst_ns {
+            return Err(self.err(
+                class_field(i, "aqm_target"),
+                format!(
+                    "{} is not below the burst's {} at the enforcing rate: the bucket would refuse before the AQM signals",
+                    units::format_duration_ns(target_ns),
+                    units::format_duration_ns(burst_ns)
+                ),
+            ));
+        }
+        let interval_ns =
+            duration("aqm_interval", &f.aqm_interval)?.unwrap_or(DEFAULT_AQM_INTERVAL_NS);
+        Ok(Some(AqmSpec {
+            target_ns,
+            interval_ns,
+        }))
     }
 
     fn rule(
@@ -1200,6 +1315,9 @@ impl Writer<'_> {
             exceed,
             violate,
             remark_dscp,
+            aqm: c.aqm.map(|_| true),
+            aqm_target: c.aqm.map(|a| units::format_duration_ns(a.target_ns)),
+            aqm_interval: c.aqm.map(|a| units::format_duration_ns(a.interval_ns)),
         })
     }
 
@@ -1501,6 +1619,7 @@ protocol = 132
                     conform: ColourAction::PASS,
                     exceed: ColourAction::PASS,
                     violate: ColourAction::DROP,
+                    aqm: None,
                 },
                 ClassSpec {
                     name: "gold".into(),
@@ -1512,6 +1631,7 @@ protocol = 132
                     conform: ColourAction::remark(46),
                     exceed: ColourAction::remark(10),
                     violate: ColourAction::ECN,
+                    aqm: None,
                 },
                 ClassSpec {
                     name: "scavenger".into(),
@@ -1523,6 +1643,7 @@ protocol = 132
                     conform: ColourAction::PASS,
                     exceed: ColourAction::PASS,
                     violate: ColourAction::DROP,
+                    aqm: None,
                 },
             ],
             default_class: 0,
@@ -1825,6 +1946,69 @@ protocol = 132
             p.classes[2].ceil_burst_bytes, 125_000_000,
             "10 ms of ceil is larger"
         );
+    }
+
+    #[test]
+    fn aqm_defaults_bounds_and_round_trip() {
+        let class = |extra: &str| {
+            with_base(&format!(
+                "[[class]]\nname = \"x\"\nrate = \"100Mbit\"\nexceed = \"drop\"\n{extra}"
+            ))
+        };
+        let p = class("aqm = true\n").expect("valid");
+        let aqm = p.classes[2].aqm.expect("on");
+        assert_eq!(
+            aqm.target_ns, DEFAULT_AQM_TARGET_NS,
+            "1 ms is below a quarter of the burst"
+        );
+        assert_eq!(aqm.interval_ns, DEFAULT_AQM_INTERVAL_NS);
+        let p = class("aqm = true\nburst = \"40000B\"\n").expect("valid");
+        assert_eq!(
+            p.classes[2].aqm.expect("on").target_ns,
+            800_000,
+            "a quarter of 3.2 ms of burst"
+        );
+        let p =
+            class("aqm = true\naqm_target = \"250us\"\naqm_interval = \"2ms\"\n").expect("valid");
+        assert_eq!(
+            p.classes[2].aqm,
+            Some(AqmSpec {
+                target_ns: 250_000,
+                interval_ns: 2_000_000
+            })
+        );
+        let text = p.to_toml_string().expect("writable");
+        assert_eq!(load(&text).expect("valid"), p, "{text}");
+        assert_eq!(
+            class("").expect("valid").classes[2].aqm,
+            None,
+            "off by default"
+        );
+        assert_err(
+            class("aqm_target = \"1ms\"\n"),
+            "class[2].aqm_target",
+            "aqm is not true",
+        );
+        assert_err(
+            class("aqm = true\naqm_interval = \"5\"\n"),
+            "class[2].aqm_interval",
+            "has no unit",
+        );
+        assert_err(
+            class("aqm = true\naqm_target = \"1s\"\n"),
+            "class[2].aqm_target",
+            "not below the burst",
+        );
+        assert_err(
+            with_base("[[class]]\nname = \"x\"\nrate = \"1Gbit\"\naqm = true\n"),
+            "class[2].aqm",
+            "no phantom queue",
+        );
+        let peak = with_base(
+            "[[class]]\nname = \"x\"\nrate = \"1Gbit\"\nceil = \"2Gbit\"\nviolate = \"ecn\"\naqm = true\n",
+        )
+        .expect("a ceil whose overflow is marked");
+        assert!(peak.classes[2].aqm.is_some());
     }
 
     #[test]

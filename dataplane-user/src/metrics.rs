@@ -12,6 +12,7 @@
 //! | `dataplane_class_packets_total`, `dataplane_class_bytes_total` | iface, class | every classified packet |
 //! | `dataplane_class_dropped_packets_total`, `dataplane_class_dropped_bytes_total` | iface, class | dropped by policy |
 //! | `dataplane_class_ecn_marked_packets_total` | iface, class | newly marked CE |
+//! | `dataplane_class_early_marked_packets_total`, `dataplane_class_early_dropped_packets_total` | iface, class | early signals of the phantom queue's AQM (subsets of the marked and dropped) |
 //! | `dataplane_class_remarked_packets_total` | iface, class | DSCP rewritten |
 //! | `dataplane_class_forwarded_packets_total` | iface, class | forwarded past the kernel stack, by egress interface |
 //! | `dataplane_class_colour_packets_total` | iface, class, colour | green / yellow / red |
@@ -326,7 +327,7 @@ pub fn encode(snapshot: MetricsSnapshot, format: Format) -> Result<String, fmt::
 /// A per-class counter: name without `_total` (the encoder adds it), help, value.
 type ClassCounterDef = (&'static str, &'static str, fn(&ClassSample) -> u64);
 
-const CLASS_COUNTERS: [ClassCounterDef; 7] = [
+const CLASS_COUNTERS: [ClassCounterDef; 9] = [
     (
         "dataplane_class_packets",
         "Packets classified into the class.",
@@ -351,6 +352,16 @@ const CLASS_COUNTERS: [ClassCounterDef; 7] = [
         "dataplane_class_ecn_marked_packets",
         "Packets of the class newly marked ECN CE.",
         |s| s.counters.ecn_marked_packets,
+    ),
+    (
+        "dataplane_class_early_marked_packets",
+        "Packets of the class marked CE early by the phantom queue's AQM (the bucket still had room).",
+        |s| s.counters.early_marked_packets,
+    ),
+    (
+        "dataplane_class_early_dropped_packets",
+        "Packets of the class dropped early by the phantom queue's AQM (not ECN-capable; the bucket still had room).",
+        |s| s.counters.early_dropped_packets,
     ),
     (
         "dataplane_class_remarked_packets",

@@ -257,6 +257,55 @@ pub fn parse_rate(input: &str) -> Result<u64, UnitError> {
     to_bytes(&n, scale, s, RATE_HELP)
 }
 
+/// What a duration looks like.
+pub const DURATION_HELP: &str = "a duration is a positive number with a unit (ns, us, ms, s), \
+e.g. \"500us\" or \"2ms\"";
+
+/// Parses a duration ("500us", "2ms", "1.5ms", "1s") into nanoseconds; a unit is required.
+pub fn parse_duration_ns(input: &str) -> Result<u64, UnitError> {
+    let s = prepare(input, DURATION_HELP)?;
+    let n = split_number(s, DURATION_HELP)?;
+    if n.unit.is_empty() {
+        return Err(UnitError::MissingUnit {
+            input: s.to_string(),
+            help: DURATION_HELP,
+        });
+    }
+    let ns_per_unit = match n.unit {
+        "ns" => 1,
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        unit => {
+            return Err(UnitError::UnknownUnit {
+                input: s.to_string(),
+                unit: unit.to_string(),
+                help: DURATION_HELP,
+            })
+        }
+    };
+    to_bytes(
+        &n,
+        Scale {
+            num: ns_per_unit,
+            den: 1,
+        },
+        s,
+        DURATION_HELP,
+    )
+}
+
+/// Formats nanoseconds exactly in the largest of ms, us, ns that divides them: "2ms", "500us".
+pub fn format_duration_ns(ns: u64) -> String {
+    if ns.is_multiple_of(1_000_000) {
+        format!("{}ms", ns / 1_000_000)
+    } else if ns.is_multiple_of(1_000) {
+        format!("{}us", ns / 1_000)
+    } else {
+        format!("{ns}ns")
+    }
+}
+
 /// Parses a size ("4MiB", "64KiB", "1500B", "1500", "2MB") into bytes.
 ///
 /// A bare number is bytes. Bare prefixes ("64K") are rejected as ambiguous between 1000 and
@@ -415,6 +464,29 @@ pub fn format_pps(pps: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse_and_format_exactly() {
+        assert_eq!(parse_duration_ns("500us"), Ok(500_000));
+        assert_eq!(parse_duration_ns("1.5ms"), Ok(1_500_000));
+        assert_eq!(parse_duration_ns("2s"), Ok(2_000_000_000));
+        assert_eq!(parse_duration_ns(" 7ns "), Ok(7));
+        assert!(matches!(
+            parse_duration_ns("5"),
+            Err(UnitError::MissingUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration_ns("5m"),
+            Err(UnitError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration_ns("-1ms"),
+            Err(UnitError::Negative { .. })
+        ));
+        for ns in [1, 999, 1_000, 1_500_000, 3_000_000_000] {
+            assert_eq!(parse_duration_ns(&format_duration_ns(ns)), Ok(ns));
+        }
+    }
     use proptest::prelude::*;
 
     #[test]

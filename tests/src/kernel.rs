@@ -1,5 +1,10 @@
 //! Helpers for tests that load the real XDP object into the running kernel.
 
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use dataplane::{compile::CompiledPolicy, config::Policy, dataplane::Dataplane};
 
@@ -72,6 +77,39 @@ pub fn run_repeated(prog: &Xdp, frame: &[u8], repeat: u32) -> f64 {
         })
         .expect("BPF_PROG_TEST_RUN");
     res.duration.as_nanos() as f64
+}
+
+/// Packets per BPF_PROG_TEST_RUN call of [`run_until_stopped`]: a few milliseconds of load,
+/// so the sender notices `stop` soon; the microseconds between calls lose no tokens in a
+/// bucket of any burst the tests use.
+const CHUNK: u32 = 50_000;
+
+/// Why a [`run_until_stopped`] sender ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SenderEnd {
+    /// `stop` was set: the sender offered load until the measurement said stop.
+    Stopped,
+    /// The time bound ran out first.
+    TimedOut,
+}
+
+/// Offers `frame` to `prog` back to back, in calls of [`CHUNK`] runs, until `stop` is set or
+/// `bound` has passed (every load loop is bounded). The load runs for as long as the
+/// measurement needs, whatever the machine's speed: nothing is sized from a calibration.
+pub fn run_until_stopped(
+    prog: &Xdp,
+    frame: &[u8],
+    stop: &AtomicBool,
+    bound: Duration,
+) -> SenderEnd {
+    let start = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if start.elapsed() > bound {
+            return SenderEnd::TimedOut;
+        }
+        run_repeated(prog, frame, CHUNK);
+    }
+    SenderEnd::Stopped
 }
 
 /// Pins the calling thread to `cpu`.

@@ -191,6 +191,7 @@ fn passing_class(id: u32) -> ClassSpec {
         conform: ColourAction::PASS,
         exceed: ColourAction::PASS,
         violate: ColourAction::PASS,
+        aqm: None,
     }
 }
 
