@@ -87,12 +87,14 @@ enum Admission {
     Refused,
 }
 
-/// The bucket's test with the AQM on its phantom queue: a due signal goes to a packet the
-/// bucket takes (a packet it refuses is dropped anyway, a signal of its own). An ECN-capable
-/// packet is charged and marked; any other is dropped and charged to nothing, so the flow's
-/// next packets still fit.
+/// A bucket's test, with the AQM when it manages this bucket (`which`): a due signal goes to
+/// a packet the bucket takes (a packet it refuses is dropped anyway, a signal of its own). An
+/// ECN-capable packet is charged and marked; any other is dropped and charged to nothing, so
+/// the flow's next packets still fit.
 #[inline(always)]
-fn admit_with_aqm(
+#[allow(clippy::too_many_arguments)]
+fn take(
+    which: u32,
     tat: *mut u64,
     bucket: &BucketParams,
     aqm: &Aqm,
@@ -102,6 +104,16 @@ fn admit_with_aqm(
     ecn_capable: bool,
 ) -> Admission {
     let now = ns_to_ticks(now_ns);
+    let plain = |admitted| {
+        if admitted {
+            Admission::Admitted
+        } else {
+            Admission::Refused
+        }
+    };
+    if aqm.bucket != which {
+        return plain(admit(tat, bucket, now, bytes));
+    }
     // SAFETY: map value pointers, as in `update`. The AQM state is shared without a lock
     // (see `AqmState`) and written back only when it changes.
     let (old_tat, old) = unsafe {
@@ -113,11 +125,7 @@ fn admit_with_aqm(
     let mut new = old;
     let due = aqm_due(aqm, &mut new, backlog_ns(old_tat, now), now_ns);
     let admission = if !due {
-        if admit(tat, bucket, now, bytes) {
-            Admission::Admitted
-        } else {
-            Admission::Refused
-        }
+        plain(admit(tat, bucket, now, bytes))
     } else if ecn_capable {
         if admit(tat, bucket, now, bytes) {
             aqm_signalled(aqm, &mut new, now_ns);
@@ -136,28 +144,6 @@ fn admit_with_aqm(
         unsafe { core::ptr::write_volatile(state, new) };
     }
     admission
-}
-
-/// A bucket's test with or without the AQM.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn take(
-    which: u32,
-    tat: *mut u64,
-    bucket: &BucketParams,
-    aqm: &Aqm,
-    state: *mut AqmState,
-    now_ns: u64,
-    bytes: u32,
-    ecn_capable: bool,
-) -> Admission {
-    if aqm.bucket == which {
-        admit_with_aqm(tat, bucket, aqm, state, now_ns, bytes, ecn_capable)
-    } else if admit(tat, bucket, ns_to_ticks(now_ns), bytes) {
-        Admission::Admitted
-    } else {
-        Admission::Refused
-    }
 }
 
 /// The colour and early signal of a packet of `bytes` in class `class`, after the link budget

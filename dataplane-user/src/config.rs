@@ -783,7 +783,8 @@ impl Validator<'_> {
             ActionName::Remark => ColourAction::remark(remark_dscp.unwrap_or(KEEP_DSCP)),
         };
         let (exceed, violate) = (action(f.exceed), action(f.violate));
-        let aqm = self.aqm(i, f, rate, burst, ceil, ceil_burst, exceed, violate)?;
+        let enforcing = enforcing_bucket(rate, burst, ceil, ceil_burst, exceed, violate);
+        let aqm = self.aqm(i, f, enforcing)?;
         Ok(ClassSpec {
             name: f.name.clone(),
             priority,
@@ -798,18 +799,13 @@ impl Validator<'_> {
         })
     }
 
-    /// The class's AQM: only on a class with a bucket whose overflow is dropped or marked.
-    #[allow(clippy::too_many_arguments)]
+    /// The class's AQM: only on a class with an `enforcing` bucket (rate, burst), one whose
+    /// overflow is dropped or marked.
     fn aqm(
         &self,
         i: usize,
         f: &ClassFile,
-        rate: u64,
-        burst: u64,
-        ceil: Option<u64>,
-        ceil_burst: u64,
-        exceed: ColourAction,
-        violate: ColourAction,
+        enforcing: Option<(u64, u64)>,
     ) -> Result<Option<AqmSpec>, ConfigError> {
         if f.aqm != Some(true) {
             for (key, set) in [
@@ -825,9 +821,7 @@ impl Validator<'_> {
             }
             return Ok(None);
         }
-        let Some((bucket_rate, bucket_burst)) =
-            enforcing_bucket(rate, burst, ceil, ceil_burst, exceed, violate)
-        else {
+        let Some((bucket_rate, bucket_burst)) = enforcing else {
             return Err(self.err(
                 class_field(i, "aqm"),
                 "no bucket of this class drops or marks what exceeds it (a rate with exceed = \"drop\" or \"ecn\", or a ceil with violate = \"drop\" or \"ecn\"): there is no phantom queue to manage",
