@@ -1,6 +1,8 @@
 //! Policing in the kernel: offered load far above the configured rates through
 //! BPF_PROG_TEST_RUN, on one and two CPUs at once, admitted bytes read from the class counters.
-//! Admitted rate = (admitted bytes - burst) / elapsed time, within ±1% of the configured rate.
+//! Admitted rate: the median over three windows of the admitted bytes per second, sampled
+//! while the senders run (so neither their start nor the buckets' initial burst counts),
+//! within ±1% of the configured rate.
 
 use std::{
     sync::{
@@ -20,8 +22,13 @@ use dataplane_tests::{
 const FRAME_BYTES: usize = 1000;
 /// Time the senders run before the first sample, so the buckets are in steady state.
 const WARM_UP: Duration = Duration::from_millis(150);
-/// Time between the two counter samples.
+/// Time over which the counters are sampled, in this many windows (an odd number: the median
+/// window is the measurement).
 const WINDOW: Duration = Duration::from_millis(1500);
+const WINDOWS: usize = 3;
+/// How precisely a counter sample's moment must be known, and how often to try for it.
+const SAMPLE_SLACK: Duration = Duration::from_micros(200);
+const SAMPLE_TRIES: usize = 20;
 /// Bounds every sender in time: far beyond warm-up and window, even on a slow machine.
 const SENDER_BOUND: Duration = Duration::from_secs(30);
 
@@ -62,8 +69,8 @@ fn measure(
 ) -> (Vec<(f64, f64)>, Duration) {
     let prog = dp.program().expect("program");
     let stop = AtomicBool::new(false);
-    let sample = || -> (Instant, Vec<(f64, f64)>) {
-        let values = classes
+    let read = || -> Vec<(f64, f64)> {
+        classes
             .iter()
             .map(|&class| {
                 let c = dp.class_counters(iface_slot, class).expect("counters");
@@ -72,10 +79,26 @@ fn measure(
                 };
                 (bytes(Colour::Green), bytes(Colour::Yellow))
             })
-            .collect();
-        (Instant::now(), values)
+            .collect()
     };
-    let (first, second) = std::thread::scope(|s| {
+    // A sample is the counters and the moment they were read: a read the scheduler
+    // interrupted (the sampler shares the CPUs with the senders) is taken again, so the
+    // moment is known to within SAMPLE_SLACK.
+    let sample = || -> (Instant, Vec<(f64, f64)>) {
+        let mut last = None;
+        for _ in 0..SAMPLE_TRIES {
+            let before = Instant::now();
+            let values = read();
+            let after = Instant::now();
+            let taken = (before + (after - before) / 2, values);
+            if after - before <= SAMPLE_SLACK {
+                return taken;
+            }
+            last = Some(taken);
+        }
+        last.expect("at least one try")
+    };
+    let samples = std::thread::scope(|s| {
         let handles: Vec<_> = senders
             .iter()
             .map(|&(frame, cpu)| {
@@ -87,26 +110,38 @@ fn measure(
             })
             .collect();
         std::thread::sleep(WARM_UP);
-        let first = sample();
-        std::thread::sleep(WINDOW);
-        let second = sample();
+        let mut samples = vec![sample()];
+        for _ in 0..WINDOWS {
+            std::thread::sleep(WINDOW / WINDOWS as u32);
+            samples.push(sample());
+        }
         stop.store(true, Ordering::Relaxed);
         for h in handles {
             assert_eq!(
                 h.join().expect("sender thread"),
                 SenderEnd::Stopped,
-                "a sender ran out of time before the second sample"
+                "a sender ran out of time before the last sample"
             );
         }
-        (first, second)
+        samples
     });
-    let deltas = first
-        .1
-        .iter()
-        .zip(&second.1)
-        .map(|(a, b)| (b.0 - a.0, b.1 - a.1))
+    // Per class and colour, the median rate over the windows: a sender the scheduler stalled
+    // lets tokens pile up (or, past the burst, lapse), which skews the windows around the
+    // stall, not the median. Reported as bytes over one window of the median's length.
+    let rate = |w: &[(Instant, Vec<(f64, f64)>)], class: usize, colour: fn(&(f64, f64)) -> f64| {
+        (colour(&w[1].1[class]) - colour(&w[0].1[class])) / (w[1].0 - w[0].0).as_secs_f64()
+    };
+    let median = |class: usize, colour: fn(&(f64, f64)) -> f64| {
+        let mut rates: Vec<f64> = samples.windows(2).map(|w| rate(w, class, colour)).collect();
+        rates.sort_by(f64::total_cmp);
+        rates[WINDOWS / 2]
+    };
+    let window = (samples[WINDOWS].0 - samples[0].0) / WINDOWS as u32;
+    let secs = window.as_secs_f64();
+    let admitted = (0..classes.len())
+        .map(|c| (median(c, |v| v.0) * secs, median(c, |v| v.1) * secs))
         .collect();
-    (deltas, second.0 - first.0)
+    (admitted, window)
 }
 
 fn assert_rate(what: &str, bytes: f64, elapsed: Duration, rate_bps: f64, tolerance: f64) {
