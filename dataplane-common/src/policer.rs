@@ -24,6 +24,10 @@ pub enum Colour {
 /// Number of colours.
 pub const COLOURS: usize = 3;
 
+/// Lowest rate a bucket enforces exactly: below it a byte costs more ticks than the 32.32
+/// fixed point of [`BucketParams::ticks_per_byte`] holds (2^32 ticks, 16.8 ms).
+pub const MIN_RATE_BYTES_PER_SEC: u64 = 60;
+
 /// A rate and burst, precomputed in user space.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -244,6 +248,17 @@ mod tests {
                 "rate {rate}: {got} vs {expect}"
             );
         }
+    }
+
+    #[test]
+    fn the_lowest_rate_still_costs_exactly() {
+        let b = BucketParams::new(MIN_RATE_BYTES_PER_SEC, 1514);
+        let expect = 1514.0 * 256e9 / MIN_RATE_BYTES_PER_SEC as f64;
+        let got = b.cost(1514) as f64;
+        assert!((got - expect).abs() / expect < 1e-6, "{got} vs {expect}");
+        // One below: the cost saturates, which the config refuses to let happen.
+        let below = BucketParams::new(MIN_RATE_BYTES_PER_SEC - 1, 1514);
+        assert_eq!(below.ticks_per_byte, u64::MAX);
     }
 
     #[test]

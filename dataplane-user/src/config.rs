@@ -15,6 +15,7 @@ use dataplane_common::{
     action::{ColourAction, Verdict, KEEP_DSCP},
     classify::{mask, Prefix, Range, RuleSpec},
     packet::{ipproto, Family},
+    policer::MIN_RATE_BYTES_PER_SEC,
     MAX_CLASSES, MAX_IFACES, MAX_RULES, PRIORITY_LEVELS, ROCEV2_UDP_PORT, ROCE_OPCODE_CNP,
 };
 use serde::{Deserialize, Serialize};
@@ -1018,7 +1019,19 @@ impl Validator<'_> {
 
     fn rate(&self, field: &str, v: &Scalar) -> Result<u64, ConfigError> {
         match v {
-            Scalar::Str(s) => units::parse_rate(s).map_err(|e| self.err(field, e.to_string())),
+            Scalar::Str(s) => {
+                let rate = units::parse_rate(s).map_err(|e| self.err(field, e.to_string()))?;
+                if rate < MIN_RATE_BYTES_PER_SEC {
+                    return Err(self.err(
+                        field,
+                        format!(
+                            "{s} is below the lowest rate enforced exactly, {}",
+                            units::format_rate(MIN_RATE_BYTES_PER_SEC)
+                        ),
+                    ));
+                }
+                Ok(rate)
+            }
             Scalar::Int(i) => Err(self.err(
                 field,
                 format!("{i} has no unit (bits or bytes?); write it as a string: {RATE_HELP}"),
@@ -1916,6 +1929,21 @@ protocol = 132
             "at least 1514",
         );
         with_base("[[class]]\nname = \"x\"\nburst = \"1514B\"\n").expect("one frame is enough");
+    }
+
+    #[test]
+    fn rates_below_the_enforceable_minimum_are_refused() {
+        assert_err(
+            with_base("[[class]]\nname = \"x\"\nrate = \"8bit\"\n"),
+            "class[2].rate",
+            "below the lowest rate enforced exactly, 480bit",
+        );
+        assert_err(
+            with_base("[[class]]\nname = \"x\"\nceil = \"400bit\"\n"),
+            "class[2].ceil",
+            "480bit",
+        );
+        assert!(with_base("[[class]]\nname = \"x\"\nrate = \"480bit\"\n").is_ok());
     }
 
     #[test]

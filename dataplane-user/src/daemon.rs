@@ -556,6 +556,9 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
             socket_path.display()
         );
     }
+    // One daemon per pin root, whatever its run directory: held until this process exits.
+    cfg.layout.prepare()?;
+    let _pins = cfg.layout.lock()?;
     let watch_interval = cfg.watch_interval;
     let metrics_listener = cfg.metrics.take();
     let mut daemon = Daemon::start(cfg)?;

@@ -15,6 +15,7 @@
 use std::{
     ffi::CString,
     io,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -62,6 +63,20 @@ pub enum PinError {
         /// What differs.
         what: String,
     },
+    /// Another daemon holds the pin root.
+    #[error(
+        "another dataplane daemon (pid {holder}) manages the pins under {root}; stop it, or \
+         give this one another --pin-root"
+    )]
+    Locked {
+        /// The pin root.
+        root: PathBuf,
+        /// The holder's pid, as /proc/locks names it ("unknown" if it does not).
+        holder: String,
+    },
+    /// Not an interface name: it would name another pin.
+    #[error("\"{0}\" is not an interface name: 1 to 15 characters, no '/', not \".\" or \"..\"")]
+    BadInterfaceName(String),
     /// The pin root is not on a bpf filesystem.
     #[error("{0} is not on a bpf filesystem; mount one (mount -t bpf bpf /sys/fs/bpf) or choose --pin-root under it")]
     NotBpffs(PathBuf),
@@ -185,6 +200,26 @@ impl PinLayout {
         Ok(())
     }
 
+    /// Takes the pin root for this process alone (an exclusive `flock` on the directory,
+    /// released when the process exits, however it exits), so two daemons never manage one
+    /// dataplane. Call after [`PinLayout::prepare`].
+    pub fn lock(&self) -> Result<PinLock, PinError> {
+        let dir = std::fs::File::open(&self.root).map_err(io_err("opening", &self.root))?;
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(PinLock { _dir: dir });
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::WouldBlock {
+            return Err(io_err("locking", &self.root)(err));
+        }
+        Err(PinError::Locked {
+            root: self.root.clone(),
+            holder: lock_holder(&dir).unwrap_or_else(|| "unknown".to_string()),
+        })
+    }
+
     /// Interfaces with a pinned XDP link, sorted.
     pub fn attached(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.links_dir())
@@ -200,6 +235,7 @@ impl PinLayout {
     /// Removes the link pin of `iface`, detaching the program from it once nothing else
     /// holds the link. Returns whether there was one.
     pub fn unpin_link(&self, iface: &str) -> Result<bool, PinError> {
+        check_interface_name(iface)?;
         let path = self.link(iface);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),
@@ -242,6 +278,43 @@ fn is_bpffs(path: &Path) -> bool {
     unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
         libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Held for as long as the pin root is this process's (see [`PinLayout::lock`]).
+#[derive(Debug)]
+pub struct PinLock {
+    _dir: std::fs::File,
+}
+
+/// The pid holding a `flock` on `file`, from /proc/locks (lines `N: FLOCK ADVISORY WRITE pid
+/// maj:min:inode ...`, device numbers in hex).
+fn lock_holder(file: &std::fs::File) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().ok()?;
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let wanted = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    std::fs::read_to_string("/proc/locks")
+        .ok()?
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&wanted.as_str()))
+        .and_then(|f| f.get(4).map(|pid| pid.to_string()))
+}
+
+/// An interface name the kernel could have (IFNAMSIZ less the NUL, no '/', not "." or ".."):
+/// anything else would name some other pin under `links/`.
+pub fn check_interface_name(name: &str) -> Result<(), PinError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(PinError::BadInterfaceName(name.to_string()))
     }
 }
 

@@ -613,3 +613,147 @@ fn kernel_log_lines_reach_the_daemon_log_only_while_enabled() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(kernel_lines(&d), before, "nothing logged once off again");
 }
+
+/// One daemon per pin root: a second one, even with its own run directory, is refused with
+/// the holder's pid and leaves the first one's dataplane, policy and socket alone; of two
+/// started at the same moment on fresh pins, exactly one runs and the other gets the same
+/// refusal.
+#[test]
+fn a_second_daemon_on_the_same_pins_is_refused_naming_the_holder() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut first = Daemon::create();
+    first.write_config(&policy("8Mbit"));
+    first.start(&["--iface", &net.root_if]);
+    let holder = first.pid().expect("running");
+    let generation_before = generation(&first);
+
+    let mut second = Daemon::create();
+    second.pin_root = first.pin_root.clone();
+    second.write_config(&policy("1Mbit"));
+    let (code, stderr) = second.start_fails(&["--iface", &net.root_if]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&format!("another dataplane daemon (pid {holder})"))
+            && stderr.contains(&first.pin_root.display().to_string()),
+        "{stderr}"
+    );
+    // The first daemon still runs its own policy and answers on its socket.
+    assert_eq!(generation(&first), generation_before, "policy untouched");
+    first.ok(&["reload"]);
+    assert!(generation(&first) > generation_before);
+    let (sent, received) = police_check(&net);
+    assert!(received < sent, "the first daemon's policy still polices");
+    // Drop the second's handle while it shares the pins: it must not detach the first's.
+    second.pin_root = second.run_dir.join("unused-pins");
+    drop(second);
+
+    // Two at once on fresh pins (and an interface of their own: the first still holds its).
+    let race_net = VethNs::create();
+    let racers: Vec<Daemon> = (0..2).map(|_| Daemon::create()).collect();
+    let pins = racers[0].pin_root.clone();
+    let mut children: Vec<_> = racers
+        .iter()
+        .map(|d| {
+            d.write_config(&policy("8Mbit"));
+            d.command()
+                .env("DATAPLANE_PIN_ROOT", &pins)
+                .args(["run", "--config"])
+                .arg(d.config_path())
+                .args([
+                    "--metrics-addr",
+                    "127.0.0.1:0",
+                    "--iface",
+                    &race_net.root_if,
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn dataplane run")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let loser = loop {
+        if let Some(i) = (0..2).find(|&i| matches!(children[i].try_wait(), Ok(Some(_)))) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "neither racer gave way");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let winner = 1 - loser;
+    let mut lost = children.remove(loser);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(lost.stderr.as_mut().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    let _ = lost.wait();
+    assert!(
+        stderr.contains("another dataplane daemon (pid"),
+        "the loser names the holder: {stderr}"
+    );
+    eventually("the winner serves", Duration::from_secs(30), || {
+        dataplane::control::is_running(&racers[winner].run_dir.join("control.sock"))
+    });
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = racers[0]
+        .command()
+        .env("DATAPLANE_PIN_ROOT", &pins)
+        .arg("detach")
+        .output();
+}
+
+/// `detach --iface` takes interface names only: a path that would name another pin is
+/// refused as a bad argument and removes nothing.
+#[test]
+fn detach_refuses_names_that_are_not_interfaces() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let program = d.pin_root.join("v1/programs/xdp_pass");
+    let map = d.pin_root.join("v1/maps/POLICERS");
+    assert!(program.exists() && map.exists());
+    for name in [
+        "../programs/xdp_pass",
+        "../maps/POLICERS",
+        "..",
+        ".",
+        "",
+        "a/b",
+    ] {
+        let out = d.cli(&["detach", "--iface", name]);
+        assert_eq!(out.status.code(), Some(2), "{name:?}: a usage error");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("is not an interface name"),
+            "{name:?}: {stderr}"
+        );
+    }
+    assert!(program.exists() && map.exists(), "no pin removed");
+    d.ok(&["status"]);
+}
+
+/// A command whose output is cut short ends quietly, as any Unix filter does: killed by
+/// SIGPIPE, no panic.
+#[test]
+fn a_closed_output_pipe_ends_a_command_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two descriptors, which we then own.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: as above; dropping the read end leaves a pipe nobody reads.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let out = std::process::Command::new(dataplane_tests::daemon::binary())
+        .args(["completions", "bash"])
+        .stdout(write)
+        .output()
+        .expect("run dataplane");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}

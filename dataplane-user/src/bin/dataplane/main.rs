@@ -90,7 +90,7 @@ enum Command {
     /// Detach the dataplane from interfaces, or remove it entirely.
     Detach {
         /// Only these interfaces (repeatable); without it everything is removed.
-        #[arg(long = "iface")]
+        #[arg(long = "iface", value_parser = interface_name)]
         ifaces: Vec<String>,
         /// Remove a pinned layout of another version instead (see `dataplane status` errors).
         #[arg(long)]
@@ -125,7 +125,7 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Interface to attach to (repeatable).
-    #[arg(long = "iface", required = true)]
+    #[arg(long = "iface", required = true, value_parser = interface_name)]
     ifaces: Vec<String>,
     /// Policy file, watched for changes; without one, the built-in AI catalogue.
     #[arg(long, env = "DATAPLANE_CONFIG")]
@@ -295,6 +295,12 @@ enum ConfigCommand {
     },
 }
 
+fn interface_name(s: &str) -> Result<String, String> {
+    dataplane::pins::check_interface_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -331,6 +337,12 @@ const EXIT_REJECTED: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_) | Command::Demo { .. }) {
+        // A command's output cut short (`dataplane rule list | head -1`) ends it quietly, as
+        // any Unix filter, instead of a panic in println!. The daemon keeps ignoring SIGPIPE.
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
