@@ -63,6 +63,28 @@ const PROTOCOL_NAMES: [(&str, u8); 4] = [
     ("icmpv6", ipproto::ICMPV6),
 ];
 
+/// Largest policy file read: a 16 384-rule policy takes about 1 MiB.
+pub const MAX_POLICY_BYTES: u64 = 16 << 20;
+
+/// Reads a policy file of at most [`MAX_POLICY_BYTES`]; a larger one is refused before it is
+/// read, so it never takes the daemon's memory.
+pub fn read_policy_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut text = String::new();
+    file.take(MAX_POLICY_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_POLICY_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "larger than the {} MiB a policy file may have",
+                MAX_POLICY_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 /// Rate and burst of the bucket a class's AQM manages: the committed one when what exceeds it
 /// is dropped or marked, else the peak one when what exceeds that is; `None` when neither.
 pub fn enforcing_bucket(
@@ -249,7 +271,7 @@ impl Policy {
     /// Reads and validates a policy file.
     pub fn load(path: &Path) -> Result<Policy, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = read_policy_text(path).map_err(|source| ConfigError::Read {
             origin: origin.clone(),
             source,
         })?;
@@ -1929,6 +1951,16 @@ protocol = 132
             "at least 1514",
         );
         with_base("[[class]]\nname = \"x\"\nburst = \"1514B\"\n").expect("one frame is enough");
+    }
+
+    #[test]
+    fn policy_files_over_the_cap_are_refused_unread() {
+        let path = std::env::temp_dir().join(format!("dp-big-policy-{}.toml", std::process::id()));
+        let file = std::fs::File::create(&path).expect("create");
+        file.set_len(MAX_POLICY_BYTES + 1).expect("sparse file");
+        let err = Policy::load(&path).expect_err("too large");
+        let _ = std::fs::remove_file(&path);
+        assert!(err.to_string().contains("larger than the 16 MiB"), "{err}");
     }
 
     #[test]

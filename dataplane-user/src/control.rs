@@ -75,6 +75,11 @@ pub struct Response {
     pub generation: u32,
 }
 
+/// Longest request line the daemon reads; every request is a few hundred bytes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// How long the daemon waits for a client's request line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a client waits for the daemon (a 16k-rule compile and apply takes well under it).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -88,6 +93,12 @@ pub enum ClientError {
         path: String,
         /// Cause.
         source: std::io::Error,
+    },
+    /// The socket is there but this user may not open it (it is root's).
+    #[error("permission denied on {path}: only root may control the dataplane (run with sudo)")]
+    PermissionDenied {
+        /// Socket path.
+        path: String,
     },
     /// The conversation failed.
     #[error("talking to the daemon at {path}: {reason}")]
@@ -106,9 +117,15 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
         path: path.clone(),
         reason,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::NotRunning {
-        path: path.clone(),
-        source,
+    let mut stream = UnixStream::connect(socket).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            ClientError::PermissionDenied { path: path.clone() }
+        } else {
+            ClientError::NotRunning {
+                path: path.clone(),
+                source,
+            }
+        }
     })?;
     stream
         .set_read_timeout(Some(CLIENT_TIMEOUT))

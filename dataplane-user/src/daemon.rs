@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::programs::XdpMode;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{signal, SignalKind},
     sync::Mutex,
@@ -22,8 +22,8 @@ use tracing::{error, info, warn};
 
 use crate::{
     compile::CompiledPolicy,
-    config::Policy,
-    control::{Failure, Request, Response},
+    config::{read_policy_text, Policy},
+    control::{Failure, Request, Response, MAX_REQUEST_BYTES, REQUEST_TIMEOUT},
     dataplane::Dataplane,
     edit,
     kernel_log::{self, KernelLogLevel},
@@ -109,6 +109,23 @@ impl ApplyError {
     }
 }
 
+/// Longest error kept in the state file (and so in `status`): an error quoting a huge value
+/// from a rejected file must not grow the state.
+const MAX_STORED_ERROR: usize = 2048;
+
+fn bounded_error(mut e: String) -> String {
+    if e.len() > MAX_STORED_ERROR {
+        let mut cut = MAX_STORED_ERROR;
+        while !e.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let dropped = e.len() - cut;
+        e.truncate(cut);
+        e.push_str(&format!("… ({dropped} more bytes)"));
+    }
+    e
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -116,7 +133,7 @@ fn now_secs() -> u64 {
 }
 
 fn read_config(path: &std::path::Path) -> Result<String, ApplyError> {
-    std::fs::read_to_string(path)
+    read_policy_text(path)
         .map_err(|e| ApplyError::Rejected(format!("reading {}: {e}", path.display())))
 }
 
@@ -127,8 +144,7 @@ impl Daemon {
     pub fn start(cfg: DaemonConfig) -> Result<Daemon> {
         let (text, origin) = match &cfg.config {
             Some(path) => (
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?,
+                read_policy_text(path).with_context(|| format!("reading {}", path.display()))?,
                 path.display().to_string(),
             ),
             None => (DEFAULT_POLICY.to_string(), BUILT_IN.to_string()),
@@ -315,7 +331,7 @@ impl Daemon {
 
     fn record_failure(&mut self, e: String) {
         self.state.reloads_error += 1;
-        self.state.last_error = Some(e);
+        self.state.last_error = Some(bounded_error(e));
     }
 
     /// Writes the state file and publishes the new configuration to metrics scrapes.
@@ -535,7 +551,7 @@ impl Daemon {
         let Some(path) = self.cfg.config.clone() else {
             return;
         };
-        let current = match std::fs::read_to_string(&path) {
+        let current = match read_policy_text(&path) {
             Ok(t) => Some(t),
             // Editors replace files by rename: a moment without the file is not a change.
             Err(e) if e.kind() == ErrorKind::NotFound => return,
@@ -607,7 +623,11 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
                         }
                     });
                 }
-                Err(e) => warn!("accepting a control connection: {e}"),
+                Err(e) => {
+                    // Out of descriptors, say: wait instead of spinning on the error.
+                    warn!("accepting a control connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
             },
             _ = hangup.recv() => { daemon.lock().await.reload("SIGHUP"); }
             _ = watch.tick() => daemon.lock().await.check_config_file(),
@@ -637,10 +657,30 @@ async fn serve(
         .peer_cred()
         .context("reading the peer's credentials")?;
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    if BufReader::new(read).read_line(&mut line).await? == 0 {
-        return Ok(()); // a liveness probe: connected and closed without asking anything
-    }
+    let refuse = |message: String| Response {
+        message,
+        failure: Some(Failure::Rejected),
+        generation: 0,
+    };
+    // At most one line of MAX_REQUEST_BYTES, within REQUEST_TIMEOUT: a client can hold
+    // neither the daemon's memory nor a connection for long.
+    let mut bytes = Vec::new();
+    let mut limited = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut bytes)).await;
+    let line = match read {
+        Ok(Ok(0)) => return Ok(()), // a liveness probe: connected and closed without asking
+        Ok(Ok(_)) if bytes.len() > MAX_REQUEST_BYTES => Err(refuse(format!(
+            "request too large: over {MAX_REQUEST_BYTES} bytes"
+        ))),
+        Ok(Ok(_)) => {
+            String::from_utf8(bytes).map_err(|_| refuse("malformed request: not UTF-8".to_string()))
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => Err(refuse(format!(
+            "no request line within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
+    };
     let response = if cred.uid() != 0 {
         Response {
             message: "only root may control the dataplane".into(),
@@ -648,8 +688,9 @@ async fn serve(
             generation: 0,
         }
     } else {
-        match serde_json::from_str::<Request>(&line) {
-            Ok(request) => {
+        match line.map(|l| serde_json::from_str::<Request>(&l)) {
+            Err(refusal) => refusal,
+            Ok(Ok(request)) => {
                 let mut d = daemon.lock().await;
                 let r = d.handle(request);
                 if d.exit {
@@ -657,11 +698,7 @@ async fn serve(
                 }
                 r
             }
-            Err(e) => Response {
-                message: format!("malformed request: {e}"),
-                failure: Some(Failure::Rejected),
-                generation: 0,
-            },
+            Ok(Err(e)) => refuse(format!("malformed request: {e}")),
         }
     };
     let mut text = serde_json::to_string(&response)?;
@@ -686,4 +723,19 @@ pub fn enter_netns(name: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_errors_are_bounded_on_a_char_boundary() {
+        assert_eq!(bounded_error("short".into()), "short");
+        let long = "é".repeat(5000);
+        let kept = bounded_error(long.clone());
+        assert!(kept.len() < MAX_STORED_ERROR + 40, "{}", kept.len());
+        assert!(kept.ends_with(" more bytes)"));
+        assert!(long.starts_with(kept.split('…').next().expect("prefix")));
+    }
 }

@@ -757,3 +757,98 @@ fn a_closed_output_pipe_ends_a_command_quietly() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }
+
+/// The control socket answers every bad request with a refusal and holds nothing for long:
+/// a line that is not UTF-8, a line over the size cap (the daemon stops reading there), a
+/// client that sends nothing; a non-root user is told it lacks permission, not that no
+/// daemon runs.
+#[test]
+fn the_control_socket_bounds_and_answers_bad_requests() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let socket = d.run_dir.join("control.sock");
+    let ask = |request: &[u8]| -> (String, Duration) {
+        let start = Instant::now();
+        let mut s = UnixStream::connect(&socket).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        // The daemon may stop reading (and close) before the whole request is written.
+        let _ = s.write_all(request);
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        (answer, start.elapsed())
+    };
+    let (answer, _) = ask(b"\xff\xfe{\n");
+    assert!(
+        answer.contains("not UTF-8") && answer.contains("rejected"),
+        "{answer}"
+    );
+    let huge = vec![b'x'; 200 * 1024];
+    let (answer, _) = ask(&huge);
+    assert!(answer.contains("request too large"), "{answer}");
+    let (answer, took) = ask(b"");
+    // Connected, sent nothing, kept the connection open: ask() wrote nothing and waits.
+    assert!(answer.contains("no request line within"), "{answer}");
+    assert!(took < Duration::from_secs(15), "held for {took:?}");
+    let (answer, _) = ask(b"{\"nonsense\": 1}\n");
+    assert!(answer.contains("malformed request"), "{answer}");
+    // The daemon still serves.
+    d.ok(&["reload"]);
+
+    let out = d
+        .command()
+        .env_clear()
+        .env("DATAPLANE_RUN_DIR", &d.run_dir)
+        .env("DATAPLANE_PIN_ROOT", &d.pin_root)
+        .args(["reload"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "root may");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(dataplane_tests::daemon::binary())
+        .args(["reload", "--run-dir"])
+        .arg(&d.run_dir)
+        .args(["--pin-root"])
+        .arg(&d.pin_root)
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+}
+
+/// A rejected reload quoting a huge value keeps a bounded error in the state file and in
+/// `status`, and the policy in force stays.
+#[test]
+fn a_huge_rejected_value_leaves_a_bounded_error() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let generation_before = generation(&d);
+    let huge_name = "x".repeat(4 << 20);
+    d.write_config(&format!("[[class]]\nname = \"{huge_name}\"\n"));
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(4), "refused as an invalid config");
+    let error = d.status()["last_error"]
+        .as_str()
+        .expect("last_error")
+        .to_string();
+    assert!(error.len() < 4096, "stored error of {} bytes", error.len());
+    let state = std::fs::metadata(d.run_dir.join("state.json"))
+        .expect("state")
+        .len();
+    assert!(state < 64 * 1024, "state file of {state} bytes");
+    assert_eq!(
+        generation(&d),
+        generation_before,
+        "the policy in force stays"
+    );
+}

@@ -25,13 +25,20 @@ pub type SnapshotSource = Arc<dyn Fn() -> anyhow::Result<MetricsSnapshot> + Send
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed accept (e.g. out of file descriptors) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Connections served at once; further clients wait in the listen backlog, holding no
+/// descriptor of the daemon's (a Prometheus server needs one).
+pub const MAX_CONNECTIONS: usize = 32;
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
 /// Serves `/metrics` and `/healthz` on `listener` until the future is dropped. Each scrape
 /// calls `source` on a blocking-task thread, so slow map reads never stall the runtime.
 pub async fn serve(listener: TcpListener, source: SnapshotSource) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return; // the semaphore is never closed
+        };
         let stream = match listener.accept().await {
             Ok((stream, _peer)) => stream,
             Err(err) => {
@@ -42,6 +49,7 @@ pub async fn serve(listener: TcpListener, source: SnapshotSource) {
         };
         let source = source.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| respond(req, source.clone()));
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())

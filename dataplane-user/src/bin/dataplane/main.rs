@@ -461,7 +461,7 @@ fn call(paths: &Paths, request: &Request) -> Result<(), Failed> {
     let response = control::call(&paths.run().socket(), request).map_err(|e| Failed {
         code: match e {
             ClientError::NotRunning { .. } => EXIT_NO_DAEMON,
-            ClientError::Protocol { .. } => 1,
+            ClientError::PermissionDenied { .. } | ClientError::Protocol { .. } => 1,
         },
         error: e.into(),
     })?;
