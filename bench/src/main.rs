@@ -11,6 +11,7 @@ mod policing;
 mod programs;
 mod report;
 mod stats;
+mod tcp;
 mod throughput;
 
 use std::{
@@ -38,8 +39,8 @@ struct Cli {
     /// Directory for BENCHMARKS.md; the plots go to `<out>/bench/plots/`.
     #[arg(long, default_value = ".")]
     out: PathBuf,
-    /// Run only these sections (1-4; repeatable), for working on one of them.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4))]
+    /// Run only these sections (1-5; repeatable), for working on one of them.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
     only: Vec<u8>,
 }
 
@@ -133,16 +134,17 @@ pub fn progress(index: usize, title: &str, steps: usize) -> ProgressBar {
             .expect("valid template")
             .progress_chars("=> "),
     );
-    bar.set_prefix(format!("{}/4 {title}", index + 1));
+    bar.set_prefix(format!("{}/5 {title}", index + 1));
     bar
 }
 
 /// Every section of the report, in order.
-const SECTIONS: [fn(&Settings, &ProgressBar) -> Result<Section>; 4] = [
+const SECTIONS: [fn(&Settings, &ProgressBar) -> Result<Section>; 5] = [
     per_packet::run,
     throughput::run,
     policing::run,
     control::run,
+    tcp::run,
 ];
 
 fn main() -> ExitCode {

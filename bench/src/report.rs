@@ -89,11 +89,12 @@ impl Section {
 }
 
 /// The titles every report has, in order (the smoke test checks each is present).
-pub const SECTION_TITLES: [&str; 4] = [
+pub const SECTION_TITLES: [&str; 5] = [
     "Per-packet cost",
     "Gateway throughput",
     "Policing accuracy",
     "Control plane",
+    "TCP through a class",
 ];
 
 /// BENCHMARKS.md for `sections`, with plots referenced relative to the report.

@@ -5,17 +5,19 @@
 use std::{path::PathBuf, process::Command};
 
 /// Section headings BENCHMARKS.md must have (as `## N. Title`).
-const SECTIONS: [&str; 4] = [
+const SECTIONS: [&str; 5] = [
     "1. Per-packet cost",
     "2. Gateway throughput",
     "3. Policing accuracy",
     "4. Control plane",
+    "5. TCP through a class",
 ];
-const PLOTS: [&str; 4] = [
+const PLOTS: [&str; 5] = [
     "per_packet.svg",
     "throughput.svg",
     "policing.svg",
     "control_plane.svg",
+    "tcp.svg",
 ];
 
 /// A scratch directory removed on drop, also when the test fails.

@@ -68,6 +68,9 @@ enum Task {
         /// Write BENCHMARKS.md and bench/plots/ here instead.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Run only these parts (1-5; repeatable).
+        #[arg(long)]
+        only: Vec<u8>,
     },
 }
 
@@ -75,7 +78,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup(),
         Task::Test { args } => test(&args),
-        Task::Bench { quick, out } => bench(quick, out),
+        Task::Bench { quick, out, only } => bench(quick, out, &only),
         Task::Demo { args } => demo(&args),
     }
 }
@@ -223,7 +226,7 @@ fn test(args: &[String]) -> Result<()> {
 
 /// Runs the harness (`dataplane-bench`, a workspace crate: xtask itself must not depend on
 /// the dataplane crates, which need the eBPF toolchain that `setup` installs).
-fn bench(quick: bool, out: Option<PathBuf>) -> Result<()> {
+fn bench(quick: bool, out: Option<PathBuf>, only: &[u8]) -> Result<()> {
     require_root("bench")?;
     let root = workspace_root();
     // The control-plane figures run the real daemon binary.
@@ -235,6 +238,9 @@ fn bench(quick: bool, out: Option<PathBuf>) -> Result<()> {
         .arg(out.unwrap_or_else(|| root.clone()));
     if quick {
         cmd.arg("--quick");
+    }
+    for part in only {
+        cmd.args(["--only", &part.to_string()]);
     }
     run(&mut cmd)
 }
