@@ -7,7 +7,7 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::PathBuf,
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context, Result};
@@ -79,6 +79,8 @@ pub struct Daemon {
     cfg: DaemonConfig,
     /// Last text read from the config file (to notice changes).
     file_text: Option<String>,
+    /// A changed text seen in the config file and since when, until it settles.
+    pending_file: Option<(String, Instant)>,
     /// Set by a full detach: the daemon exits after answering.
     exit: bool,
     /// The policy in force (parsed `state.policy_text`).
@@ -108,6 +110,9 @@ impl ApplyError {
         }
     }
 }
+
+/// How long a changed config file must stay the same before the watcher applies it.
+const FILE_SETTLE: Duration = Duration::from_secs(1);
 
 /// Longest error kept in the state file (and so in `status`): an error quoting a huge value
 /// from a rejected file must not grow the state.
@@ -194,6 +199,7 @@ impl Daemon {
             dp,
             state,
             file_text: cfg.config.as_ref().map(|_| text.clone()),
+            pending_file: None,
             cfg,
             exit: false,
             policy: None,
@@ -552,13 +558,26 @@ impl Daemon {
             return;
         };
         let current = match read_policy_text(&path) {
-            Ok(t) => Some(t),
+            Ok(t) => t,
             // Editors replace files by rename: a moment without the file is not a change.
             Err(e) if e.kind() == ErrorKind::NotFound => return,
-            Err(_) => None,
+            // Unreadable now: nothing to compare; `dataplane reload` reports why.
+            Err(_) => return,
         };
-        if current.is_some() && current != self.file_text {
-            self.reload("config file changed");
+        if Some(&current) == self.file_text.as_ref() {
+            self.pending_file = None;
+            return;
+        }
+        // Applied only once the new content has stayed the same for FILE_SETTLE: a file
+        // written in place in several parts is never applied half-written.
+        match &self.pending_file {
+            Some((seen, since)) if *seen == current => {
+                if since.elapsed() >= FILE_SETTLE {
+                    self.pending_file = None;
+                    self.reload("config file changed");
+                }
+            }
+            _ => self.pending_file = Some((current, Instant::now())),
         }
     }
 }
@@ -572,6 +591,11 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
             socket_path.display()
         );
     }
+    // Signals are ours before anyone can see the daemon ready: a SIGTERM right after the
+    // control socket answers must stop it cleanly, not kill it.
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     // One daemon per pin root, whatever its run directory: held until this process exits.
     cfg.layout.prepare()?;
     let _pins = cfg.layout.lock()?;
@@ -606,9 +630,6 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
         .with_context(|| format!("restricting {}", socket_path.display()))?;
     info!(socket = %socket_path.display(), "control socket ready");
 
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
     let mut watch = tokio::time::interval(watch_interval);
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -626,7 +647,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
                 Err(e) => {
                     // Out of descriptors, say: wait instead of spinning on the error.
                     warn!("accepting a control connection: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
             _ = hangup.recv() => { daemon.lock().await.reload("SIGHUP"); }

@@ -852,3 +852,56 @@ fn a_huge_rejected_value_leaves_a_bounded_error() {
         "the policy in force stays"
     );
 }
+
+/// `config check` refuses what the daemon would refuse: 16 384 rules with a port each need
+/// more distinct rule vectors than the kernel tables hold.
+#[test]
+fn config_check_applies_the_daemons_capacity_rules() {
+    let d = Daemon::create();
+    let mut text = String::from("[[class]]\nname = \"default\"\n");
+    for port in 1..=16_384u32 {
+        text.push_str(&format!(
+            "[[rule]]\nclass = \"default\"\nprotocol = \"udp\"\ndst_port = {port}\n"
+        ));
+    }
+    d.write_config(&text);
+    let path = d.config_path();
+    let out = d.cli(&["config", "check", path.to_str().expect("utf-8 path")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("distinct rule vectors"), "{stderr}");
+    // A policy that fits still passes.
+    d.write_config(&policy("8Mbit"));
+    d.ok(&["config", "check", path.to_str().expect("utf-8 path")]);
+}
+
+/// A config file written in place in two parts is applied once, whole: the watcher waits for
+/// the file to settle, so the rule-less first half never takes effect.
+#[test]
+fn a_file_written_in_two_parts_is_applied_once_whole() {
+    use std::io::Write;
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let before = generation(&d);
+    let text = policy("16Mbit");
+    let split = text.find("[[rule]]").expect("rules");
+    let mut file = std::fs::File::create(d.config_path()).expect("truncate in place");
+    file.write_all(&text.as_bytes()[..split])
+        .expect("first part");
+    file.flush().expect("flush");
+    // Several watch intervals (200 ms) with only the classes in the file.
+    std::thread::sleep(Duration::from_millis(600));
+    file.write_all(&text.as_bytes()[split..])
+        .expect("second part");
+    drop(file);
+    eventually("the new policy applied", Duration::from_secs(10), || {
+        generation(&d) > before
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(generation(&d), before + 1, "applied once: {}", d.log());
+    let rules = d.ok(&["rule", "list"]);
+    assert!(rules.contains("5001") && rules.contains("5002"), "{rules}");
+}

@@ -11,9 +11,11 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use dataplane::{
+    compile::CompiledPolicy,
     config::Policy,
     control::{self, ClientError, Failure, Request},
     daemon::{self, DaemonConfig, ModeChoice},
+    dataplane::Dataplane,
     edit::{ClassChange, RuleText},
     kernel_log::KernelLogLevel,
     metrics,
@@ -388,6 +390,11 @@ fn dispatch(cli: Cli) -> Result<(), Failed> {
             let policy = Policy::load(&file).map_err(|e| Failed {
                 code: EXIT_REJECTED,
                 error: e.into(),
+            })?;
+            // The same capacity check the daemon applies before it writes anything.
+            Dataplane::check_fits(&CompiledPolicy::new(&policy)).map_err(|e| Failed {
+                code: EXIT_REJECTED,
+                error: anyhow::anyhow!("{}: {e}", file.display()),
             })?;
             println!(
                 "{}: ok ({} classes, {} rules)",
