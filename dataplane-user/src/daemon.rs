@@ -173,7 +173,17 @@ impl Daemon {
     ) -> Result<Daemon> {
         let previous = if adopted { cfg.run.read()? } else { None };
         let mut state = match previous {
-            Some(state) => state,
+            Some(mut state) => {
+                // A state file is not trusted blindly: ids that would make two classes share
+                // counters and a policer, or that no map holds, are dropped (fresh ids follow).
+                for dropped in state.ids.repair() {
+                    warn!(
+                        state = %cfg.run.state_file().display(),
+                        "state file repaired: dropped {dropped}; it gets a fresh id"
+                    );
+                }
+                state
+            }
             None => {
                 if adopted {
                     warn!(

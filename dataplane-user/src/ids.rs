@@ -2,7 +2,7 @@
 //! indexed by these ids, so a class or interface keeps its id for as long as it exists, across
 //! reloads and daemon restarts, whatever its position in the file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use dataplane_common::{MAX_CLASSES, MAX_IFACES};
 use serde::{Deserialize, Serialize};
@@ -91,33 +91,57 @@ fn allocate(
     end: u32,
     what: &str,
 ) -> Result<Allocated, String> {
+    let kept: BTreeSet<u32> = names.iter().filter_map(|n| old.get(*n)).copied().collect();
+    // Ids never used before come first; ids of names this change removes only when no other
+    // is left (their counters and policer state are zeroed like any fresh id's), so a policy
+    // of the full size always fits.
+    let never_used = (first..end).filter(|id| !old.values().any(|v| v == id));
+    let retired: Vec<u32> = old
+        .values()
+        .copied()
+        .filter(|id| !kept.contains(id) && (first..end).contains(id))
+        .collect();
+    let mut free = never_used.chain(retired);
     let mut map = BTreeMap::new();
     let mut ids = Vec::with_capacity(names.len());
     let mut fresh = Vec::new();
-    let mut taken: std::collections::BTreeSet<u32> = old.values().copied().collect();
-    let mut next = first;
     for name in names {
         let id = match old.get(*name) {
             Some(id) => *id,
             None => {
-                while taken.contains(&next) {
-                    next += 1;
-                }
-                if next >= end {
-                    return Err(format!(
-                        "no free {what} id: at most {} at a time, counting those removed by this change",
-                        end - first
-                    ));
-                }
-                taken.insert(next);
-                fresh.push(next);
-                next
+                let id = free.next().ok_or_else(|| {
+                    format!("no free {what} id: at most {} at a time", end - first)
+                })?;
+                fresh.push(id);
+                id
             }
         };
         map.insert(name.to_string(), id);
         ids.push(id);
     }
     Ok((map, ids, fresh))
+}
+
+impl Ids {
+    /// Drops entries a state file should never hold (an id out of range, or one id given to
+    /// two names); their names get fresh ids at the next apply. Returns what was dropped.
+    pub fn repair(&mut self) -> Vec<String> {
+        let mut dropped = Vec::new();
+        for (what, map, first, end) in [
+            ("class", &mut self.classes, 0, MAX_CLASSES as u32),
+            ("interface", &mut self.ifaces, 1, MAX_IFACES as u32),
+        ] {
+            let mut seen = BTreeSet::new();
+            map.retain(|name, id| {
+                let ok = (first..end).contains(id) && seen.insert(*id);
+                if !ok {
+                    dropped.push(format!("{what} {name:?} with id {id}"));
+                }
+                ok
+            });
+        }
+        dropped
+    }
 }
 
 #[cfg(test)]
@@ -143,7 +167,7 @@ mod tests {
         let (ids2, b) = ids
             .assign(&policy(&["new", "storage", "default"]), &["eth0".into()])
             .expect("assign");
-        // "rdma" was removed this time: its id 1 is not reused until the next change.
+        // "rdma" was removed this time: its id 1 is not reused while others are free.
         assert_eq!(b.class_ids, vec![3, 2, 0]);
         assert_eq!(b.fresh_classes, vec![3]);
         assert!(b.fresh_ifaces.is_empty());
@@ -155,13 +179,45 @@ mod tests {
     }
 
     #[test]
-    fn running_out_of_ids_is_an_error_naming_the_kind() {
-        let names: Vec<String> = (0..MAX_CLASSES).map(|i| format!("c{i}")).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let (full, _, _) = allocate(&BTreeMap::new(), &refs, 0, MAX_CLASSES as u32, "class")
+    fn a_full_policy_fits_after_any_change_and_more_is_an_error() {
+        let names = |prefix: &str| -> Vec<String> {
+            (0..MAX_CLASSES).map(|i| format!("{prefix}{i}")).collect()
+        };
+        let (a, b) = (names("a"), names("b"));
+        fn refs(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        let (full, _, _) = allocate(&BTreeMap::new(), &refs(&a), 0, MAX_CLASSES as u32, "class")
             .expect("exactly full fits");
-        let err =
-            allocate(&full, &["another"], 0, MAX_CLASSES as u32, "class").expect_err("no room");
+        // Half the classes replaced by new ones: the removed ones' ids are reused.
+        let mixed: Vec<&str> = a[..128]
+            .iter()
+            .chain(&b[..128])
+            .map(String::as_str)
+            .collect();
+        let (_, ids, fresh) =
+            allocate(&full, &mixed, 0, MAX_CLASSES as u32, "class").expect("fits");
+        assert_eq!(fresh.len(), 128);
+        let unique: BTreeSet<u32> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), 256, "no id given twice");
+        let mut too_many = refs(&b);
+        too_many.push("one-more");
+        let err = allocate(&full, &too_many, 0, MAX_CLASSES as u32, "class").expect_err("no room");
         assert!(err.contains("no free class id"), "{err}");
+    }
+
+    #[test]
+    fn repair_drops_duplicate_and_out_of_range_ids() {
+        let mut ids = Ids::default();
+        ids.classes.insert("a".into(), 3);
+        ids.classes.insert("b".into(), 3);
+        ids.classes.insert("c".into(), 9999);
+        ids.ifaces.insert("eth0".into(), 0);
+        ids.ifaces.insert("eth1".into(), 2);
+        let dropped = ids.repair();
+        assert_eq!(dropped.len(), 3, "{dropped:?}");
+        assert_eq!(ids.classes.len(), 1);
+        assert_eq!(ids.ifaces.keys().collect::<Vec<_>>(), vec!["eth1"]);
+        assert!(ids.repair().is_empty(), "repaired state stays");
     }
 }

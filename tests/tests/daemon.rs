@@ -905,3 +905,65 @@ fn a_file_written_in_two_parts_is_applied_once_whole() {
     let rules = d.ok(&["rule", "list"]);
     assert!(rules.contains("5001") && rules.contains("5002"), "{rules}");
 }
+
+/// A state file whose ids two classes share (or no map holds) is repaired on start, saying
+/// which entries it dropped; the classes then have their own ids and the policy applies.
+#[test]
+fn a_corrupt_state_file_is_repaired_and_said_so() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    d.stop();
+    let path = d.run_dir.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("state")).expect("json");
+    let steady = state["ids"]["classes"]["steady"].clone();
+    state["ids"]["classes"]["limited"] = steady;
+    state["ids"]["classes"]["default"] = serde_json::json!(9999);
+    std::fs::write(&path, state.to_string()).expect("write state");
+    d.start(&["--iface", &net.root_if]);
+    let log = d.log();
+    assert!(log.contains("state file repaired"), "{log}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("state")).expect("json");
+    let ids: Vec<u64> = state["ids"]["classes"]
+        .as_object()
+        .expect("class ids")
+        .values()
+        .map(|v| v.as_u64().expect("id"))
+        .collect();
+    let unique: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "ids unique: {ids:?}");
+    assert!(ids.iter().all(|&id| id < 256), "{ids:?}");
+    let (sent, received) = police_check(&net);
+    assert!(received < sent, "the limited class polices again");
+}
+
+/// A reload that replaces every class of a full-size policy with new ones fits: ids of the
+/// classes it removes are reused when no others are left.
+#[test]
+fn a_full_policy_can_be_replaced_by_another_full_policy() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    let full = |prefix: &str| {
+        let mut text = String::from("default_class = \"default\"\n[[class]]\nname = \"default\"\n");
+        for i in 1..256 {
+            text.push_str(&format!("[[class]]\nname = \"{prefix}{i}\"\n"));
+        }
+        text
+    };
+    d.write_config(&full("a"));
+    d.start(&["--iface", &net.root_if]);
+    let before = generation(&d);
+    d.write_config(&full("b"));
+    let out = d.cli(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(generation(&d), before + 1);
+}

@@ -33,7 +33,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // systemd-analyze checks the shipped unit.
     "systemd",
     "iperf3",
-    "ethtool",
+    // ping through a loaded class (bench part 5); setpriv (util-linux) runs a CLI test as nobody.
+    "iputils-ping",
+    "util-linux",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
