@@ -27,7 +27,7 @@ use dataplane_common::{
 use crate::{
     compile::{CompiledPolicy, RuleTables},
     config::Policy,
-    pins::{PinError, PinLayout},
+    pins::{open_failure, PinError, PinLayout},
 };
 
 /// The ifindex of interface `name`, if it exists.
@@ -211,10 +211,7 @@ impl Dataplane {
         let mut maps = std::collections::HashMap::new();
         for (name, def) in object.maps.iter().filter(|(n, _)| is_user_map(n)) {
             let path = layout.map(name);
-            let data = MapData::from_pin(&path).map_err(|e| PinError::Incompatible {
-                path: path.clone(),
-                what: format!("cannot open it: {e}"),
-            })?;
+            let data = MapData::from_pin(&path).map_err(|e| open_failure(&path, e))?;
             let info = data.info().map_err(map_err(name))?;
             let expected = (
                 def.map_type(),
@@ -252,13 +249,8 @@ impl Dataplane {
         }
         let open = |name: &'static str| -> Result<Xdp, DataplaneError> {
             let path = layout.program(name);
-            Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface).map_err(|e| {
-                PinError::Incompatible {
-                    path,
-                    what: format!("cannot open the program: {e}"),
-                }
-                .into()
-            })
+            Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface)
+                .map_err(|e| open_failure(&path, e).into())
         };
         Ok(Dataplane {
             maps,

@@ -63,6 +63,18 @@ pub enum PinError {
         /// What differs.
         what: String,
     },
+    /// A pin of the dataplane is gone (deleted by hand, say).
+    #[error(
+        "{0} is missing: a pin of this dataplane was deleted, so it cannot be adopted (its XDP \
+         program keeps running on the interfaces it is attached to). To start over, `dataplane \
+         detach` removes the rest (and detaches it), then `dataplane run` loads it afresh"
+    )]
+    Missing(PathBuf),
+    /// This user may not open the pins.
+    #[error(
+        "{0}: permission denied; reading the pinned dataplane needs root (CAP_BPF): run with sudo"
+    )]
+    NeedsRoot(PathBuf),
     /// Another daemon holds the pin root.
     #[error(
         "another dataplane daemon (pid {holder}) manages the pins under {root}; stop it, or \
@@ -220,6 +232,13 @@ impl PinLayout {
         })
     }
 
+    /// Whether any map or link of this layout is pinned (a dataplane, whole or not).
+    pub fn has_remnants(&self) -> bool {
+        let non_empty =
+            |dir: PathBuf| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+        non_empty(self.dir().join("maps")) || non_empty(self.links_dir())
+    }
+
     /// Interfaces with a pinned XDP link, sorted.
     pub fn attached(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.links_dir())
@@ -278,6 +297,22 @@ fn is_bpffs(path: &Path) -> bool {
     unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
         libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Why pin `path` could not be opened (`error` is what the loader said): not root, gone, or
+/// not what this binary expects, in that order, so the advice fits the cause.
+pub fn open_failure(path: &Path, error: impl std::fmt::Display) -> PinError {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        PinError::NeedsRoot(path.to_path_buf())
+    } else if !path.exists() {
+        PinError::Missing(path.to_path_buf())
+    } else {
+        PinError::Incompatible {
+            path: path.to_path_buf(),
+            what: format!("cannot open it: {error}"),
+        }
     }
 }
 

@@ -13,8 +13,8 @@ use serde::Serialize;
 use crate::{
     config::Policy,
     control,
-    dataplane::Dataplane,
-    pins::{PinLayout, LAYOUT_VERSION},
+    dataplane::{Dataplane, PROGRAM_NAME},
+    pins::{PinError, PinLayout, LAYOUT_VERSION},
     state::{RunDir, State},
 };
 
@@ -37,6 +37,10 @@ impl Running {
     pub fn open(layout: &PinLayout, run: &RunDir) -> Result<Running> {
         if !layout.is_pinned() {
             layout.check_version()?;
+            if layout.has_remnants() {
+                // Maps or links without the program pin: a dataplane may well still run.
+                return Err(PinError::Missing(layout.program(PROGRAM_NAME)).into());
+            }
             anyhow::bail!(
                 "no dataplane is pinned under {} (layout v{LAYOUT_VERSION}); start one with `dataplane run`",
                 layout.root().display()
@@ -122,6 +126,7 @@ impl Running {
 
     /// The status summary.
     pub fn status(&self) -> Result<Status> {
+        let stopped = self.daemon_running && process_stopped(self.state.daemon_pid);
         let info = self.dp.program()?.info()?;
         let loaded = info
             .loaded_at()
@@ -153,7 +158,8 @@ impl Running {
                 })
                 .collect(),
             daemon: DaemonStatus {
-                running: self.daemon_running,
+                running: self.daemon_running && !stopped,
+                stopped,
                 pid: (self.state.daemon_pid != 0).then_some(self.state.daemon_pid),
                 uptime_secs: (self.daemon_running && self.state.daemon_started > 0)
                     .then(|| now.as_secs().saturating_sub(self.state.daemon_started)),
@@ -338,11 +344,29 @@ pub struct AttachedIface {
     pub ifindex: Option<u32>,
 }
 
+/// Whether process `pid` is stopped (state T or t in /proc/PID/stat).
+fn process_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            let after = stat.rsplit_once(')')?.1;
+            after
+                .split_whitespace()
+                .next()
+                .map(|st| st == "T" || st == "t")
+        })
+        .unwrap_or(false)
+}
+
 /// The daemon's part of the status.
 #[derive(Clone, Debug, Serialize)]
 pub struct DaemonStatus {
     /// Whether it answers on its socket.
     pub running: bool,
+    /// Its process is stopped (SIGSTOP, a debugger): it would accept a connection but not
+    /// answer it.
+    pub stopped: bool,
     /// Pid of the last daemon.
     pub pid: Option<u32>,
     /// Seconds it has been running.

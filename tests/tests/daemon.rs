@@ -967,3 +967,71 @@ fn a_full_policy_can_be_replaced_by_another_full_policy() {
     );
     assert_eq!(generation(&d), before + 1);
 }
+
+/// Read-only commands name the real cause when they cannot open the pins, and never advise
+/// detaching for a cause that is not a foreign build: a non-root user needs root; a deleted
+/// map pin is missing; a deleted program pin with maps and links left is not "no dataplane".
+#[test]
+fn pin_problems_are_named_by_their_cause() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    d.stop();
+    let as_nobody = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(dataplane_tests::daemon::binary())
+        .args(["status", "--run-dir"])
+        .arg(&d.run_dir)
+        .arg("--pin-root")
+        .arg(&d.pin_root)
+        .output()
+        .expect("setpriv runs");
+    let stderr = String::from_utf8_lossy(&as_nobody.stderr);
+    assert!(stderr.contains("needs root"), "{stderr}");
+    assert!(!stderr.contains("another build"), "{stderr}");
+
+    let map = d.pin_root.join("v1/maps/LINKS");
+    std::fs::remove_file(&map).expect("delete a map pin");
+    let out = d.cli(&["status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("is missing") && stderr.contains("LINKS"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("another build"), "{stderr}");
+
+    std::fs::remove_file(d.pin_root.join("v1/programs/dataplane")).expect("delete the program pin");
+    let out = d.cli(&["status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("programs/dataplane is missing"), "{stderr}");
+    assert!(!stderr.contains("no dataplane is pinned"), "{stderr}");
+}
+
+/// `status` tells a stopped daemon (SIGSTOP) from a running one: its socket still accepts a
+/// connection, but nothing answers.
+#[test]
+fn status_tells_a_stopped_daemon_apart() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let pid = d.pid().expect("running") as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    eventually("the daemon stopped", Duration::from_secs(5), || {
+        d.status()["daemon"]["stopped"] == true
+    });
+    let status = d.status();
+    assert_eq!(status["daemon"]["running"], false, "{status}");
+    let text = d.ok(&["status"]);
+    assert!(text.contains("stopped (pid"), "{text}");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    eventually("the daemon runs again", Duration::from_secs(5), || {
+        d.status()["daemon"]["running"] == true
+    });
+}

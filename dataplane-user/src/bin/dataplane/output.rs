@@ -47,6 +47,10 @@ pub fn status(s: &Status, json: bool) -> Result<()> {
         }
     );
     match (s.daemon.running, s.daemon.pid) {
+        (false, Some(pid)) if s.daemon.stopped => println!(
+            "daemon:    stopped (pid {pid}: SIGSTOP or a debugger), not answering; \
+             `kill -CONT {pid}` resumes it (the dataplane keeps working from its pins)"
+        ),
         (true, pid) => println!(
             "daemon:    running (pid {}), up {}",
             pid.map_or("?".into(), |p| p.to_string()),
