@@ -55,6 +55,30 @@ dst_port = {LIMITED_PORT}
     )
 }
 
+/// A daemon running the 8 Mbit/s test policy on a veth of its own, holding the serial lock.
+fn running_daemon() -> (std::sync::MutexGuard<'static, ()>, VethNs, Daemon) {
+    let serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    (serial, net, d)
+}
+
+/// `dataplane ARGS` for `d`'s pins and run directory, as user nobody.
+fn as_nobody(d: &Daemon, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(dataplane_tests::daemon::binary())
+        .args(args)
+        .arg("--run-dir")
+        .arg(&d.run_dir)
+        .arg("--pin-root")
+        .arg(&d.pin_root)
+        .output()
+        .expect("setpriv (util-linux) runs")
+}
+
 fn addr(net: &VethNs, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(net.root_addr, port))
 }
@@ -97,11 +121,7 @@ fn assert_policed(sent: u64, received: u64) {
 
 #[test]
 fn lifecycle_run_stats_reload_detach() {
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if]);
+    let (_serial, net, mut d) = running_daemon();
 
     let status = d.status();
     assert_eq!(status["interfaces"][0]["iface"], net.root_if.as_str());
@@ -171,11 +191,7 @@ fn lifecycle_run_stats_reload_detach() {
 
 #[test]
 fn kill_9_leaves_traffic_flowing_and_policed_and_a_restart_readopts() {
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if]);
+    let (_serial, net, mut d) = running_daemon();
     let before = d.status();
 
     let steady = traffic::Sink::bind(addr(&net, STEADY_PORT));
@@ -214,11 +230,7 @@ fn kill_9_leaves_traffic_flowing_and_policed_and_a_restart_readopts() {
 
 #[test]
 fn invalid_config_on_reload_keeps_the_running_policy() {
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if]);
+    let (_serial, net, mut d) = running_daemon();
     let g = generation(&d);
 
     d.write_config(&policy("fast"));
@@ -250,11 +262,7 @@ fn invalid_config_on_reload_keeps_the_running_policy() {
 
 #[test]
 fn reloads_under_traffic_lose_no_packets_of_unchanged_classes() {
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if]);
+    let (_serial, net, d) = running_daemon();
     let counted_before = d.class_counter(&net.root_if, "steady", "packets");
 
     let sink = traffic::Sink::bind(addr(&net, STEADY_PORT));
@@ -532,11 +540,7 @@ fn auto_mode_falls_back_to_generic_loudly_and_native_fails_clearly() {
 
 #[test]
 fn a_real_prometheus_scrapes_the_daemon_and_sees_what_was_sent() {
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if]);
+    let (_serial, net, d) = running_daemon();
     let metrics: SocketAddr = d.status_state_metrics_addr();
 
     let steady = traffic::Sink::bind(addr(&net, STEADY_PORT));
@@ -585,11 +589,7 @@ fn a_real_prometheus_scrapes_the_daemon_and_sees_what_was_sent() {
 
 #[test]
 fn kernel_log_lines_reach_the_daemon_log_only_while_enabled() {
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if]);
+    let (_serial, net, d) = running_daemon();
     let kernel_lines = |d: &Daemon| d.log().matches("dataplane::kernel").count();
 
     // Off by default: drops log nothing.
@@ -708,11 +708,7 @@ fn a_second_daemon_on_the_same_pins_is_refused_naming_the_holder() {
 /// refused as a bad argument and removes nothing.
 #[test]
 fn detach_refuses_names_that_are_not_interfaces() {
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if]);
+    let (_serial, _net, d) = running_daemon();
     let program = d.pin_root.join("v1/programs/xdp_pass");
     let map = d.pin_root.join("v1/maps/POLICERS");
     assert!(program.exists() && map.exists());
@@ -766,11 +762,7 @@ fn a_closed_output_pipe_ends_a_command_quietly() {
 fn the_control_socket_bounds_and_answers_bad_requests() {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if]);
+    let (_serial, _net, d) = running_daemon();
     let socket = d.run_dir.join("control.sock");
     let ask = |request: &[u8]| -> (String, Duration) {
         let start = Instant::now();
@@ -809,15 +801,7 @@ fn the_control_socket_bounds_and_answers_bad_requests() {
         .output()
         .expect("run");
     assert!(out.status.success(), "root may");
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(dataplane_tests::daemon::binary())
-        .args(["reload", "--run-dir"])
-        .arg(&d.run_dir)
-        .args(["--pin-root"])
-        .arg(&d.pin_root)
-        .output()
-        .expect("setpriv (util-linux) runs");
+    let out = as_nobody(&d, &["reload"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");
@@ -827,11 +811,7 @@ fn the_control_socket_bounds_and_answers_bad_requests() {
 /// `status`, and the policy in force stays.
 #[test]
 fn a_huge_rejected_value_leaves_a_bounded_error() {
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if]);
+    let (_serial, _net, d) = running_daemon();
     let generation_before = generation(&d);
     let huge_name = "x".repeat(4 << 20);
     d.write_config(&format!("[[class]]\nname = \"{huge_name}\"\n"));
@@ -880,11 +860,7 @@ fn config_check_applies_the_daemons_capacity_rules() {
 #[test]
 fn a_file_written_in_two_parts_is_applied_once_whole() {
     use std::io::Write;
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if]);
+    let (_serial, _net, d) = running_daemon();
     let before = generation(&d);
     let text = policy("16Mbit");
     let split = text.find("[[rule]]").expect("rules");
@@ -910,11 +886,7 @@ fn a_file_written_in_two_parts_is_applied_once_whole() {
 /// which entries it dropped; the classes then have their own ids and the policy applies.
 #[test]
 fn a_corrupt_state_file_is_repaired_and_said_so() {
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if]);
+    let (_serial, net, mut d) = running_daemon();
     d.stop();
     let path = d.run_dir.join("state.json");
     let mut state: serde_json::Value =
@@ -973,22 +945,9 @@ fn a_full_policy_can_be_replaced_by_another_full_policy() {
 /// map pin is missing; a deleted program pin with maps and links left is not "no dataplane".
 #[test]
 fn pin_problems_are_named_by_their_cause() {
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if]);
+    let (_serial, _net, mut d) = running_daemon();
     d.stop();
-    let as_nobody = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(dataplane_tests::daemon::binary())
-        .args(["status", "--run-dir"])
-        .arg(&d.run_dir)
-        .arg("--pin-root")
-        .arg(&d.pin_root)
-        .output()
-        .expect("setpriv runs");
-    let stderr = String::from_utf8_lossy(&as_nobody.stderr);
+    let stderr = String::from_utf8_lossy(&as_nobody(&d, &["status"]).stderr).into_owned();
     assert!(stderr.contains("needs root"), "{stderr}");
     assert!(!stderr.contains("another build"), "{stderr}");
 
@@ -1014,11 +973,7 @@ fn pin_problems_are_named_by_their_cause() {
 /// connection, but nothing answers.
 #[test]
 fn status_tells_a_stopped_daemon_apart() {
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if]);
+    let (_serial, _net, d) = running_daemon();
     let pid = d.pid().expect("running") as i32;
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
