@@ -272,6 +272,11 @@ impl Daemon {
         };
         info!(%iface, mode = mode.label(), "attached");
         self.state.attached.insert(iface.to_string(), mode);
+        // Recorded here, where the interface is visible: a daemon run with --netns sees it,
+        // the CLI in the host's namespace does not.
+        if let Some(index) = crate::dataplane::ifindex(iface) {
+            self.state.ifindexes.insert(iface.to_string(), index);
+        }
         Ok(())
     }
 
@@ -545,6 +550,7 @@ impl Daemon {
                     match self.cfg.layout.unpin_link(iface) {
                         Ok(true) => {
                             self.state.attached.remove(iface);
+                            self.state.ifindexes.remove(iface);
                             info!(%iface, "detached");
                         }
                         Ok(false) => {

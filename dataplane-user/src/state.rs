@@ -59,6 +59,10 @@ pub struct State {
     pub ids: Ids,
     /// Attached interfaces and their modes.
     pub attached: BTreeMap<String, AttachMode>,
+    /// Ifindex of each attached interface, as the daemon saw it when it attached (in its
+    /// network namespace, which may not be the reader's).
+    #[serde(default)]
+    pub ifindexes: BTreeMap<String, u32>,
     /// Pid of the daemon that wrote this.
     pub daemon_pid: u32,
     /// When that daemon started (seconds since the Unix epoch).

@@ -153,7 +153,12 @@ impl Running {
                         .get(&iface)
                         .map_or("unknown", |m| m.label())
                         .to_string(),
-                    ifindex: crate::dataplane::ifindex(&iface),
+                    ifindex: self
+                        .state
+                        .ifindexes
+                        .get(&iface)
+                        .copied()
+                        .or_else(|| crate::dataplane::ifindex(&iface)),
                     iface,
                 })
                 .collect(),

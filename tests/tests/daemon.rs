@@ -990,3 +990,30 @@ fn status_tells_a_stopped_daemon_apart() {
         d.status()["daemon"]["running"] == true
     });
 }
+
+/// Under `--netns` the interfaces live in another namespace than the CLI's: `status` shows
+/// the ifindex the daemon saw when it attached, not "-".
+#[test]
+fn status_shows_the_ifindex_of_an_interface_in_another_namespace() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let peer = format!("{}b", net.ns);
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--netns", &net.ns, "--iface", &peer]);
+    let status = d.status();
+    let iface = &status["interfaces"][0];
+    assert_eq!(iface["iface"], peer.as_str(), "{status}");
+    let shown = iface["ifindex"].as_u64().expect("an ifindex, not null");
+    let inside = std::process::Command::new("ip")
+        .args(["-n", &net.ns, "-o", "link", "show", &peer])
+        .output()
+        .expect("ip");
+    let inside = String::from_utf8_lossy(&inside.stdout);
+    let expected: u64 = inside
+        .split(':')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("ifindex in {inside:?}"));
+    assert_eq!(shown, expected);
+}

@@ -611,6 +611,7 @@ fn detach(paths: &Paths, ifaces: Vec<String>, layout: Option<u32>) -> Result<(),
     if let Some(mut state) = run.read()? {
         for iface in &ifaces {
             state.attached.remove(iface);
+            state.ifindexes.remove(iface);
         }
         run.write(&state)?;
     }
