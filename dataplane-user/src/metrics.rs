@@ -22,6 +22,7 @@
 //! | `dataplane_class_rate_bytes_per_second` | class | committed rate; 0 = no guarantee |
 //! | `dataplane_class_ceil_bytes_per_second` | class | peak rate; absent = unlimited |
 //! | `dataplane_class_priority` | class | 0 ..= 7 |
+//! | `dataplane_class_phantom_backlog_seconds` | class | the enforcing bucket's backlog: how long a shaper at its rate would hold the next packet; 0 within rate |
 //! | `dataplane_xdp_attached` | iface, mode (`native`/`generic`, `none` when detached) | 1 while attached |
 //! | `dataplane_config_generation` | | policy generation in force |
 //! | `dataplane_config_reloads_total` | result (`ok`/`error`) | |
@@ -32,12 +33,14 @@ pub mod http;
 use std::fmt;
 
 use aya::{
-    maps::{IterableMap, Map, MapData, PerCpuArray},
+    maps::{Array, IterableMap, Map, MapData, PerCpuArray},
     Pod,
 };
 use dataplane_common::{
-    maps::{class_counter_index, names, ClassCounters, ForwardCounters, IfaceCounters},
-    policer::{Colour, COLOURS},
+    maps::{
+        class_counter_index, names, ClassCounters, ForwardCounters, IfaceCounters, PolicerState,
+    },
+    policer::{backlog_ns, ns_to_ticks, Colour, COLOURS},
     reason::Reason,
 };
 use prometheus_client::{
@@ -62,7 +65,7 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:19847";
 pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Everything one scrape reports.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetricsSnapshot {
     /// Policy generation in force (0 before the first policy).
     pub generation: u32,
@@ -70,6 +73,8 @@ pub struct MetricsSnapshot {
     pub reloads: Reloads,
     /// Classes in policy order, as configured.
     pub classes: Vec<ClassInfo>,
+    /// Phantom backlog of each class (seconds), in the order of `classes`.
+    pub phantom_backlog_seconds: Vec<f64>,
     /// Interfaces and their counters.
     pub ifaces: Vec<IfaceSample>,
 }
@@ -147,6 +152,7 @@ pub struct Iface {
 /// Reads the counter maps through file descriptors of its own, so a scrape needs neither
 /// the [`Dataplane`] nor any lock its owner holds (a reload can run meanwhile).
 pub struct CounterReader {
+    policers: Array<MapData, PolicerState>,
     classes: PerCpuArray<MapData, ClassCounters>,
     ifaces: PerCpuArray<MapData, IfaceCounters>,
     forwarded: PerCpuArray<MapData, ForwardCounters>,
@@ -155,7 +161,14 @@ pub struct CounterReader {
 impl CounterReader {
     /// Opens the counter maps of `dp`.
     pub fn new(dp: &Dataplane) -> Result<CounterReader, DataplaneError> {
+        let name = names::POLICERS;
+        let shared: Array<&MapData, PolicerState> =
+            Array::try_from(dp.map(name)?).map_err(map_err(name))?;
+        let id = shared.map().info().map_err(map_err(name))?.id();
+        let policers = Array::try_from(Map::Array(MapData::from_id(id).map_err(map_err(name))?))
+            .map_err(map_err(name))?;
         Ok(CounterReader {
+            policers,
             classes: own_handle(dp, names::CLASS_COUNTERS)?,
             ifaces: own_handle(dp, names::IFACE_COUNTERS)?,
             forwarded: own_handle(dp, names::FORWARD_COUNTERS)?,
@@ -185,6 +198,32 @@ impl CounterReader {
             class_counter_index(iface_slot, class),
             ClassCounters::add,
         )
+    }
+
+    /// The phantom backlog (seconds) of class id `class`: how far its enforcing bucket's
+    /// theoretical arrival time runs ahead of now (the committed bucket when the class has a
+    /// rate, else the peak one; 0 without either).
+    pub fn phantom_backlog(&self, class: u32, info: &ClassInfo) -> Result<f64, DataplaneError> {
+        let state = self
+            .policers
+            .get(&class, 0)
+            .map_err(map_err(names::POLICERS))?;
+        let tat = if info.rate_bytes_per_sec > 0 {
+            state.committed_tat
+        } else if info.ceil_bytes_per_sec.is_some() {
+            state.peak_tat
+        } else {
+            return Ok(0.0);
+        };
+        // The kernel's clock for the buckets is bpf_ktime_get_ns, i.e. CLOCK_MONOTONIC.
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec we pass.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+        Ok(backlog_ns(tat, ns_to_ticks(now_ns)) as f64 / 1e9)
     }
 
     /// Counters of interface slot `iface_slot`, summed over CPUs.
@@ -275,10 +314,16 @@ pub fn snapshot(
             })
         })
         .collect::<Result<_, DataplaneError>>()?;
+    let phantom_backlog_seconds = view
+        .classes
+        .iter()
+        .map(|(info, class)| reader.phantom_backlog(*class, info))
+        .collect::<Result<_, DataplaneError>>()?;
     Ok(MetricsSnapshot {
         generation: view.generation,
         reloads: view.reloads,
         classes: view.classes.iter().map(|(c, _)| c.clone()).collect(),
+        phantom_backlog_seconds,
         ifaces,
     })
 }
@@ -490,6 +535,17 @@ impl Collector for Exposition {
         }
 
         let mut family = encoder.encode_descriptor(
+            "dataplane_class_phantom_backlog_seconds",
+            "Backlog of the class's enforcing bucket: how long a shaper at its rate would hold the next packet (0 within rate); the AQM signals while it stays above aqm_target.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (class, backlog) in s.classes.iter().zip(&s.phantom_backlog_seconds) {
+            let labels = [("class", class.name.as_str())];
+            ConstGauge::new(*backlog).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
             "dataplane_xdp_attached",
             "1 while the XDP program is attached to the interface, in the labelled mode.",
             None,
@@ -552,6 +608,7 @@ mod tests {
             generation: 3,
             reloads: Reloads { ok: 2, error: 1 },
             classes: vec![class("bulk", Some(2000)), class("default", None)],
+            phantom_backlog_seconds: vec![0.0025, 0.0],
             ifaces: vec![IfaceSample {
                 name: "eth0".into(),
                 attached: Some(AttachMode::Generic),
@@ -583,6 +640,7 @@ mod tests {
             r#"dataplane_class_rate_bytes_per_second{class="bulk"} 1000"#,
             r#"dataplane_class_ceil_bytes_per_second{class="bulk"} 2000"#,
             r#"dataplane_class_priority{class="default"} 3"#,
+            r#"dataplane_class_phantom_backlog_seconds{class="bulk"} 0.0025"#,
             r#"dataplane_xdp_attached{iface="eth0",mode="generic"} 1"#,
             "dataplane_config_generation 3",
             r#"dataplane_config_reloads_total{result="ok"} 2"#,
