@@ -12,7 +12,7 @@ use dataplane::{
     compile::CompiledPolicy,
     config::Policy,
     dataplane::Dataplane,
-    topology::{netns_command, Topology},
+    topology::{netns_command, netns_run, Topology},
 };
 use indicatif::ProgressBar;
 
@@ -74,20 +74,6 @@ fn policy(topo: &Topology, rate_mbit: u32, enforcer: Enforcer) -> String {
     )
 }
 
-fn in_netns(netns: &str, program: &str, args: &[&str]) -> Result<String> {
-    let out = netns_command(netns, program)
-        .args(args)
-        .output()
-        .with_context(|| format!("{program} in {netns}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {args:?} in {netns}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The mean of `ping`'s summary line ("rtt min/avg/max/mdev = a/b/c/d ms").
 fn ping_mean_ms(output: &str) -> Result<f64> {
     output
@@ -102,7 +88,7 @@ fn one_run(rate_mbit: u32, streams: u32, ecn: bool, enforcer: Enforcer, secs: u3
     let topo = Topology::new(1)?;
     let (client, server) = (&topo.clients[0], &topo.server);
     for ns in [&client.netns, &server.netns] {
-        in_netns(
+        netns_run(
             ns,
             "sysctl",
             &["-qw", &format!("net.ipv4.tcp_ecn={}", u8::from(ecn))],
@@ -113,7 +99,7 @@ fn one_run(rate_mbit: u32, streams: u32, ecn: bool, enforcer: Enforcer, secs: u3
         Enforcer::Htb => {
             let gw = &topo.gateway;
             let dev = &server.gateway_iface;
-            in_netns(
+            netns_run(
                 gw,
                 "tc",
                 &[
@@ -121,7 +107,7 @@ fn one_run(rate_mbit: u32, streams: u32, ecn: bool, enforcer: Enforcer, secs: u3
                 ],
             )?;
             let rate = format!("{rate_mbit}mbit");
-            in_netns(
+            netns_run(
                 gw,
                 "tc",
                 &[
@@ -139,7 +125,7 @@ fn one_run(rate_mbit: u32, streams: u32, ecn: bool, enforcer: Enforcer, secs: u3
         }
     }
     let target = server.v4.to_string();
-    let ping_idle_ms = ping_mean_ms(&in_netns(
+    let ping_idle_ms = ping_mean_ms(&netns_run(
         &client.netns,
         "ping",
         &["-q", "-i", "0.01", "-c", "30", &target],
