@@ -8,11 +8,13 @@
 pub mod action;
 pub mod checksum;
 pub mod classify;
+pub mod flow;
 pub mod forward;
 pub mod maps;
 pub mod packet;
 pub mod policer;
 pub mod reason;
+pub mod window;
 
 /// Most rules a policy may hold: one bit each in a [`classify::RuleVector`].
 pub const MAX_RULES: usize = 16384;

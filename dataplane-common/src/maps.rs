@@ -7,6 +7,7 @@ use crate::{
     packet::{Family, PacketMeta},
     policer::{Aqm, AqmState, BucketParams, TrTcm, COLOURS},
     reason::REASON_COUNT,
+    window::{WindowControl, WindowState},
 };
 
 /// One generation of the policy, in one of the two slots. A zero `generation` means the slot
@@ -35,6 +36,8 @@ impl PolicySlot {
     /// Cache each flow's class (off: classify every packet through the tables, for policies
     /// whose flows are too short-lived to pay for the cache, and to measure the miss path).
     pub const FLOW_CACHE: u32 = 1;
+    /// Some class controls its TCP flows' windows: ACKs are looked up in the return table.
+    pub const WINDOW_CONTROL: u32 = 2;
 }
 
 /// One class of one generation.
@@ -45,6 +48,8 @@ pub struct ClassConfig {
     pub policer: TrTcm,
     /// Early congestion signals on the enforcing bucket's phantom queue.
     pub aqm: Aqm,
+    /// TCP window control on the enforcing bucket's phantom queue.
+    pub window: WindowControl,
     /// Action per colour (green, yellow, red).
     pub actions: [ColourAction; COLOURS],
     /// Strict priority 0 (lowest) ..= 7 on the link budget.
@@ -63,6 +68,8 @@ pub struct PolicerState {
     pub peak_tat: u64,
     /// The AQM's control law.
     pub aqm: AqmState,
+    /// The window control's window.
+    pub window: WindowState,
 }
 
 /// A registered interface, keyed by ifindex.
@@ -123,6 +130,9 @@ pub struct ClassCounters {
     /// Of the dropped packets, those dropped early by the AQM (not ECN-capable; the bucket
     /// still had room).
     pub early_dropped_packets: u64,
+    /// TCP retransmissions admitted on the repair allowance (the bucket alone would have
+    /// refused them).
+    pub repaired_packets: u64,
 }
 
 impl ClassCounters {
@@ -141,6 +151,7 @@ impl ClassCounters {
         self.remarked_bytes += o.remarked_bytes;
         self.early_marked_packets += o.early_marked_packets;
         self.early_dropped_packets += o.early_dropped_packets;
+        self.repaired_packets += o.repaired_packets;
     }
 }
 
@@ -277,6 +288,37 @@ impl FlowKey {
         }
     }
 
+    /// The key of a TCP connection's direction, for the return table: addresses, ports and
+    /// family only (the reply may arrive on another interface, with another DSCP).
+    #[inline(always)]
+    pub fn connection(meta: &PacketMeta) -> FlowKey {
+        FlowKey {
+            src: meta.src,
+            dst: meta.dst,
+            src_port: meta.src_port,
+            dst_port: meta.dst_port,
+            iface_slot: 0,
+            protocol: meta.protocol,
+            dscp: 0,
+            roce_opcode: 0,
+            flags: if meta.family == Family::V6 {
+                Self::FLAG_V6 | Self::FLAG_PORTS
+            } else {
+                Self::FLAG_PORTS
+            },
+            _pad: [0; 7],
+        }
+    }
+
+    /// [`FlowKey::connection`] of the packets that answer `meta`.
+    #[inline(always)]
+    pub fn reply(meta: &PacketMeta) -> FlowKey {
+        let mut key = FlowKey::connection(meta);
+        core::mem::swap(&mut key.src, &mut key.dst);
+        core::mem::swap(&mut key.src_port, &mut key.dst_port);
+        key
+    }
+
     /// The key as machine words (aligned: single loads in the kernel).
     #[inline(always)]
     pub fn words(&self) -> [u64; FLOW_KEY_WORDS] {
@@ -313,6 +355,25 @@ impl FlowKey {
     }
 }
 
+/// One direction of a TCP connection whose SYN-ACK the program saw, in the return table
+/// under its key's [`FlowKey::hash`] (a key of [`FlowKey::connection`]): the unit of the
+/// windows its ACKs advertise, and the class whose window they may advertise at most once
+/// the other direction's data was classified.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReturnEntry {
+    /// The direction's connection key.
+    pub key: FlowKey,
+    /// Generation the class id belongs to; 0 until data of the other direction registers.
+    pub generation: u32,
+    /// The class of the other direction's data.
+    pub class: u32,
+    /// The window scale of this direction's sender (from its SYN-ACK).
+    pub window_scale: u8,
+    /// Padding, always zero.
+    pub _pad: [u8; 7],
+}
+
 /// A cached classification, in the flow cache under its key's [`FlowKey::hash`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -323,21 +384,24 @@ pub struct FlowEntry {
     pub generation: u32,
     /// Class id.
     pub class: u32,
+    /// What the flow did, kept across reclassifications.
+    pub state: crate::flow::FlowState,
 }
 
 const _: () = {
     assert!(core::mem::size_of::<PolicySlot>() == 56);
     assert!(core::mem::size_of::<BucketParams>() == 16);
-    assert!(core::mem::size_of::<ClassConfig>() == 64);
-    assert!(core::mem::size_of::<PolicerState>() == 32);
+    assert!(core::mem::size_of::<ClassConfig>() == 88);
+    assert!(core::mem::size_of::<PolicerState>() == 48);
     assert!(core::mem::size_of::<IfaceConfig>() == 32);
     assert!(core::mem::size_of::<LinkState>() == 8);
-    assert!(core::mem::size_of::<ClassCounters>() == 104);
+    assert!(core::mem::size_of::<ClassCounters>() == 112);
     assert!(core::mem::size_of::<IfaceCounters>() == 8 * (REASON_COUNT + 2));
     assert!(core::mem::size_of::<ForwardCounters>() == 16);
     assert!(core::mem::size_of::<FlowKey>() == 48);
     assert!(core::mem::size_of::<FlowKey>() == 8 * FLOW_KEY_WORDS);
-    assert!(core::mem::size_of::<FlowEntry>() == 56);
+    assert!(core::mem::size_of::<FlowEntry>() == 96);
+    assert!(core::mem::size_of::<ReturnEntry>() == 64);
     assert!(core::mem::size_of::<crate::classify::PrefixKey>() == 20);
 };
 
@@ -357,6 +421,7 @@ mod pod {
     unsafe impl aya::Pod for ForwardCounters {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for ReturnEntry {}
     unsafe impl aya::Pod for PrefixKey {}
     unsafe impl aya::Pod for RuleVector {}
 }
@@ -385,6 +450,8 @@ pub mod names {
     pub const LINKS: &str = "LINKS";
     /// `LruHashMap<u64 FlowKey::hash, FlowEntry>`.
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
+    /// `LruHashMap<u64 FlowKey::hash, ReturnEntry>`: reply directions under window control.
+    pub const TCP_RETURNS: &str = "TCP_RETURNS";
     /// `PerCpuArray<ClassCounters, MAX_IFACES * MAX_CLASSES>`.
     pub const CLASS_COUNTERS: &str = "CLASS_COUNTERS";
     /// `PerCpuArray<IfaceCounters, MAX_IFACES>`.

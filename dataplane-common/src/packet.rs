@@ -63,7 +63,8 @@ const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
-const TCP_MIN_HLEN: usize = 20;
+/// Length of a TCP header without options.
+pub const TCP_MIN_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 const ICMP_HLEN: usize = 8;
 const ICMPV6_HLEN: usize = 4;
@@ -106,6 +107,45 @@ pub struct PacketMeta {
     pub later_fragment: bool,
     /// RoCEv2 BTH opcode, for UDP destination port 4791.
     pub roce_opcode: Option<u8>,
+    /// TCP's header fields, for TCP (first fragments and whole packets).
+    pub tcp: Option<TcpMeta>,
+}
+
+/// What the policer's TCP handling needs of a segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpMeta {
+    /// Offset of the TCP header in the frame.
+    pub offset: usize,
+    /// Length of the TCP header (data offset × 4, options included).
+    pub header_len: usize,
+    /// The flags byte ([`TcpMeta::SYN`], [`TcpMeta::ACK`], ...).
+    pub flags: u8,
+    /// For a segment that carries data: the sequence number just past its last byte (what
+    /// tells a retransmission from new data).
+    pub data_end: Option<u32>,
+}
+
+impl TcpMeta {
+    /// SYN flag.
+    pub const SYN: u8 = 0x02;
+    /// ACK flag.
+    pub const ACK: u8 = 0x10;
+    /// Offset of the window field in the TCP header.
+    pub const WINDOW_OFFSET: usize = 14;
+    /// Offset of the checksum in the TCP header.
+    pub const CHECKSUM_OFFSET: usize = 16;
+
+    /// A SYN-ACK: the segment that carries its sender's window scale.
+    #[inline(always)]
+    pub const fn is_syn_ack(&self) -> bool {
+        self.flags & (Self::SYN | Self::ACK) == Self::SYN | Self::ACK
+    }
+
+    /// An ACK past the handshake: its window may be narrowed.
+    #[inline(always)]
+    pub const fn is_plain_ack(&self) -> bool {
+        self.flags & (Self::SYN | Self::ACK) == Self::ACK
+    }
 }
 
 impl PacketMeta {
@@ -247,6 +287,71 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, meta: &mut PacketMeta) -> Result
     Err(Reason::BadIpv6ExtensionChain)
 }
 
+/// TCP's flags, header length and data end. A data offset that points outside the packet
+/// leaves the segment without data and options: it is still classified, never taken for a
+/// retransmission, and its window never touched.
+#[inline(always)]
+fn parse_tcp<P: PacketBytes + ?Sized>(pkt: &P, span: L4Span) -> Result<TcpMeta, Reason> {
+    let h: [u8; 14] = pkt.bytes(span.start).ok_or(Reason::TruncatedL4)?;
+    let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    let header_len = usize::from(h[12] >> 4) * 4;
+    let data_start = span.start + header_len;
+    let sane = header_len >= TCP_MIN_HLEN && data_start <= span.end;
+    Ok(TcpMeta {
+        offset: span.start,
+        header_len: if sane { header_len } else { TCP_MIN_HLEN },
+        flags: h[13],
+        // span.end - data_start < 64 KiB: the IP length field bounds it.
+        data_end: (sane && data_start < span.end)
+            .then(|| seq.wrapping_add((span.end - data_start) as u32)),
+    })
+}
+
+/// TCP option kinds the window scale search knows.
+const TCP_OPTION_END: u8 = 0;
+const TCP_OPTION_NOP: u8 = 1;
+const TCP_OPTION_WINDOW_SCALE: u8 = 3;
+/// Most option bytes a TCP header holds.
+pub const MAX_TCP_OPTION_BYTES: usize = 40;
+/// Options the window scale search walks past at most: a SYN-ACK carries five or six (MSS,
+/// SACK-permitted, timestamps, window scale and NOP padding); the bound keeps the verifier's
+/// work small.
+const MAX_TCP_OPTIONS_WALKED: usize = 10;
+/// Room for a copy of a TCP header's options: a power of two above
+/// [`MAX_TCP_OPTION_BYTES`], so an index masked to it is in bounds for the verifier too.
+pub const TCP_OPTIONS_ROOM: usize = 64;
+
+/// The window scale option among the first `len` bytes of a SYN's or SYN-ACK's options
+/// (RFC 7323), `None` without one (the segment's sender does not scale its window).
+///
+/// The options are walked in a copy, not in the frame: a walk over packet memory multiplies
+/// the verifier's states past its limit.
+#[inline(always)]
+pub fn tcp_window_scale(options: &[u8; TCP_OPTIONS_ROOM], len: usize) -> Option<u8> {
+    let len = if len > MAX_TCP_OPTION_BYTES {
+        MAX_TCP_OPTION_BYTES
+    } else {
+        len
+    };
+    let byte = |i: usize| options[i & (TCP_OPTIONS_ROOM - 1)];
+    let mut at = 0;
+    for _ in 0..MAX_TCP_OPTIONS_WALKED {
+        if at + 1 >= len {
+            // Nothing, or a last byte of padding, is left.
+            return None;
+        }
+        let opt_len = usize::from(byte(at + 1));
+        match byte(at) {
+            TCP_OPTION_END => return None,
+            TCP_OPTION_NOP => at += 1,
+            TCP_OPTION_WINDOW_SCALE if opt_len == 3 && at + 3 <= len => return Some(byte(at + 2)),
+            _ if opt_len < 2 => return None,
+            _ => at += opt_len,
+        }
+    }
+    None
+}
+
 /// Reads ports (TCP/UDP) and the RoCEv2 opcode; checks ICMP headers are whole.
 #[inline(always)]
 fn parse_l4<P: PacketBytes + ?Sized>(
@@ -273,6 +378,10 @@ fn parse_l4<P: PacketBytes + ?Sized>(
     meta.src_port = be16([ports[0], ports[1]]);
     meta.dst_port = be16([ports[2], ports[3]]);
     meta.has_ports = true;
+    if meta.protocol == ipproto::TCP {
+        meta.tcp = Some(parse_tcp(pkt, span)?);
+        return Ok(());
+    }
     if meta.protocol == ipproto::UDP && meta.dst_port == ROCEV2_UDP_PORT {
         if off + UDP_HLEN + ROCE_BTH_LEN > span.end {
             return Err(Reason::TruncatedRoce);

@@ -104,6 +104,16 @@ pub const fn gcra_admit(tat: u64, now: u64, cost: u64, limit: u64) -> Option<u64
     }
 }
 
+/// Tolerance a TCP retransmission sees: twice the bucket's burst. A policer that drops the
+/// retransmission of a segment it dropped before leaves the sender only its retransmission
+/// timeout (200 ms at least on Linux), the loss storm that makes TCP collapse behind
+/// policers. Retransmissions are still charged, so the long-run rate stays exact; the second
+/// burst bounds what a sender that resends on purpose can take above it.
+#[inline(always)]
+pub const fn repair_limit(burst_ticks: u64) -> u64 {
+    burst_ticks.saturating_mul(2)
+}
+
 /// GCRA update that always admits (guaranteed traffic on the link budget), capping the
 /// backlog at `cap` so an over-committed link recovers once the excess stops.
 #[inline(always)]

@@ -2,6 +2,7 @@
 //! (IPv4 checksum updated incrementally, IPv6 traffic class split across two bytes).
 
 use dataplane_common::{
+    flow::FlowState,
     action::{apply, mark_ce, Outcome},
     checksum::replace_word,
     forward::IPV4_CHECKSUM_OFFSET,
@@ -15,8 +16,8 @@ use crate::{
     police::{Policed, Signal},
 };
 
-/// Applies the action (and an early signal) and counts the class's packet; the DS field the
-/// packet leaves with, or `Err` for drops and failed rewrites.
+/// Applies the action (and an early signal) and counts the packet for its class and flow;
+/// the DS field the packet leaves with, or `Err` for drops and failed rewrites.
 #[inline(always)]
 pub fn act(
     frame: &Frame,
@@ -25,6 +26,7 @@ pub fn act(
     policed: &Policed,
     bytes: u32,
     counters: Option<*mut ClassCounters>,
+    flow: Option<*mut FlowState>,
 ) -> Result<u8, Reason> {
     let colour = policed.colour;
     let outcome = match policed.signal {
@@ -32,10 +34,17 @@ pub fn act(
         Signal::Mark => mark_ce(apply(cfg.actions[colour as usize], meta.tos)),
         Signal::Drop => Outcome::Drop,
     };
+    if let Some(f) = flow {
+        // SAFETY: the flow entry's pointer (see classify::class_of); plain data.
+        count_flow(unsafe { &mut *f }, &outcome, policed.repaired, bytes);
+    }
     if let Some(c) = counters {
         // SAFETY: per-CPU value; XDP does not nest on one CPU.
         let c = unsafe { &mut *c };
         c.packets += 1;
+        if policed.repaired {
+            c.repaired_packets += 1;
+        }
         c.bytes += u64::from(bytes);
         c.colour_packets[colour as usize] += 1;
         match outcome {
@@ -70,6 +79,22 @@ pub fn act(
         Outcome::DropNotEct => Err(Reason::EcnNotCapable),
         Outcome::Pass { tos, .. } if tos != meta.tos => rewrite_tos(frame, meta, tos).map(|()| tos),
         Outcome::Pass { tos, .. } => Ok(tos),
+    }
+}
+
+#[inline(always)]
+fn count_flow(f: &mut FlowState, outcome: &Outcome, repaired: bool, bytes: u32) {
+    f.packets += 1;
+    f.bytes += u64::from(bytes);
+    match outcome {
+        Outcome::Drop | Outcome::DropNotEct => f.dropped_packets += 1,
+        Outcome::Pass {
+            ecn_marked: true, ..
+        } => f.marked_packets += 1,
+        Outcome::Pass { .. } => {}
+    }
+    if repaired {
+        f.repaired_packets += 1;
     }
 }
 

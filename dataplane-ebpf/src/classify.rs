@@ -6,6 +6,7 @@ use dataplane_common::{
         field_table_index, lowest_common_rule, AddrField, Field, PrefixKey, RuleVector,
         ALL_RULES_VECTOR, FIELD_COUNT, PREFIX_KEY_HEADER_BITS,
     },
+    flow::FlowState,
     maps::{FlowEntry, FlowKey, IfaceCounters, PolicySlot},
     packet::PacketMeta,
     reason::Reason,
@@ -14,7 +15,9 @@ use dataplane_common::{
 
 use crate::maps::{FIELD_TABLE, FLOW_CACHE, PREFIXES, RULE_CLASSES, VECTOR_POOL};
 
-/// The class of `meta`, from the flow cache when it holds an entry of this generation.
+/// The class of `meta`, from the flow cache when it holds an entry of this generation, and
+/// the flow's state when it does (a new flow's first packet, and the first of each flow
+/// after a policy change, start a fresh entry and have none yet).
 #[inline(always)]
 pub fn class_of(
     meta: &PacketMeta,
@@ -22,18 +25,20 @@ pub fn class_of(
     slot: u32,
     policy: &PolicySlot,
     counters: Option<*mut IfaceCounters>,
-) -> Result<u32, Reason> {
+) -> Result<(u32, Option<*mut FlowState>), Reason> {
     if policy.flags & PolicySlot::FLOW_CACHE == 0 {
         bump(counters, |c| c.flow_cache_misses += 1);
-        return classify(meta, iface_slot, slot, policy);
+        return Ok((classify(meta, iface_slot, slot, policy)?, None));
     }
     let key = FlowKey::of(meta, iface_slot as u8);
     let hash = key.hash();
-    // SAFETY: LRU hash values are plain data; a concurrent update replaces the element.
-    if let Some(entry) = unsafe { FLOW_CACHE.get(hash) } {
+    if let Some(entry) = FLOW_CACHE.get_ptr_mut(hash) {
+        // SAFETY: LRU hash value pointer, valid for this run of the program; plain data (a
+        // concurrent update of the same flow races harmlessly, see FlowState).
+        let entry = unsafe { &mut *entry };
         if entry.generation == policy.generation && entry.key.same_flow(&key) {
             bump(counters, |c| c.flow_cache_hits += 1);
-            return Ok(entry.class);
+            return Ok((entry.class, Some(core::ptr::addr_of_mut!(entry.state))));
         }
     }
     bump(counters, |c| c.flow_cache_misses += 1);
@@ -42,11 +47,12 @@ pub fn class_of(
         key,
         generation: policy.generation,
         class,
+        state: FlowState::default(),
     };
     // A full cache evicts the least recently used flow, and a flow whose hash another flow
     // has replaces it; a failed insert only costs a miss.
     let _ = FLOW_CACHE.insert(hash, entry, 0);
-    Ok(class)
+    Ok((class, None))
 }
 
 #[inline(always)]

@@ -13,18 +13,22 @@ mod frame;
 mod log;
 mod maps;
 mod police;
+mod window;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use dataplane_common::{
     action::is_ecn_capable,
-    maps::{class_counter_index, IfaceConfig, IfaceCounters},
-    packet::{parse_into, PacketBytes, PacketMeta},
+    maps::{class_counter_index, IfaceConfig, IfaceCounters, PolicySlot},
+    flow::FlowState,
+    maps::ClassConfig,
+    packet::{parse_into, PacketBytes, PacketMeta, TcpMeta},
     reason::Reason,
     GENERATION_SLOTS, MAX_CLASSES,
 };
 
 use crate::{
     frame::Frame,
+    police::Kind,
     maps::{
         ACTIVE_SLOT, CLASSES, CLASS_COUNTERS, IFACES, IFACE_COUNTERS, PACKET_SCRATCH, POLICY_SLOTS,
     },
@@ -93,7 +97,7 @@ fn pipeline(
         return Err(Reason::NoPolicy);
     }
     let iface_counters: Option<*mut IfaceCounters> = IFACE_COUNTERS.get_ptr_mut(iface_slot);
-    let class = classify::class_of(meta, iface_slot, slot, policy, iface_counters)?;
+    let (class, flow) = classify::class_of(meta, iface_slot, slot, policy, iface_counters)?;
     if class >= MAX_CLASSES as u32 {
         return Err(Reason::ClassifierMiss);
     }
@@ -101,6 +105,10 @@ fn pipeline(
         .get(slot * MAX_CLASSES as u32 + class)
         .ok_or(Reason::ClassifierMiss)?;
 
+    let kind = match meta.tcp {
+        Some(tcp) => tcp_steps(frame, meta, &tcp, flow, cfg, class, policy)?,
+        None => Kind::Plain,
+    };
     let bytes = frame.frame_len() as u32;
     let policed = police::police(
         class,
@@ -109,10 +117,11 @@ fn pipeline(
         iface_slot,
         bytes,
         is_ecn_capable(meta.tos),
+        kind,
     );
 
     let counters = CLASS_COUNTERS.get_ptr_mut(class_counter_index(iface_slot, class));
-    let tos = act::act(frame, meta, cfg, &policed, bytes, counters)?;
+    let tos = act::act(frame, meta, cfg, &policed, bytes, counters, flow)?;
 
     // Interfaces without forwarding pay one flag test.
     match iface {
@@ -121,6 +130,39 @@ fn pipeline(
         }
         _ => Ok(xdp_action::XDP_PASS),
     }
+}
+
+/// TCP's part: window control on every TCP packet of a policy that has it, then, for a
+/// flow the cache holds, whether this segment resends data (see `police::Kind`).
+#[inline(always)]
+fn tcp_steps(
+    frame: &Frame,
+    meta: &PacketMeta,
+    tcp: &TcpMeta,
+    flow: Option<*mut FlowState>,
+    cfg: &ClassConfig,
+    class: u32,
+    policy: &PolicySlot,
+) -> Result<Kind, Reason> {
+    if policy.flags & PolicySlot::WINDOW_CONTROL != 0 {
+        window::on_tcp(frame, meta, tcp, policy)?;
+    }
+    let Some(flow) = flow else {
+        return Ok(Kind::Plain);
+    };
+    // SAFETY: the flow entry's pointer, valid for this run (see classify::class_of).
+    let flow = unsafe { &mut *flow };
+    let Some(end) = tcp.data_end else {
+        return Ok(Kind::Plain);
+    };
+    if cfg.window.is_on() {
+        window::register(meta, flow, class, policy.generation);
+    }
+    Ok(if flow.note_tcp_data(end) {
+        Kind::Repair
+    } else {
+        Kind::Plain
+    })
 }
 
 #[cfg(not(test))]

@@ -10,9 +10,9 @@ use dataplane_common::{
     classify::{PrefixKey, RuleVector, FIELD_TABLE_ENTRIES},
     maps::{
         ClassConfig, ClassCounters, FlowEntry, ForwardCounters, IfaceConfig, IfaceCounters,
-        LinkState, PolicerState, PolicySlot,
+        LinkState, PolicerState, PolicySlot, ReturnEntry,
     },
-    packet::PacketMeta,
+    packet::{PacketMeta, TCP_OPTIONS_ROOM},
     FLOW_CACHE_ENTRIES, GENERATION_SLOTS, MAX_CLASSES, MAX_IFACES, MAX_RULES, PREFIX_ENTRIES,
     VECTOR_POOL_ENTRIES,
 };
@@ -51,6 +51,10 @@ pub static LINKS: Array<LinkState, MAX_IFACES> = Array::new();
 /// computed under.
 #[btf_map]
 pub static FLOW_CACHE: LruHashMap<u64, FlowEntry, FLOW_CACHE_ENTRIES> = LruHashMap::new();
+/// Reply direction of a TCP flow (by connection key hash) -> the class whose window its
+/// ACKs advertise at most.
+#[btf_map]
+pub static TCP_RETURNS: LruHashMap<u64, ReturnEntry, FLOW_CACHE_ENTRIES> = LruHashMap::new();
 /// Per interface slot and class: packets, bytes, colours, drops, marks.
 #[btf_map]
 pub static CLASS_COUNTERS: PerCpuArray<ClassCounters, { MAX_IFACES * MAX_CLASSES }> =
@@ -73,6 +77,9 @@ pub static FORWARD_COUNTERS: PerCpuArray<ForwardCounters, { MAX_IFACES * MAX_CLA
 /// bytes of stack, and the pipeline needs most of them).
 #[btf_map]
 pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup, 1> = PerCpuArray::new();
+/// Scratch space for a SYN-ACK's TCP options while their window scale is looked up.
+#[btf_map]
+pub static TCP_OPTIONS_SCRATCH: PerCpuArray<[u8; TCP_OPTIONS_ROOM], 1> = PerCpuArray::new();
 /// Scratch space for the parsed packet (see [`PacketScratch`]).
 #[btf_map]
 pub static PACKET_SCRATCH: PerCpuArray<PacketScratch, 1> = PerCpuArray::new();

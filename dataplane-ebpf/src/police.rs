@@ -9,8 +9,9 @@ use dataplane_common::{
     maps::{ClassConfig, IfaceConfig},
     policer::{
         aqm_due, aqm_signalled, backlog_ns, gcra_admit, gcra_force, ns_to_ticks, priority_limit,
-        Aqm, AqmState, BucketParams, Colour,
+        repair_limit, Aqm, AqmState, BucketParams, Colour, TICKS_PER_NS,
     },
+    window::{window_update, WindowControl, WindowState},
 };
 
 use crate::maps::{LINKS, POLICERS};
@@ -23,7 +24,7 @@ const CAS_ATTEMPTS: usize = 4;
 /// Applies `next` to the timestamp at `tat` atomically; false when `next` refuses or the
 /// attempts run out.
 #[inline(always)]
-fn update(tat: *mut u64, next: impl Fn(u64) -> Option<u64>) -> bool {
+fn update(tat: *mut u64, mut next: impl FnMut(u64) -> Option<u64>) -> bool {
     for _ in 0..CAS_ATTEMPTS {
         // SAFETY: `tat` points into a map value that lives as long as the program runs.
         // An intrinsic atomic load does not lower on BPF, a volatile read does.
@@ -44,10 +45,45 @@ fn update(tat: *mut u64, next: impl Fn(u64) -> Option<u64>) -> bool {
     false
 }
 
+/// What the packet is, as far as the buckets care.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Anything but a TCP retransmission.
+    Plain,
+    /// A TCP retransmission: it sees [`repair_limit`] and is never dropped early.
+    Repair,
+}
+
+impl Kind {
+    #[inline(always)]
+    fn limit(self, bucket: &BucketParams) -> u64 {
+        match self {
+            Kind::Plain => bucket.burst_ticks,
+            Kind::Repair => repair_limit(bucket.burst_ticks),
+        }
+    }
+}
+
+/// The bucket's test; sets `repaired` when only the repair allowance let the packet in.
 #[inline(always)]
-fn admit(tat: *mut u64, bucket: &BucketParams, now: u64, bytes: u32) -> bool {
+fn admit(
+    tat: *mut u64,
+    bucket: &BucketParams,
+    now: u64,
+    bytes: u32,
+    kind: Kind,
+    repaired: &mut bool,
+) -> bool {
     let cost = bucket.cost(bytes);
-    update(tat, |old| gcra_admit(old, now, cost, bucket.burst_ticks))
+    let limit = kind.limit(bucket);
+    let mut over = false;
+    let admitted = update(tat, |old| {
+        let new = gcra_admit(old, now, cost, limit)?;
+        over = kind == Kind::Repair && gcra_admit(old, now, cost, bucket.burst_ticks).is_none();
+        Some(new)
+    });
+    *repaired |= admitted && over;
+    admitted
 }
 
 /// An early congestion signal from a phantom queue's AQM.
@@ -65,6 +101,8 @@ pub enum Signal {
 pub struct Policed {
     pub colour: Colour,
     pub signal: Signal,
+    /// A retransmission that only the repair allowance admitted.
+    pub repaired: bool,
 }
 
 impl Policed {
@@ -72,6 +110,7 @@ impl Policed {
         Policed {
             colour,
             signal: Signal::None,
+            repaired: false,
         }
     }
 }
@@ -102,6 +141,8 @@ fn take(
     now_ns: u64,
     bytes: u32,
     ecn_capable: bool,
+    kind: Kind,
+    repaired: &mut bool,
 ) -> Admission {
     let now = ns_to_ticks(now_ns);
     let plain = |admitted| {
@@ -112,7 +153,7 @@ fn take(
         }
     };
     if aqm.bucket != which {
-        return plain(admit(tat, bucket, now, bytes));
+        return plain(admit(tat, bucket, now, bytes, kind, repaired));
     }
     // SAFETY: map value pointers, as in `update`. The AQM state is shared without a lock
     // (see `AqmState`) and written back only when it changes.
@@ -125,14 +166,17 @@ fn take(
     let mut new = old;
     let due = aqm_due(aqm, &mut new, backlog_ns(old_tat, now), now_ns);
     let admission = if !due {
-        plain(admit(tat, bucket, now, bytes))
+        plain(admit(tat, bucket, now, bytes, kind, repaired))
     } else if ecn_capable {
-        if admit(tat, bucket, now, bytes) {
+        if admit(tat, bucket, now, bytes, kind, repaired) {
             aqm_signalled(aqm, &mut new, now_ns);
             Admission::Marked
         } else {
             Admission::Refused
         }
+    } else if kind == Kind::Repair {
+        // Never the early drop: a lost retransmission costs a timeout.
+        plain(admit(tat, bucket, now, bytes, kind, repaired))
     } else if gcra_admit(old_tat, now, bucket.cost(bytes), bucket.burst_ticks).is_some() {
         aqm_signalled(aqm, &mut new, now_ns);
         Admission::EarlyDrop
@@ -156,6 +200,7 @@ pub fn police(
     iface_slot: u32,
     bytes: u32,
     ecn_capable: bool,
+    kind: Kind,
 ) -> Policed {
     let tcm = &cfg.policer;
     let link = iface.map(|i| &i.link).filter(|l| l.is_limited());
@@ -171,15 +216,17 @@ pub fn police(
         return Policed::plain(Colour::Green);
     };
     // SAFETY: map value pointer; fields are u64-aligned.
-    let (committed_tat, peak_tat, aqm_state) = unsafe {
+    let (committed_tat, peak_tat, aqm_state, window_state) = unsafe {
         (
             core::ptr::addr_of_mut!((*state).committed_tat),
             core::ptr::addr_of_mut!((*state).peak_tat),
             core::ptr::addr_of_mut!((*state).aqm),
+            core::ptr::addr_of_mut!((*state).window),
         )
     };
     let aqm = &cfg.aqm;
     let mut signal = Signal::None;
+    let mut repaired = false;
     if tcm.peak.is_limited() {
         match take(
             Aqm::PEAK,
@@ -190,6 +237,8 @@ pub fn police(
             now_ns,
             bytes,
             ecn_capable,
+            kind,
+            &mut repaired,
         ) {
             Admission::Admitted => {}
             Admission::Marked => signal = Signal::Mark,
@@ -198,6 +247,7 @@ pub fn police(
                 return Policed {
                     colour: Colour::Red,
                     signal: Signal::Drop,
+                    repaired: false,
                 }
             }
             Admission::Refused => return Policed::plain(Colour::Red),
@@ -213,6 +263,8 @@ pub fn police(
             now_ns,
             bytes,
             ecn_capable,
+            kind,
+            &mut repaired,
         ) {
             Admission::Admitted => Colour::Green,
             Admission::Marked => {
@@ -224,6 +276,7 @@ pub fn police(
                 return Policed {
                     colour: Colour::Yellow,
                     signal: Signal::Drop,
+                    repaired: false,
                 }
             }
             Admission::Refused => Colour::Yellow,
@@ -231,11 +284,49 @@ pub fn police(
     } else {
         Colour::Yellow
     };
+    if cfg.window.is_on() {
+        let (tat, bucket) = if cfg.window.bucket == Aqm::PEAK {
+            (peak_tat, &tcm.peak)
+        } else {
+            (committed_tat, &tcm.committed)
+        };
+        // SAFETY: map value pointers, as in `update`.
+        unsafe { steer_window(&cfg.window, window_state, tat, bucket, now_ns) };
+    }
     let colour = match link {
         Some(link) => link_budget(colour, link, iface_slot, cfg.priority, now, bytes),
         None => colour,
     };
-    Policed { colour, signal }
+    Policed {
+        colour,
+        signal,
+        repaired,
+    }
+}
+
+/// Lets the class's window follow its phantom queue (at most once per interval; written
+/// back only when it changes, so the shared line stays clean between adjustments).
+///
+/// # Safety
+/// `state` and `tat` point into the class's policer state.
+#[inline(always)]
+unsafe fn steer_window(
+    ctl: &WindowControl,
+    state: *mut WindowState,
+    tat: *mut u64,
+    bucket: &BucketParams,
+    now_ns: u64,
+) {
+    // SAFETY: the caller's pointers.
+    let (old, tat) = unsafe { (core::ptr::read_volatile(state), core::ptr::read_volatile(tat)) };
+    let mut new = old;
+    let backlog = backlog_ns(tat, ns_to_ticks(now_ns));
+    let burst_ns = bucket.burst_ticks / TICKS_PER_NS;
+    window_update(ctl, &mut new, backlog, burst_ns, now_ns);
+    if new != old {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(state, new) };
+    }
 }
 
 /// Guaranteed (green) traffic always takes its share of the link; excess (yellow) traffic

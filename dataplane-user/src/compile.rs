@@ -11,13 +11,17 @@ use dataplane_common::{
         lowest_common_rule, mask, AddrField, Field, Prefix, Range, RuleSpec, RuleVector,
         FIELD_COUNT,
     },
-    maps::ClassConfig,
+    maps::{ClassConfig, PolicySlot},
     packet::{Family, PacketMeta},
     policer::{Aqm, BucketParams, TrTcm},
+    window::{WindowControl, MIN_WINDOW_BYTES},
     MAX_RULES,
 };
 
-use crate::config::{enforcing_bucket, ClassSpec, FlowCache, Policy};
+use crate::config::{
+    burst_time_ns, enforcing_bucket, ClassSpec, FlowCache, Policy, DEFAULT_AQM_INTERVAL_NS,
+    DEFAULT_AQM_TARGET_NS,
+};
 
 /// Local id of a vector within one compiled policy; 0 is always the all-rules vector.
 pub type VectorId = u32;
@@ -174,29 +178,70 @@ fn compile_prefixes(
     }
 }
 
-/// The AQM on the class's enforcing bucket (the one `config::enforcing_bucket` names).
-fn class_aqm(c: &ClassSpec) -> Aqm {
-    let Some(spec) = c.aqm else {
-        return Aqm::OFF;
-    };
-    let committed_enforces = enforcing_bucket(
+/// The class's enforcing bucket (the one `config::enforcing_bucket` names) as the kernel
+/// names it, with its rate and burst.
+fn enforcing(c: &ClassSpec) -> Option<(u32, u64, u64)> {
+    let committed = enforcing_bucket(
         c.rate_bytes_per_sec,
         c.burst_bytes,
         None,
         0,
         c.exceed,
         c.violate,
-    )
-    .is_some();
-    Aqm {
-        target_ns: spec.target_ns,
-        interval_ns: spec.interval_ns,
-        bucket: if committed_enforces {
-            Aqm::COMMITTED
-        } else {
-            Aqm::PEAK
+    );
+    match committed {
+        Some((rate, burst)) => Some((Aqm::COMMITTED, rate, burst)),
+        None => enforcing_bucket(
+            0,
+            0,
+            c.ceil_bytes_per_sec,
+            c.ceil_burst_bytes,
+            c.exceed,
+            c.violate,
+        )
+        .map(|(rate, burst)| (Aqm::PEAK, rate, burst)),
+    }
+}
+
+/// The AQM on the class's enforcing bucket.
+fn class_aqm(c: &ClassSpec) -> Aqm {
+    match (c.aqm, enforcing(c)) {
+        (Some(spec), Some((bucket, _, _))) => Aqm {
+            target_ns: spec.target_ns,
+            interval_ns: spec.interval_ns,
+            bucket,
+            _pad: 0,
         },
-        _pad: 0,
+        _ => Aqm::OFF,
+    }
+}
+
+/// The longest round trip the window control serves without limiting a lone flow: its
+/// largest window is the class's rate times this.
+const WINDOW_CONTROL_MAX_RTT_NS: u64 = 250_000_000;
+
+/// The TCP window control on the class's enforcing bucket, with the AQM's target (or its
+/// default) and one adjustment per AQM interval.
+fn class_window(c: &ClassSpec) -> WindowControl {
+    let Some((bucket, rate, burst)) = enforcing(c).filter(|_| c.tcp_window) else {
+        return WindowControl::OFF;
+    };
+    let burst_ns = burst_time_ns(rate, burst);
+    let (target_ns, interval_ns) = match c.aqm {
+        Some(a) => (a.target_ns, a.interval_ns),
+        None => (
+            DEFAULT_AQM_TARGET_NS.min(burst_ns / 4),
+            DEFAULT_AQM_INTERVAL_NS,
+        ),
+    };
+    let max_bytes = u128::from(rate) * u128::from(WINDOW_CONTROL_MAX_RTT_NS) / 1_000_000_000;
+    WindowControl {
+        target_ns,
+        interval_ns,
+        max_bytes: u32::try_from(max_bytes)
+            .unwrap_or(u32::MAX)
+            .max(MIN_WINDOW_BYTES),
+        bucket,
     }
 }
 
@@ -216,10 +261,16 @@ pub fn class_config(c: &ClassSpec) -> ClassConfig {
     ClassConfig {
         policer: TrTcm { committed, peak },
         aqm,
+        window: class_window(c),
         actions,
         priority: c.priority,
         _pad: 0,
     }
+}
+
+/// Whether `class` limits anything (a rate or a ceiling).
+fn polices(class: &ClassSpec) -> bool {
+    class.rate_bytes_per_sec > 0 || class.ceil_bytes_per_sec.is_some()
 }
 
 /// With `flow_cache = "auto"`, cache when the rules span more words than this (measured: a
@@ -228,6 +279,21 @@ pub fn class_config(c: &ClassSpec) -> ClassConfig {
 const AUTO_CACHE_MIN_WORDS: u32 = 4;
 
 impl CompiledPolicy {
+    /// The policy slot's flags: the flow cache, and window control where a class has it
+    /// (it keeps its state in the flow cache's entries).
+    pub fn slot_flags(&self) -> u32 {
+        if !self.flow_cache {
+            return 0;
+        }
+        let window = self.classes.iter().any(|c| c.window.is_on());
+        PolicySlot::FLOW_CACHE
+            | if window {
+                PolicySlot::WINDOW_CONTROL
+            } else {
+                0
+            }
+    }
+
     /// Compiles `policy` with class ids and interface slots in file order. Validation already
     /// bounded the rule and class counts.
     pub fn new(policy: &Policy) -> CompiledPolicy {
@@ -262,8 +328,12 @@ impl CompiledPolicy {
         let flow_cache = match policy.flow_cache {
             FlowCache::On => true,
             FlowCache::Off => false,
+            // A policing class needs its flows' state: TCP repair and `dataplane top` live in
+            // the cache entries.
             FlowCache::Auto => {
-                tables.rule_words() > AUTO_CACHE_MIN_WORDS || tables.active_fields & prefixes != 0
+                tables.rule_words() > AUTO_CACHE_MIN_WORDS
+                    || tables.active_fields & prefixes != 0
+                    || policy.classes.iter().any(polices)
             }
         };
         // Ids no class holds are never selected by a rule; they get the default class's
@@ -524,6 +594,12 @@ mod tests {
         assert!(CompiledPolicy::new(&policy(prefix)).flow_cache);
         let off = format!("flow_cache = \"off\"\n{prefix}");
         assert!(!CompiledPolicy::new(&policy(&off)).flow_cache);
+        let policing =
+            few_ports.replace("name = \"default\"", "name = \"default\"\nrate = \"1Mbit\"");
+        assert!(
+            CompiledPolicy::new(&policy(&policing)).flow_cache,
+            "a policing class keeps per-flow state"
+        );
         let rules = |n: u32| {
             let mut text = String::from("[[class]]\nname = \"default\"\n");
             for port in 0..n {

@@ -104,6 +104,11 @@ pub fn enforcing_bucket(
     }
 }
 
+/// How long `burst` bytes take at `rate` bytes per second, in ns.
+pub fn burst_time_ns(rate: u64, burst: u64) -> u64 {
+    (u128::from(burst) * 1_000_000_000 / u128::from(rate.max(1))).min(u128::from(u64::MAX)) as u64
+}
+
 /// The default burst for `rate` bytes per second: [`DEFAULT_BURST_MILLIS`] of it, at least
 /// [`MIN_DEFAULT_BURST_BYTES`].
 pub const fn default_burst(rate_bytes_per_sec: u64) -> u64 {
@@ -173,6 +178,9 @@ pub struct ClassSpec {
     pub violate: ColourAction,
     /// Early congestion signals on the phantom queue of the enforcing bucket; `None` = off.
     pub aqm: Option<AqmSpec>,
+    /// TCP window control on the enforcing bucket's phantom queue (see
+    /// `dataplane_common::window`).
+    pub tcp_window: bool,
 }
 
 /// The phantom-queue AQM of a class (see `dataplane_common::policer::Aqm`).
@@ -391,6 +399,11 @@ struct ClassFile {
     /// Least time between two signals ("1ms"). Default: 1 ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     aqm_interval: Option<String>,
+    /// Narrow the receive windows of the class's TCP flows on their returning ACKs so they
+    /// slow down before the policer drops. Default: true on a class with a bucket whose
+    /// overflow is dropped or marked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tcp_window: Option<bool>,
 }
 
 /// A `[[rule]]` table. Every key but `class` is optional; an absent key matches anything.
@@ -808,6 +821,13 @@ impl Validator<'_> {
         let (exceed, violate) = (action(f.exceed), action(f.violate));
         let enforcing = enforcing_bucket(rate, burst, ceil, ceil_burst, exceed, violate);
         let aqm = self.aqm(i, f, enforcing)?;
+        if f.tcp_window == Some(true) && enforcing.is_none() {
+            return Err(self.err(
+                class_field(i, "tcp_window"),
+                "no bucket of this class drops or marks what exceeds it: there is no rate to hold TCP to",
+            ));
+        }
+        let tcp_window = enforcing.is_some() && f.tcp_window != Some(false);
         Ok(ClassSpec {
             name: f.name.clone(),
             priority,
@@ -819,6 +839,7 @@ impl Validator<'_> {
             exceed,
             violate,
             aqm,
+            tcp_window,
         })
     }
 
@@ -858,8 +879,7 @@ impl Validator<'_> {
                 })
                 .transpose()
         };
-        let burst_ns = (u128::from(bucket_burst) * 1_000_000_000 / u128::from(bucket_rate.max(1)))
-            .min(u128::from(u64::MAX)) as u64;
+        let burst_ns = burst_time_ns(bucket_rate, bucket_burst);
         let target_ns = duration("aqm_target", &f.aqm_target)?
             .unwrap_or_else(|| DEFAULT_AQM_TARGET_NS.min(burst_ns / 4));
         if target_ns >= burst_ns {
@@ -1347,6 +1367,18 @@ impl Writer<'_> {
             aqm: c.aqm.map(|_| true),
             aqm_target: c.aqm.map(|a| units::format_duration_ns(a.target_ns)),
             aqm_interval: c.aqm.map(|a| units::format_duration_ns(a.interval_ns)),
+            // Written only where it differs from the default.
+            tcp_window: (!c.tcp_window
+                && enforcing_bucket(
+                    c.rate_bytes_per_sec,
+                    c.burst_bytes,
+                    c.ceil_bytes_per_sec,
+                    c.ceil_burst_bytes,
+                    c.exceed,
+                    c.violate,
+                )
+                .is_some())
+            .then_some(false),
         })
     }
 

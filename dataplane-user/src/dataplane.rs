@@ -495,11 +495,7 @@ impl Dataplane {
             default_class: policy.default_class,
             active_fields: tables.active_fields,
             absent_vector: tables.absent_vector.map(|id| pool_index(slot, id)),
-            flags: if policy.flow_cache {
-                PolicySlot::FLOW_CACHE
-            } else {
-                0
-            },
+            flags: policy.slot_flags(),
             _pad: 0,
         };
         self.array::<PolicySlot>(names::POLICY_SLOTS)?

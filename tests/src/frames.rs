@@ -9,7 +9,7 @@
 //! documentation prefix 2001:db8::/32; the builder refuses anything else.
 
 use dataplane_common::{
-    packet::{ethertype, ipproto, Family, PacketMeta},
+    packet::{ethertype, ipproto, Family, PacketMeta, TcpMeta},
     reason::Reason,
     MAX_IPV6_EXTENSION_HEADERS, ROCEV2_UDP_PORT, ROCE_OPCODE_CNP,
 };
@@ -38,6 +38,8 @@ pub const ETHERTYPE_LLDP: u16 = 0x88cc;
 pub const IPPROTO_NONE: u8 = 59;
 
 const ETH_HLEN: usize = 14;
+/// Sequence number of every TCP header the builder writes.
+pub const TCP_SEQUENCE: u32 = 0x0102_0304;
 const VLAN_HLEN: usize = 4;
 
 /// Whether `a` is in 198.18.0.0/15.
@@ -410,6 +412,18 @@ impl Frame {
         self
     }
 
+    /// What the parser should report of this frame's TCP header: where the builder put it,
+    /// its 20 bytes with the ACK flag, and data ending at the sequence number plus the payload.
+    fn tcp_meta(&self, expect: &ExpectedMeta) -> Option<TcpMeta> {
+        let whole = self.l4_truncate.is_none() && !expect.later_fragment;
+        (matches!(self.l4, L4::Tcp(..)) && whole).then(|| TcpMeta {
+            offset: self.build_with_l4_offset().1,
+            header_len: 20,
+            flags: TcpMeta::ACK,
+            data_end: (self.payload > 0).then(|| TCP_SEQUENCE.wrapping_add(self.payload as u32)),
+        })
+    }
+
     /// `n` bytes of payload after the L4 header (or after the Ethernet header when there is
     /// no L3 layer).
     pub fn payload(mut self, n: usize) -> Frame {
@@ -439,6 +453,11 @@ impl Frame {
 
     /// The frame bytes.
     pub fn build(&self) -> Vec<u8> {
+        self.build_with_l4_offset().0
+    }
+
+    /// The frame bytes and where its L4 header starts.
+    fn build_with_l4_offset(&self) -> (Vec<u8>, usize) {
         let (l4_bytes, l4_protocol) = self.build_l4();
         let protocol = self.protocol.unwrap_or(l4_protocol);
 
@@ -456,22 +475,22 @@ impl Frame {
         }
         f.extend_from_slice(&self.ethertype.unwrap_or(l3_ethertype).to_be_bytes());
         match &self.l3 {
-            L3::None => {
-                f.extend_from_slice(&self.body);
-                f.extend_from_slice(&l4_bytes);
-            }
+            L3::None => {}
             L3::V4(v4) => {
                 f.extend_from_slice(&build_ipv4(v4, protocol, l4_bytes.len()));
-                f.extend_from_slice(&l4_bytes);
             }
             L3::V6(v6) => {
                 let exts = build_ipv6_exts(&self.exts, protocol);
                 let first_next = self.exts.first().map_or(protocol, |e| e.kind());
                 f.extend_from_slice(&build_ipv6(v6, first_next, exts.len() + l4_bytes.len()));
                 f.extend_from_slice(&exts);
-                f.extend_from_slice(&l4_bytes);
             }
         }
+        let l4_offset = f.len();
+        if matches!(self.l3, L3::None) {
+            f.extend_from_slice(&self.body);
+        }
+        f.extend_from_slice(&l4_bytes);
         if let Some(n) = self.pad_to {
             if f.len() < n {
                 f.resize(n, 0);
@@ -480,7 +499,7 @@ impl Frame {
         if let Some(n) = self.truncate {
             f.truncate(n);
         }
-        f
+        (f, l4_offset)
     }
 
     /// L4 header + BTH + payload (after `l4_truncate`), and the protocol number of the L4 layer.
@@ -491,7 +510,7 @@ impl Frame {
             L4::Tcp(sport, dport) => {
                 b.extend_from_slice(&sport.to_be_bytes());
                 b.extend_from_slice(&dport.to_be_bytes());
-                b.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // sequence
+                b.extend_from_slice(&TCP_SEQUENCE.to_be_bytes());
                 b.extend_from_slice(&0x0a0b_0c0du32.to_be_bytes()); // acknowledgment
                 b.push(5 << 4); // data offset 5, reserved
                 b.push(0x10); // ACK
@@ -689,6 +708,8 @@ pub struct ExpectedMeta {
     pub roce_opcode: Option<u8>,
     /// Offset of the IP header.
     pub l3_offset: usize,
+    /// TCP's fields, for a whole TCP header.
+    pub tcp: Option<TcpMeta>,
 }
 
 impl ExpectedMeta {
@@ -704,6 +725,7 @@ impl ExpectedMeta {
             later_fragment: false,
             roce_opcode: None,
             l3_offset: ETH_HLEN,
+            tcp: None,
         }
     }
 
@@ -762,6 +784,7 @@ impl ExpectedMeta {
             has_ports: self.ports.is_some(),
             later_fragment: self.later_fragment,
             roce_opcode: self.roce_opcode,
+            tcp: self.tcp,
         }
     }
 }
@@ -787,10 +810,11 @@ pub struct Case {
 }
 
 fn ok(name: &'static str, frame: Frame, expect: ExpectedMeta) -> Case {
+    let tcp = frame.tcp_meta(&expect);
     Case {
         name,
         frame: frame.build(),
-        expect: Expect::Parsed(expect),
+        expect: Expect::Parsed(ExpectedMeta { tcp, ..expect }),
     }
 }
 

@@ -1,0 +1,127 @@
+//! TCP window control (see `dataplane_common::window`): a SYN-ACK records its direction's
+//! window scale in the return table; the other direction's data, once classified into a
+//! class with window control, names that class there; the direction's ACKs then advertise
+//! at most the class's window.
+
+use dataplane_common::{
+    checksum::replace_word,
+    flow::FlowState,
+    maps::{FlowKey, PolicySlot, ReturnEntry},
+    packet::{tcp_window_scale, PacketBytes, PacketMeta, TcpMeta, TCP_MIN_HLEN},
+    reason::Reason,
+    window::clamp_window,
+};
+
+use crate::{
+    frame::Frame,
+    maps::{POLICERS, TCP_OPTIONS_SCRATCH, TCP_RETURNS},
+};
+
+/// Names `class` in the return table entry of the reply direction of a data-carrying flow
+/// (once per flow entry).
+#[inline(always)]
+pub fn register(meta: &PacketMeta, flow: &mut FlowState, class: u32, generation: u32) {
+    if flow.flags & FlowState::RETURN_REGISTERED != 0 {
+        return;
+    }
+    // Whether or not the handshake was seen: a connection without an entry stays without.
+    flow.flags |= FlowState::RETURN_REGISTERED;
+    let key = FlowKey::reply(meta);
+    if let Some(entry) = TCP_RETURNS.get_ptr_mut(key.hash()) {
+        // SAFETY: LRU hash value pointer, valid for this run; plain data.
+        let entry = unsafe { &mut *entry };
+        if entry.key.same_flow(&key) {
+            entry.class = class;
+            entry.generation = generation;
+        }
+    }
+}
+
+/// On every TCP packet of a policy with window control: a SYN-ACK records its window scale;
+/// an ACK whose direction is registered gets its class's window when that is narrower.
+#[inline(always)]
+pub fn on_tcp(
+    frame: &Frame,
+    meta: &PacketMeta,
+    tcp: &TcpMeta,
+    policy: &PolicySlot,
+) -> Result<(), Reason> {
+    let key = FlowKey::connection(meta);
+    if tcp.is_syn_ack() {
+        if let Some(window_scale) = window_scale(frame, tcp) {
+            let entry = ReturnEntry {
+                key,
+                window_scale,
+                ..ReturnEntry::default()
+            };
+            // A full table evicts the least recently used connection; a failed insert only
+            // leaves this one without window control.
+            let _ = TCP_RETURNS.insert(key.hash(), entry, 0);
+        }
+        return Ok(());
+    }
+    if !tcp.is_plain_ack() {
+        return Ok(());
+    }
+    // SAFETY: LRU hash values are plain data.
+    let Some(entry) = (unsafe { TCP_RETURNS.get(key.hash()) }) else {
+        return Ok(());
+    };
+    if entry.generation != policy.generation || !entry.key.same_flow(&key) {
+        return Ok(());
+    }
+    let Some(state) = POLICERS.get_ptr(entry.class) else {
+        return Ok(());
+    };
+    // SAFETY: map value pointer; the window is one aligned word another CPU may rewrite.
+    let window =
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*state).window.window_bytes)) };
+    narrow(frame, tcp, entry.window_scale, window)
+}
+
+/// The window scale a SYN-ACK announces (0 without the option: this side does not scale,
+/// RFC 7323 §2.2); `None` when its options cannot be read.
+#[inline(never)]
+fn window_scale(frame: &Frame, tcp: &TcpMeta) -> Option<u8> {
+    let options = TCP_OPTIONS_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch; XDP does not nest on one CPU.
+    let options = unsafe { &mut *options };
+    let at = tcp.offset + TCP_MIN_HLEN;
+    let len = tcp.header_len.saturating_sub(TCP_MIN_HLEN);
+    // Fixed-size copies: the header length is a multiple of four.
+    macro_rules! copy {
+        ($($n:literal)*) => {
+            match len {
+                0 => return Some(0),
+                $($n => options[..$n].copy_from_slice(&frame.bytes::<$n>(at)?),)*
+                _ => return None,
+            }
+        };
+    }
+    copy!(4 8 12 16 20 24 28 32 36 40);
+    Some(tcp_window_scale(options, len).unwrap_or(0))
+}
+
+/// Writes the narrower window into the TCP header, with the checksum updated incrementally.
+#[inline(always)]
+fn narrow(frame: &Frame, tcp: &TcpMeta, scale: u8, window_bytes: u32) -> Result<(), Reason> {
+    let h = frame
+        .slice_mut::<{ TcpMeta::CHECKSUM_OFFSET + 2 }>(tcp.offset)
+        .ok_or(Reason::RewriteFailed)?;
+    // SAFETY: slice_mut checked the bytes lie inside the frame.
+    let h = unsafe { &mut *h };
+    let at = TcpMeta::WINDOW_OFFSET;
+    let old = u16::from_be_bytes([h[at], h[at + 1]]);
+    let Some(new) = clamp_window(old, scale, window_bytes) else {
+        return Ok(());
+    };
+    let sum_at = TcpMeta::CHECKSUM_OFFSET;
+    let check = u16::from_be_bytes([h[sum_at], h[sum_at + 1]]);
+    let check = replace_word(check, old, new).to_be_bytes();
+    let new = new.to_be_bytes();
+    h[at] = new[0];
+    h[at + 1] = new[1];
+    h[sum_at] = check[0];
+    h[sum_at + 1] = check[1];
+    Ok(())
+}
