@@ -391,7 +391,7 @@ pub struct FlowEntry {
 const _: () = {
     assert!(core::mem::size_of::<PolicySlot>() == 56);
     assert!(core::mem::size_of::<BucketParams>() == 16);
-    assert!(core::mem::size_of::<ClassConfig>() == 88);
+    assert!(core::mem::size_of::<ClassConfig>() == 96);
     assert!(core::mem::size_of::<PolicerState>() == 48);
     assert!(core::mem::size_of::<IfaceConfig>() == 32);
     assert!(core::mem::size_of::<LinkState>() == 8);

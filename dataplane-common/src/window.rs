@@ -26,6 +26,10 @@ pub struct WindowControl {
     pub interval_ns: u64,
     /// Largest window (bytes): the window that no longer limits flows of interest.
     pub max_bytes: u32,
+    /// The window (bytes) the class starts from when it first runs above its target.
+    pub start_bytes: u32,
+    /// Padding.
+    pub _pad: u32,
     /// The bucket whose phantom queue is followed: [`Aqm::COMMITTED`] or [`Aqm::PEAK`], or
     /// [`Aqm::NONE`] when window control is off.
     pub bucket: u32,
@@ -43,6 +47,8 @@ impl WindowControl {
         target_ns: 0,
         interval_ns: 0,
         max_bytes: 0,
+        start_bytes: 0,
+        _pad: 0,
         bucket: Aqm::NONE,
     };
 
@@ -82,9 +88,9 @@ pub fn window_update(
     }
     let w = state.window_bytes;
     let next = if backlog_ns > ctl.target_ns {
-        // Start from the largest window, then shrink: fast while the bucket is nearly full
+        // Start from the start window, then shrink: fast while the bucket is nearly full
         // (drops are near), gently above the target.
-        let from = if w == 0 { ctl.max_bytes } else { w };
+        let from = if w == 0 { ctl.start_bytes } else { w };
         let shrunk = if backlog_ns > burst_ns / 2 {
             from / 2
         } else {
@@ -150,6 +156,8 @@ mod tests {
             target_ns: MS,
             interval_ns: MS,
             max_bytes: 1 << 20,
+            start_bytes: 1 << 16,
+            _pad: 0,
             bucket: Aqm::COMMITTED,
         }
     }
@@ -161,7 +169,7 @@ mod tests {
         assert!(!window_update(&ctl(), &mut s, MS / 2, 10 * MS, 2 * MS));
         assert_eq!(s.window_bytes, 0);
         assert!(window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 4 * MS));
-        assert_eq!(s.window_bytes, (1 << 20) - (1 << 17));
+        assert_eq!(s.window_bytes, (1 << 16) - (1 << 13));
     }
 
     #[test]

@@ -219,6 +219,9 @@ fn class_aqm(c: &ClassSpec) -> Aqm {
 /// The longest round trip the window control serves without limiting a lone flow: its
 /// largest window is the class's rate times this.
 const WINDOW_CONTROL_MAX_RTT_NS: u64 = 250_000_000;
+/// The window control's first window is the class's rate times this: a data-centre round
+/// trip (the window then grows or shrinks to what the flows' round trips need).
+const WINDOW_CONTROL_START_RTT_NS: u64 = 1_000_000;
 
 /// The TCP window control on the class's enforcing bucket, with the AQM's target (or its
 /// default) and one adjustment per AQM interval.
@@ -234,13 +237,18 @@ fn class_window(c: &ClassSpec) -> WindowControl {
             DEFAULT_AQM_INTERVAL_NS,
         ),
     };
-    let max_bytes = u128::from(rate) * u128::from(WINDOW_CONTROL_MAX_RTT_NS) / 1_000_000_000;
+    let window = |rtt_ns: u64| {
+        let bytes = u128::from(rate) * u128::from(rtt_ns) / 1_000_000_000;
+        u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .max(MIN_WINDOW_BYTES)
+    };
     WindowControl {
         target_ns,
         interval_ns,
-        max_bytes: u32::try_from(max_bytes)
-            .unwrap_or(u32::MAX)
-            .max(MIN_WINDOW_BYTES),
+        max_bytes: window(WINDOW_CONTROL_MAX_RTT_NS),
+        start_bytes: window(WINDOW_CONTROL_START_RTT_NS),
+        _pad: 0,
         bucket,
     }
 }
