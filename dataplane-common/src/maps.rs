@@ -499,6 +499,32 @@ pub const fn class_counter_index(iface_slot: u32, class: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reply_s_connection_key_is_the_reply_key_of_its_request() {
+        let request = PacketMeta {
+            family: Family::V4,
+            protocol: crate::packet::ipproto::TCP,
+            tos: 0x28,
+            src: [198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [198, 19, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            src_port: 40_000,
+            dst_port: 5201,
+            has_ports: true,
+            ..PacketMeta::default()
+        };
+        let reply = PacketMeta {
+            src: request.dst,
+            dst: request.src,
+            src_port: request.dst_port,
+            dst_port: request.src_port,
+            // Another DSCP on the way back changes nothing.
+            tos: 0,
+            ..request
+        };
+        assert_eq!(FlowKey::reply(&request), FlowKey::connection(&reply));
+        assert_ne!(FlowKey::connection(&request), FlowKey::connection(&reply));
+    }
+
     use super::*;
 
     fn key(i: u32) -> FlowKey {

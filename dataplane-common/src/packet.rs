@@ -392,3 +392,78 @@ fn parse_l4<P: PacketBytes + ?Sized>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(bytes: &[u8]) -> ([u8; TCP_OPTIONS_ROOM], usize) {
+        let mut room = [0u8; TCP_OPTIONS_ROOM];
+        room[..bytes.len()].copy_from_slice(bytes);
+        (room, bytes.len())
+    }
+
+    #[test]
+    fn window_scale_of_a_linux_syn_ack() {
+        // MSS, SACK-permitted, timestamps, NOP, window scale 7.
+        let (o, len) = options(&[
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 3, 3, 7,
+        ]);
+        assert_eq!(tcp_window_scale(&o, len), Some(7));
+    }
+
+    #[test]
+    fn window_scale_before_other_options_and_after_nops() {
+        // MSS, NOP, window scale 8, NOP, NOP, SACK-permitted (as Windows sends them).
+        let (o, len) = options(&[2, 4, 0x05, 0xb4, 1, 3, 3, 8, 1, 1, 4, 2]);
+        assert_eq!(tcp_window_scale(&o, len), Some(8));
+    }
+
+    #[test]
+    fn no_window_scale_without_the_option_or_in_broken_options() {
+        let (o, len) = options(&[2, 4, 0x05, 0xb4, 1, 1, 4, 2]);
+        assert_eq!(tcp_window_scale(&o, len), None, "no option");
+        let (o, len) = options(&[0, 0, 0, 0, 1, 3, 3, 7]);
+        assert_eq!(tcp_window_scale(&o, len), None, "after the end-of-options");
+        let (o, len) = options(&[2, 0, 0, 0, 1, 3, 3, 7]);
+        assert_eq!(tcp_window_scale(&o, len), None, "an option of length 0");
+        let (o, _) = options(&[2, 4, 0x05, 0xb4, 1, 1, 3, 3, 7]);
+        assert_eq!(tcp_window_scale(&o, 8), None, "cut by the header length");
+        // Window-scale bytes inside another option's data are not an option.
+        let (o, len) = options(&[8, 10, 3, 3, 9, 0, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(tcp_window_scale(&o, len), None, "inside the timestamps");
+    }
+
+    #[test]
+    fn tcp_fields_and_data_end() {
+        let mut f = [0u8; 14 + 20 + 32 + 5];
+        f[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((20 + 32 + 5) as u16).to_be_bytes());
+        f[14 + 9] = ipproto::TCP;
+        let tcp = 14 + 20;
+        f[tcp + 4..tcp + 8].copy_from_slice(&u32::MAX.to_be_bytes());
+        f[tcp + 12] = 8 << 4; // 32-byte header
+        f[tcp + 13] = TcpMeta::SYN | TcpMeta::ACK;
+        let meta = parse(&f[..]).expect("valid");
+        assert_eq!(
+            meta.tcp,
+            Some(TcpMeta {
+                offset: tcp,
+                header_len: 32,
+                flags: TcpMeta::SYN | TcpMeta::ACK,
+                data_end: Some(4),
+            }),
+            "5 bytes of data from sequence 2^32 - 1 end at 4"
+        );
+        assert!(meta
+            .tcp
+            .is_some_and(|t| t.is_syn_ack() && !t.is_plain_ack()));
+        f[tcp + 12] = 15 << 4; // a header longer than the packet
+        let meta = parse(&f[..]).expect("still classified");
+        assert_eq!(
+            meta.tcp.map(|t| (t.header_len, t.data_end)),
+            Some((20, None))
+        );
+    }
+}

@@ -5,7 +5,7 @@
 //! (which depends on this crate).
 
 use dataplane_common::{
-    packet::{ethertype, ipproto, parse, Family, PacketMeta},
+    packet::{ethertype, ipproto, parse, Family, PacketMeta, TcpMeta},
     reason::Reason,
     MAX_IPV6_EXTENSION_HEADERS, ROCEV2_UDP_PORT,
 };
@@ -48,7 +48,7 @@ impl Spec {
         !self.tcp && self.dport == ROCEV2_UDP_PORT
     }
 
-    fn expected(&self) -> PacketMeta {
+    fn expected(&self, layout: &Layout) -> PacketMeta {
         PacketMeta {
             l3_offset: 14 + 4 * self.tags.len(),
             family: if self.v6 { Family::V6 } else { Family::V4 },
@@ -61,6 +61,13 @@ impl Spec {
             has_ports: true,
             later_fragment: false,
             roce_opcode: self.is_roce().then_some(self.opcode),
+            tcp: self.tcp.then(|| TcpMeta {
+                offset: layout.l4,
+                header_len: 20,
+                flags: TcpMeta::ACK,
+                // Sequence number 1, as built.
+                data_end: (self.payload > 0).then(|| 1 + self.payload as u32),
+            }),
         }
     }
 
@@ -326,16 +333,16 @@ proptest! {
     /// (2) Well-formed frames parse to exactly their fields.
     #[test]
     fn well_formed_frames_parse_to_their_fields(spec in spec(MAX_IPV6_EXTENSION_HEADERS - 1)) {
-        let (f, _) = spec.build();
-        prop_assert_eq!(parse_checked(&f), Ok(spec.expected()));
+        let (f, layout) = spec.build();
+        prop_assert_eq!(parse_checked(&f), Ok(spec.expected(&layout)));
     }
 
     /// (2) Ethernet padding after the packet changes nothing.
     #[test]
     fn ethernet_padding_is_ignored(spec in spec(2), pad in 1usize..64) {
-        let (mut f, _) = spec.build();
+        let (mut f, layout) = spec.build();
         f.resize(f.len() + pad, 0);
-        prop_assert_eq!(parse_checked(&f), Ok(spec.expected()));
+        prop_assert_eq!(parse_checked(&f), Ok(spec.expected(&layout)));
     }
 
     /// (2) A chain of exactly MAX_IPV6_EXTENSION_HEADERS extension headers is within the
@@ -348,8 +355,8 @@ proptest! {
         dst in v6_addr(),
     ) {
         let spec = Spec { v6: true, src, dst, options: Vec::new(), exts, ..spec };
-        let (f, _) = spec.build();
-        prop_assert_eq!(parse_checked(&f), Ok(spec.expected()));
+        let (f, layout) = spec.build();
+        prop_assert_eq!(parse_checked(&f), Ok(spec.expected(&layout)));
     }
 
     /// One more extension header than the walk depth is refused.
@@ -427,5 +434,5 @@ fn inline_builder_round_trips_a_known_frame() {
         (layout.l3, layout.l3_header_end, layout.l4, layout.l4_end),
         (22, 46, 46, 66)
     );
-    assert_eq!(parse(f.as_slice()), Ok(spec.expected()));
+    assert_eq!(parse(f.as_slice()), Ok(spec.expected(&layout)));
 }

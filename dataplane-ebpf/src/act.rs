@@ -2,9 +2,9 @@
 //! (IPv4 checksum updated incrementally, IPv6 traffic class split across two bytes).
 
 use dataplane_common::{
-    flow::FlowState,
     action::{apply, mark_ce, Outcome},
     checksum::replace_word,
+    flow::FlowState,
     forward::IPV4_CHECKSUM_OFFSET,
     maps::{ClassConfig, ClassCounters},
     packet::{Family, PacketMeta},

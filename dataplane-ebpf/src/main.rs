@@ -18,9 +18,9 @@ mod window;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use dataplane_common::{
     action::is_ecn_capable,
-    maps::{class_counter_index, IfaceConfig, IfaceCounters, PolicySlot},
     flow::FlowState,
     maps::ClassConfig,
+    maps::{class_counter_index, IfaceConfig, IfaceCounters, PolicySlot},
     packet::{parse_into, PacketBytes, PacketMeta, TcpMeta},
     reason::Reason,
     GENERATION_SLOTS, MAX_CLASSES,
@@ -28,10 +28,10 @@ use dataplane_common::{
 
 use crate::{
     frame::Frame,
-    police::Kind,
     maps::{
         ACTIVE_SLOT, CLASSES, CLASS_COUNTERS, IFACES, IFACE_COUNTERS, PACKET_SCRATCH, POLICY_SLOTS,
     },
+    police::Kind,
 };
 
 #[xdp]

@@ -318,7 +318,12 @@ unsafe fn steer_window(
     now_ns: u64,
 ) {
     // SAFETY: the caller's pointers.
-    let (old, tat) = unsafe { (core::ptr::read_volatile(state), core::ptr::read_volatile(tat)) };
+    let (old, tat) = unsafe {
+        (
+            core::ptr::read_volatile(state),
+            core::ptr::read_volatile(tat),
+        )
+    };
     let mut new = old;
     let backlog = backlog_ns(tat, ns_to_ticks(now_ns));
     let burst_ns = bucket.burst_ticks / TICKS_PER_NS;

@@ -550,6 +550,7 @@ mod tests {
                     } else {
                         None
                     },
+                    tcp: None,
                 };
                 (meta, iface)
             })

@@ -1681,6 +1681,7 @@ protocol = 132
                     exceed: ColourAction::PASS,
                     violate: ColourAction::DROP,
                     aqm: None,
+                    tcp_window: false,
                 },
                 ClassSpec {
                     name: "gold".into(),
@@ -1693,6 +1694,7 @@ protocol = 132
                     exceed: ColourAction::remark(10),
                     violate: ColourAction::ECN,
                     aqm: None,
+                    tcp_window: true,
                 },
                 ClassSpec {
                     name: "scavenger".into(),
@@ -1705,6 +1707,7 @@ protocol = 132
                     exceed: ColourAction::PASS,
                     violate: ColourAction::DROP,
                     aqm: None,
+                    tcp_window: true,
                 },
             ],
             default_class: 0,

@@ -17,8 +17,8 @@ use dataplane_common::{
         VECTORS_PER_SLOT,
     },
     maps::{
-        class_counter_index, names, ClassConfig, ClassCounters, IfaceConfig, IfaceCounters,
-        LinkState, PolicerState, PolicySlot,
+        class_counter_index, names, ClassConfig, ClassCounters, FlowEntry, IfaceConfig,
+        IfaceCounters, LinkState, PolicerState, PolicySlot,
     },
     policer::BucketParams,
     GENERATION_SLOTS, MAX_CLASSES, MAX_IFACES, MAX_RULES,
@@ -694,6 +694,31 @@ impl Dataplane {
             class_counter_index(iface_slot, class),
             ClassCounters::add,
         )
+    }
+
+    /// Every flow the flow cache holds, with what it did (read one entry at a time: a flow
+    /// evicted meanwhile is missing, never an error).
+    pub fn flows(&self) -> Result<Vec<FlowEntry>, DataplaneError> {
+        let name = names::FLOW_CACHE;
+        let cache: HashMap<&MapData, u64, FlowEntry> =
+            HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        Ok(cache
+            .iter()
+            .filter_map(|e| e.ok().map(|(_, v)| v))
+            .collect())
+    }
+
+    /// The class's current TCP window (bytes; 0 while it has none), see
+    /// `dataplane_common::window`.
+    pub fn class_window(&self, class: u32) -> Result<u32, DataplaneError> {
+        let name = names::POLICERS;
+        let policers: Array<&MapData, PolicerState> =
+            Array::try_from(self.map(name)?).map_err(map_err(name))?;
+        Ok(policers
+            .get(&class, 0)
+            .map_err(map_err(name))?
+            .window
+            .window_bytes)
     }
 
     /// Counters of interface slot `iface_slot`, summed over CPUs.

@@ -1,11 +1,11 @@
-//! What the read-only commands (`status`, `stats`, `class list`, `rule list`) and the metrics
-//! exporter show, read from the pins and the state file, so they work with the daemon down.
+//! What the read-only commands (`status`, `stats`, `top`, `class list`, `rule list`) and the
+//! metrics exporter show, read from the pins and the state file, so they work with the daemon down.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use dataplane_common::{
-    maps::{ClassCounters, IfaceCounters},
+    maps::{ClassCounters, FlowEntry, FlowKey, IfaceCounters},
     reason::Reason,
 };
 use serde::Serialize;
@@ -376,4 +376,206 @@ pub struct DaemonStatus {
     pub pid: Option<u32>,
     /// Seconds it has been running.
     pub uptime_secs: Option<u64>,
+}
+
+/// One flow in `dataplane top`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowRow {
+    /// Ingress interface.
+    pub iface: String,
+    /// "tcp", "udp" or the IP protocol number.
+    pub protocol: String,
+    /// Source address and port.
+    pub src: String,
+    /// Destination address and port.
+    pub dst: String,
+    /// Packets the flow offered since it entered the flow cache.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Bytes per second offered over the interval.
+    pub bytes_per_sec: f64,
+    /// Share of the class's offered rate over the interval (0..=1).
+    pub share: f64,
+    /// Packets dropped.
+    pub dropped_packets: u32,
+    /// Packets newly marked CE.
+    pub marked_packets: u32,
+    /// TCP retransmissions admitted on the repair allowance.
+    pub repaired_packets: u32,
+}
+
+/// A class in `dataplane top`: its heaviest flows.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassFlows {
+    /// Class name.
+    pub class: String,
+    /// Flows of the class the cache holds.
+    pub flows: usize,
+    /// Bytes per second its flows offered over the interval.
+    pub bytes_per_sec: f64,
+    /// The class's TCP window (bytes), 0 while it narrows none.
+    pub tcp_window_bytes: u32,
+    /// The heaviest flows by rate over the interval, then by bytes.
+    pub top: Vec<FlowRow>,
+}
+
+/// What `dataplane top` shows: per class of `classes` (name, id), its `limit` heaviest flows
+/// between two reads of the flow cache `secs` apart. Entries of other generations than
+/// `generation` belong to an older policy's classes and are left out.
+pub fn top_flows(
+    before: &[FlowEntry],
+    after: &[FlowEntry],
+    secs: f64,
+    generation: u32,
+    classes: &[(String, u32, u32)],
+    ifaces: &[(String, u32)],
+    limit: usize,
+) -> Vec<ClassFlows> {
+    let secs = secs.max(1e-9);
+    let earlier: std::collections::HashMap<FlowKey, &FlowEntry> =
+        before.iter().map(|e| (e.key, e)).collect();
+    classes
+        .iter()
+        .map(|(name, id, window)| {
+            let mut rows: Vec<FlowRow> = after
+                .iter()
+                .filter(|e| e.generation == generation && e.class == *id)
+                .map(|e| {
+                    // A flow new in the interval offered all its bytes in it.
+                    let then = earlier
+                        .get(&e.key)
+                        .filter(|b| b.generation == generation)
+                        .map_or(0, |b| b.state.bytes);
+                    flow_row(e, ifaces, e.state.bytes.saturating_sub(then) as f64 / secs)
+                })
+                .collect();
+            let total: f64 = rows.iter().map(|r| r.bytes_per_sec).sum();
+            for r in &mut rows {
+                r.share = if total > 0.0 {
+                    r.bytes_per_sec / total
+                } else {
+                    0.0
+                };
+            }
+            rows.sort_by(|a, b| {
+                b.bytes_per_sec
+                    .total_cmp(&a.bytes_per_sec)
+                    .then(b.bytes.cmp(&a.bytes))
+            });
+            let flows = rows.len();
+            rows.truncate(limit);
+            ClassFlows {
+                class: name.clone(),
+                flows,
+                bytes_per_sec: total,
+                tcp_window_bytes: *window,
+                top: rows,
+            }
+        })
+        .collect()
+}
+
+fn flow_row(e: &FlowEntry, ifaces: &[(String, u32)], bytes_per_sec: f64) -> FlowRow {
+    let k = &e.key;
+    let addr = |a: &[u8; 16]| -> std::net::IpAddr {
+        if k.flags & FlowKey::FLAG_V6 != 0 {
+            std::net::Ipv6Addr::from(*a).into()
+        } else {
+            std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
+        }
+    };
+    let end = |a: &[u8; 16], port: u16| {
+        let ip = addr(a);
+        match (k.flags & FlowKey::FLAG_PORTS != 0, ip) {
+            (false, ip) => ip.to_string(),
+            (true, ip) => std::net::SocketAddr::new(ip, port).to_string(),
+        }
+    };
+    FlowRow {
+        iface: ifaces
+            .iter()
+            .find(|(_, s)| *s == u32::from(k.iface_slot))
+            .map_or_else(|| format!("slot {}", k.iface_slot), |(n, _)| n.clone()),
+        protocol: match k.protocol {
+            6 => "tcp".into(),
+            17 => "udp".into(),
+            p => p.to_string(),
+        },
+        src: end(&k.src, k.src_port),
+        dst: end(&k.dst, k.dst_port),
+        packets: e.state.packets,
+        bytes: e.state.bytes,
+        bytes_per_sec,
+        share: 0.0,
+        dropped_packets: e.state.dropped_packets,
+        marked_packets: e.state.marked_packets,
+        repaired_packets: e.state.repaired_packets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dataplane_common::flow::FlowState;
+
+    use super::*;
+
+    fn flow(port: u16, class: u32, generation: u32, bytes: u64) -> FlowEntry {
+        FlowEntry {
+            key: FlowKey {
+                src: [198, 18, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                dst: [198, 19, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                src_port: port,
+                dst_port: 5201,
+                iface_slot: 1,
+                protocol: 6,
+                flags: FlowKey::FLAG_PORTS,
+                ..FlowKey::default()
+            },
+            generation,
+            class,
+            state: FlowState {
+                bytes,
+                packets: bytes / 1000,
+                ..FlowState::default()
+            },
+        }
+    }
+
+    #[test]
+    fn top_ranks_a_class_s_flows_by_rate_with_their_shares() {
+        let before = [flow(1, 1, 2, 1000), flow(2, 1, 2, 500_000)];
+        let after = [
+            flow(1, 1, 2, 301_000),
+            flow(2, 1, 2, 600_000),
+            flow(3, 1, 2, 100_000),   // new in the interval
+            flow(4, 0, 2, 9_000_000), // another class
+            flow(5, 1, 1, 9_000_000), // an older policy's class 1
+        ];
+        let classes = [("bulk".to_string(), 1, 2896)];
+        let ifaces = [("g0".to_string(), 1)];
+        let top = top_flows(&before, &after, 2.0, 2, &classes, &ifaces, 2);
+        assert_eq!(top.len(), 1);
+        let bulk = &top[0];
+        assert_eq!((bulk.flows, bulk.tcp_window_bytes), (3, 2896));
+        assert_eq!(bulk.bytes_per_sec, 250_000.0);
+        let rows: Vec<(&str, f64, f64)> = bulk
+            .top
+            .iter()
+            .map(|r| (r.src.as_str(), r.bytes_per_sec, r.share))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("198.18.1.2:1", 150_000.0, 0.6),
+                ("198.18.1.2:2", 50_000.0, 0.2)
+            ],
+            "two of three flows, heaviest first"
+        );
+        assert_eq!(bulk.top[0].dst, "198.19.0.2:5201");
+        assert_eq!(
+            (bulk.top[0].iface.as_str(), bulk.top[0].protocol.as_str()),
+            ("g0", "tcp")
+        );
+    }
 }

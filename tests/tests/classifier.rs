@@ -192,6 +192,7 @@ fn passing_class(id: u32) -> ClassSpec {
         exceed: ColourAction::PASS,
         violate: ColourAction::PASS,
         aqm: None,
+        tcp_window: false,
     }
 }
 

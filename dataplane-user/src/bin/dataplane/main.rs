@@ -72,6 +72,22 @@ enum Command {
     },
     /// Per interface and class: packets, bytes, drops, ECN marks, remarks, rates.
     Stats(StatsArgs),
+    /// Per class, its heaviest flows (from the kernel's flow cache): 5-tuple, rate, share,
+    /// drops, ECN marks, repaired retransmissions; and the class's TCP window.
+    Top {
+        /// Only this class.
+        #[arg(long)]
+        class: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Interval rates are measured over.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Flows shown per class.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
     /// Classes: list, show, change.
     Class {
         #[command(subcommand)]
@@ -379,6 +395,20 @@ fn dispatch(cli: Cli) -> Result<(), Failed> {
                 watch: args.watch,
                 interval: args.interval,
                 count: args.count,
+            },
+        )?),
+        Command::Top {
+            class,
+            json,
+            interval,
+            limit,
+        } => Ok(output::top(
+            &Running::open(&paths.layout(), &paths.run())?,
+            &output::TopOptions {
+                class,
+                json,
+                interval,
+                limit,
             },
         )?),
         Command::Class { command } => class(&paths, command),

@@ -5,7 +5,7 @@ use std::{io::Write, time::Duration};
 use anyhow::{bail, Context, Result};
 use dataplane::{
     units::{format_bytes, format_pps, format_rate},
-    view::{rows, ClassRow, Running, Status},
+    view::{rows, top_flows, ClassRow, Running, Status},
 };
 use serde_json::json;
 
@@ -364,4 +364,89 @@ pub fn rule_list(running: &Running, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Options of `dataplane top`.
+pub struct TopOptions {
+    pub class: Option<String>,
+    pub json: bool,
+    pub interval: Duration,
+    pub limit: usize,
+}
+
+/// `dataplane top`: each class's heaviest flows, from the flow cache's entries.
+pub fn top(running: &Running, o: &TopOptions) -> Result<()> {
+    let mut classes = Vec::new();
+    for (name, id) in running.classes() {
+        if o.class.as_ref().is_none_or(|c| c == &name) {
+            let window = running.dp.class_window(id)?;
+            classes.push((name, id, window));
+        }
+    }
+    if let Some(class) = &o.class {
+        if classes.is_empty() {
+            bail!("no class named {class:?}");
+        }
+    }
+    let before = running.dp.flows()?;
+    let started = std::time::Instant::now();
+    std::thread::sleep(o.interval);
+    let after = running.dp.flows()?;
+    let secs = started.elapsed().as_secs_f64();
+    let generation = running.dp.generation()?;
+    let top = top_flows(
+        &before,
+        &after,
+        secs,
+        generation,
+        &classes,
+        &running.ifaces(),
+        o.limit,
+    );
+    if o.json {
+        println!(
+            "{}",
+            serde_json::to_string(&json!({
+                "generation": generation,
+                "interval_secs": secs,
+                "classes": top,
+            }))?
+        );
+        return Ok(());
+    }
+    for c in &top {
+        let window = if c.tcp_window_bytes == 0 {
+            String::from("none")
+        } else {
+            format_bytes(u64::from(c.tcp_window_bytes))
+        };
+        println!(
+            "{}: {} flows, {} offered, TCP window {window}",
+            c.class,
+            c.flows,
+            format_rate(c.bytes_per_sec as u64)
+        );
+        if c.top.is_empty() {
+            continue;
+        }
+        println!(
+            "  {:<5} {:<8} {:<46} {:>12} {:>7} {:>10} {:>8} {:>8} {:>9}",
+            "PROTO", "IFACE", "FLOW", "RATE", "SHARE", "BYTES", "DROPS", "MARKS", "REPAIRED"
+        );
+        for f in &c.top {
+            println!(
+                "  {:<5} {:<8} {:<46} {:>12} {:>6.1}% {:>10} {:>8} {:>8} {:>9}",
+                f.protocol,
+                f.iface,
+                format!("{} -> {}", f.src, f.dst),
+                format_rate(f.bytes_per_sec as u64),
+                f.share * 100.0,
+                format_bytes(f.bytes),
+                f.dropped_packets,
+                f.marked_packets,
+                f.repaired_packets
+            );
+        }
+    }
+    std::io::stdout().flush().context("writing output")
 }
