@@ -5,4 +5,5 @@ pub mod kernel;
 pub mod net;
 pub mod netns;
 pub mod prometheus;
+pub mod tcp;
 pub mod traffic;
