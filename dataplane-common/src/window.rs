@@ -74,7 +74,8 @@ pub struct WindowState {
 }
 
 /// Adjusts the class's window for a phantom backlog of `backlog_ns` (the bucket's burst is
-/// `burst_ns`) seen at `now_ns`; at most once per interval. Returns whether it changed.
+/// `burst_ns`) seen at `now_ns`; a change waits an interval after the last one. Returns
+/// whether it changed.
 #[inline(always)]
 pub fn window_update(
     ctl: &WindowControl,
@@ -102,11 +103,13 @@ pub fn window_update(
     } else {
         w
     };
-    state.next_update_ns = now_ns.wrapping_add(ctl.interval_ns);
     if next == w {
+        // Nothing changed: the next packet may adjust (the class may just now have crossed
+        // its target).
         return false;
     }
     state.window_bytes = next;
+    state.next_update_ns = now_ns.wrapping_add(ctl.interval_ns);
     true
 }
 
@@ -203,12 +206,14 @@ mod tests {
         };
         assert!(!window_update(&ctl(), &mut s, 9 * MS, 10 * MS, 0));
         assert_eq!(s.window_bytes, MIN_WINDOW_BYTES, "never below two segments");
+        assert_eq!(s.next_update_ns, 0, "no change starts no interval");
         s.window_bytes = 100_000;
+        assert!(window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS / 2));
         assert!(
-            !window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS / 2),
+            !window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS),
             "too soon"
         );
-        assert_eq!(s.window_bytes, 100_000);
+        assert_eq!(s.window_bytes, 50_000);
         s.window_bytes = (1 << 20) - 1;
         window_update(&ctl(), &mut s, 0, 10 * MS, 5 * MS);
         assert_eq!(s.window_bytes, 1 << 20, "never above the largest window");

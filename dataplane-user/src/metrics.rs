@@ -13,6 +13,7 @@
 //! | `dataplane_class_dropped_packets_total`, `dataplane_class_dropped_bytes_total` | iface, class | dropped by policy |
 //! | `dataplane_class_ecn_marked_packets_total` | iface, class | newly marked CE |
 //! | `dataplane_class_early_marked_packets_total`, `dataplane_class_early_dropped_packets_total` | iface, class | early signals of the phantom queue's AQM (subsets of the marked and dropped) |
+//! | `dataplane_class_repaired_packets_total` | iface, class | TCP retransmissions admitted on the repair allowance |
 //! | `dataplane_class_remarked_packets_total` | iface, class | DSCP rewritten |
 //! | `dataplane_class_forwarded_packets_total` | iface, class | forwarded past the kernel stack, by egress interface |
 //! | `dataplane_class_colour_packets_total` | iface, class, colour | green / yellow / red |
@@ -23,6 +24,7 @@
 //! | `dataplane_class_ceil_bytes_per_second` | class | peak rate; absent = unlimited |
 //! | `dataplane_class_priority` | class | 0 ..= 7 |
 //! | `dataplane_class_phantom_backlog_seconds` | class | the enforcing bucket's backlog: how long a shaper at its rate would hold the next packet; 0 within rate |
+//! | `dataplane_class_tcp_window_bytes` | class | the window the class's TCP window control advertises to its flows; 0 while it narrows none |
 //! | `dataplane_xdp_attached` | iface, mode (`native`/`generic`, `none` when detached) | 1 while attached |
 //! | `dataplane_config_generation` | | policy generation in force |
 //! | `dataplane_config_reloads_total` | result (`ok`/`error`) | |
@@ -75,6 +77,8 @@ pub struct MetricsSnapshot {
     pub classes: Vec<ClassInfo>,
     /// Phantom backlog of each class (seconds), in the order of `classes`.
     pub phantom_backlog_seconds: Vec<f64>,
+    /// TCP window of each class (bytes; 0 = none), in the order of `classes`.
+    pub tcp_window_bytes: Vec<u64>,
     /// Interfaces and their counters.
     pub ifaces: Vec<IfaceSample>,
 }
@@ -226,6 +230,15 @@ impl CounterReader {
         Ok(backlog_ns(tat, ns_to_ticks(now_ns)) as f64 / 1e9)
     }
 
+    /// The window (bytes) class id `class` advertises to its TCP flows; 0 while none.
+    pub fn tcp_window(&self, class: u32) -> Result<u64, DataplaneError> {
+        let state = self
+            .policers
+            .get(&class, 0)
+            .map_err(map_err(names::POLICERS))?;
+        Ok(u64::from(state.window.window_bytes))
+    }
+
     /// Counters of interface slot `iface_slot`, summed over CPUs.
     pub fn iface_counters(&self, iface_slot: u32) -> Result<IfaceCounters, DataplaneError> {
         sum_over_cpus(
@@ -319,11 +332,17 @@ pub fn snapshot(
         .iter()
         .map(|(info, class)| reader.phantom_backlog(*class, info))
         .collect::<Result<_, DataplaneError>>()?;
+    let tcp_window_bytes = view
+        .classes
+        .iter()
+        .map(|(_, class)| reader.tcp_window(*class))
+        .collect::<Result<_, DataplaneError>>()?;
     Ok(MetricsSnapshot {
         generation: view.generation,
         reloads: view.reloads,
         classes: view.classes.iter().map(|(c, _)| c.clone()).collect(),
         phantom_backlog_seconds,
+        tcp_window_bytes,
         ifaces,
     })
 }
@@ -372,7 +391,7 @@ pub fn encode(snapshot: MetricsSnapshot, format: Format) -> Result<String, fmt::
 /// A per-class counter: name without `_total` (the encoder adds it), help, value.
 type ClassCounterDef = (&'static str, &'static str, fn(&ClassSample) -> u64);
 
-const CLASS_COUNTERS: [ClassCounterDef; 9] = [
+const CLASS_COUNTERS: [ClassCounterDef; 10] = [
     (
         "dataplane_class_packets",
         "Packets classified into the class.",
@@ -407,6 +426,11 @@ const CLASS_COUNTERS: [ClassCounterDef; 9] = [
         "dataplane_class_early_dropped_packets",
         "Packets of the class dropped early by the phantom queue's AQM (not ECN-capable; the bucket still had room).",
         |s| s.counters.early_dropped_packets,
+    ),
+    (
+        "dataplane_class_repaired_packets",
+        "TCP retransmissions of the class admitted on the repair allowance (the bucket alone would have dropped them).",
+        |s| s.counters.repaired_packets,
     ),
     (
         "dataplane_class_remarked_packets",
@@ -546,6 +570,17 @@ impl Collector for Exposition {
         }
 
         let mut family = encoder.encode_descriptor(
+            "dataplane_class_tcp_window_bytes",
+            "The receive window the class's TCP window control advertises to its flows on their returning ACKs (0 while it narrows none).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (class, window) in s.classes.iter().zip(&s.tcp_window_bytes) {
+            let labels = [("class", class.name.as_str())];
+            ConstGauge::new(*window).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
             "dataplane_xdp_attached",
             "1 while the XDP program is attached to the interface, in the labelled mode.",
             None,
@@ -598,6 +633,7 @@ mod tests {
         let mut counters = ClassCounters {
             packets: 7,
             bytes: 700,
+            repaired_packets: 2,
             ..ClassCounters::default()
         };
         counters.colour_packets[Colour::Yellow as usize] = 7;
@@ -609,6 +645,7 @@ mod tests {
             reloads: Reloads { ok: 2, error: 1 },
             classes: vec![class("bulk", Some(2000)), class("default", None)],
             phantom_backlog_seconds: vec![0.0025, 0.0],
+            tcp_window_bytes: vec![2896, 0],
             ifaces: vec![IfaceSample {
                 name: "eth0".into(),
                 attached: Some(AttachMode::Generic),
@@ -641,6 +678,8 @@ mod tests {
             r#"dataplane_class_ceil_bytes_per_second{class="bulk"} 2000"#,
             r#"dataplane_class_priority{class="default"} 3"#,
             r#"dataplane_class_phantom_backlog_seconds{class="bulk"} 0.0025"#,
+            r#"dataplane_class_tcp_window_bytes{class="bulk"} 2896"#,
+            r#"dataplane_class_repaired_packets_total{iface="eth0",class="bulk"} 2"#,
             r#"dataplane_xdp_attached{iface="eth0",mode="generic"} 1"#,
             "dataplane_config_generation 3",
             r#"dataplane_config_reloads_total{result="ok"} 2"#,

@@ -597,6 +597,19 @@ fn phantom_backlog_gauge_reads_the_bucket() {
         "backlog {paced} s, {elapsed} s after sending 100 ms worth"
     );
     assert_eq!(at("default"), 0.0);
+    // 100 ms over a 1 ms target: the TCP window control has narrowed to two segments.
+    let window = |name: &str| {
+        let i = snap
+            .classes
+            .iter()
+            .position(|c| c.name == name)
+            .expect("class");
+        snap.tcp_window_bytes[i]
+    };
+    assert_eq!(
+        (window("paced"), window("default")),
+        (u64::from(dataplane_common::window::MIN_WINDOW_BYTES), 0)
+    );
     let text = encode(snap, Format::PrometheusText).expect("encodes");
     assert!(
         text.contains("dataplane_class_phantom_backlog_seconds{class=\"paced\"} 0.0"),
