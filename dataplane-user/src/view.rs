@@ -242,8 +242,10 @@ pub struct ClassRow {
     pub remarked_packets: u64,
     /// Packets per second over the interval.
     pub packets_per_sec: f64,
-    /// Bytes per second over the interval.
+    /// Bytes per second offered (classified) over the interval.
     pub bytes_per_sec: f64,
+    /// Bytes per second admitted (classified and not dropped) over the interval.
+    pub admitted_bytes_per_sec: f64,
     /// Drops per second over the interval.
     pub dropped_per_sec: f64,
 }
@@ -300,6 +302,10 @@ pub fn rows(before: &Sample, after: &Sample) -> (Vec<IfaceRow>, Vec<ClassRow>) {
                 remarked_packets: c.remarked_packets,
                 packets_per_sec: rate(c.packets, p.packets),
                 bytes_per_sec: rate(c.bytes, p.bytes),
+                admitted_bytes_per_sec: rate(
+                    c.bytes.saturating_sub(c.dropped_bytes),
+                    p.bytes.saturating_sub(p.dropped_bytes),
+                ),
                 dropped_per_sec: rate(c.dropped_packets, p.dropped_packets),
             });
         }

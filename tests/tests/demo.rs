@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dataplane::units::parse_rate;
 use dataplane_tests::{daemon::binary, kernel::require_root};
 
 /// Namespaces, pins and run directories of a demo process that has exited.
@@ -44,6 +45,21 @@ fn summary_row(out: &str, class: &str) -> (u64, u64, u64) {
     (n(1), n(cols.len() - 2), n(cols.len() - 1))
 }
 
+/// The offered and admitted rates and the configured rate and ceiling in the summary row of
+/// `class`, bytes per second (`None` for "-").
+fn summary_rates(out: &str, class: &str) -> [Option<u64>; 4] {
+    let summary = out.split("summary after").nth(1).expect("a summary");
+    let row = summary
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(class))
+        .unwrap_or_else(|| panic!("no {class} row in:\n{summary}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    let rate = |i: usize| {
+        (cols[i] != "-").then(|| parse_rate(cols[i]).unwrap_or_else(|e| panic!("{row}: {e}")))
+    };
+    [rate(3), rate(4), rate(5), rate(6)]
+}
+
 #[test]
 fn the_demo_polices_the_ai_mix_and_cleans_up() {
     require_root();
@@ -70,9 +86,32 @@ fn the_demo_polices_the_ai_mix_and_cleans_up() {
     // CNPs are never limited.
     let (cnps, _, cnp_drops) = summary_row(&stdout, "roce_cnp");
     assert!(cnps > 100 && cnp_drops == 0, "roce_cnp: {cnps} {cnp_drops}");
-    for class in ["collective", "inference", "storage"] {
-        assert!(summary_row(&stdout, class).0 > 0, "{class} carried traffic");
+    // The summary shows what was offered apart from what was admitted: RoCEv2 is offered
+    // twice its ceiling and admitted no more than the ceiling (plus a burst).
+    let [offered, admitted, _, ceil] = summary_rates(&stdout, "rdma");
+    let (offered, admitted, ceil) = (
+        offered.expect("offered"),
+        admitted.expect("admitted"),
+        ceil.expect("ceil"),
+    );
+    assert!(
+        offered > ceil * 3 / 2 && admitted <= ceil * 21 / 20,
+        "rdma: offered {offered} B/s, admitted {admitted} B/s, ceiling {ceil} B/s"
+    );
+    // The TCP classes, offered more than their guarantee, get most of it within seconds of
+    // starting (measured over 4 s: 0.85 of the guarantee and up; over 20 s, 1.0 and up).
+    for class in ["collective", "storage"] {
+        let [_, admitted, rate, _] = summary_rates(&stdout, class);
+        let (admitted, rate) = (admitted.expect("admitted"), rate.expect("rate"));
+        assert!(
+            admitted * 10 >= rate * 7,
+            "{class}: admitted {admitted} B/s of a {rate} B/s guarantee"
+        );
     }
+    assert!(
+        summary_row(&stdout, "inference").0 > 0,
+        "inference carried traffic"
+    );
     assert!(stdout.contains("forwarded in XDP"), "{stdout}");
     assert!(stdout.contains("metrics: http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("cleaned up"), "{stdout}");

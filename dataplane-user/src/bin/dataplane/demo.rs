@@ -254,15 +254,16 @@ fn wait_for_daemon(demo: &mut Demo, log: &std::path::Path) -> Result<()> {
 
 fn table(rows: &[ClassRow]) {
     println!(
-        "{:<12} {:>10} {:>12} {:>12} {:>10} {:>12} {:>10}",
-        "CLASS", "PPS", "RATE", "DROP RATE", "PACKETS", "ECN-MARKED", "DROPS"
+        "{:<12} {:>10} {:>12} {:>12} {:>12} {:>10} {:>12} {:>10}",
+        "CLASS", "PPS", "OFFERED", "ADMITTED", "DROP RATE", "PACKETS", "ECN-MARKED", "DROPS"
     );
     for r in rows {
         println!(
-            "{:<12} {:>10} {:>12} {:>12} {:>10} {:>12} {:>10}",
+            "{:<12} {:>10} {:>12} {:>12} {:>12} {:>10} {:>12} {:>10}",
             r.class,
             format_pps(r.packets_per_sec),
             format_rate(r.bytes_per_sec as u64),
+            format_rate(r.admitted_bytes_per_sec as u64),
             format_pps(r.dropped_per_sec),
             r.packets,
             r.ecn_marked_packets,
@@ -282,9 +283,10 @@ fn summary(
     println!(
         "\nsummary after {secs:.1} s (classified, policed and forwarded in XDP on the gateway):"
     );
+    // Offered counts every classified byte; admitted leaves out what the policy dropped.
     println!(
-        "{:<12} {:>10} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
-        "CLASS", "PACKETS", "BYTES", "AVG RATE", "RATE", "CEIL", "ECN-MARKED", "DROPS"
+        "{:<12} {:>10} {:>12} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "CLASS", "PACKETS", "BYTES", "OFFERED", "ADMITTED", "RATE", "CEIL", "ECN-MARKED", "DROPS"
     );
     for r in totals.iter().filter(|r| r.packets > 0) {
         let spec = policy.classes.iter().find(|c| c.name == r.class);
@@ -299,11 +301,12 @@ fn summary(
             .and_then(|c| c.ceil_bytes_per_sec)
             .map_or("-".into(), format_rate);
         println!(
-            "{:<12} {:>10} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
+            "{:<12} {:>10} {:>12} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
             r.class,
             r.packets,
             format_bytes(r.bytes),
             format_rate((r.bytes as f64 / secs) as u64),
+            format_rate((r.bytes.saturating_sub(r.dropped_bytes) as f64 / secs) as u64),
             rate,
             ceil,
             r.ecn_marked_packets,
