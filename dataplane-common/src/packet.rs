@@ -141,10 +141,11 @@ impl TcpMeta {
         self.flags & (Self::SYN | Self::ACK) == Self::SYN | Self::ACK
     }
 
-    /// An ACK past the handshake: its window may be narrowed.
-    #[inline(always)]
-    pub const fn is_plain_ack(&self) -> bool {
-        self.flags & (Self::SYN | Self::ACK) == Self::ACK
+    /// A pure ACK past the handshake (no data, no SYN): the segments whose window the window
+    /// control narrows. A bulk transfer's reverse direction is made of them; data segments
+    /// (the policed direction) skip the return table.
+    pub const fn is_pure_ack(&self) -> bool {
+        self.flags & (Self::SYN | Self::ACK) == Self::ACK && self.data_end.is_none()
     }
 }
 
@@ -456,9 +457,7 @@ mod tests {
             }),
             "5 bytes of data from sequence 2^32 - 1 end at 4"
         );
-        assert!(meta
-            .tcp
-            .is_some_and(|t| t.is_syn_ack() && !t.is_plain_ack()));
+        assert!(meta.tcp.is_some_and(|t| t.is_syn_ack() && !t.is_pure_ack()));
         f[tcp + 12] = 15 << 4; // a header longer than the packet
         let meta = parse(&f[..]).expect("still classified");
         assert_eq!(

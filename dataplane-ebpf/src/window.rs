@@ -38,7 +38,7 @@ pub fn register(meta: &PacketMeta, flow: &mut FlowState, class: u32, generation:
 }
 
 /// On every TCP packet of a policy with window control: a SYN-ACK records its window scale;
-/// an ACK whose direction is registered gets its class's window when that is narrower.
+/// a pure ACK whose direction is registered gets its class's window when that is narrower.
 #[inline(always)]
 pub fn on_tcp(
     frame: &Frame,
@@ -60,7 +60,7 @@ pub fn on_tcp(
         }
         return Ok(());
     }
-    if !tcp.is_plain_ack() {
+    if !tcp.is_pure_ack() {
         return Ok(());
     }
     // SAFETY: LRU hash values are plain data.

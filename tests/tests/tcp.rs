@@ -132,6 +132,9 @@ fn returning_acks_advertise_at_most_the_class_window() {
         23,
         "narrowed in the connection's scale"
     );
+    // Data the other way (a response) keeps its window: only pure ACKs are narrowed.
+    let response = segment(false, 1, 0x2000, false, &[], 100);
+    assert_eq!(window_of(&run_once(prog, &response).output), 0x2000);
     // A narrower window is left alone; so are other connections' ACKs.
     let narrow = segment(false, 1, 10, false, &[], 0);
     assert_eq!(window_of(&run_once(prog, &narrow).output), 10);
