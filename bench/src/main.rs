@@ -2,6 +2,7 @@
 //! accuracy, control plane) and writes BENCHMARKS.md with SVG plots. Run as root, usually
 //! through `cargo xtask bench [--quick]`.
 
+mod agreement;
 mod control;
 mod machine;
 mod netns;
@@ -39,7 +40,7 @@ struct Cli {
     /// Directory for BENCHMARKS.md; the plots go to `<out>/bench/plots/`.
     #[arg(long, default_value = ".")]
     out: PathBuf,
-    /// Run only these sections (1-5; repeatable), for working on one of them.
+    /// Run only these sections (1-6; repeatable), for working on one of them.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
     only: Vec<u8>,
 }
@@ -139,12 +140,13 @@ pub fn progress(index: usize, title: &str, steps: usize) -> ProgressBar {
 }
 
 /// Every section of the report, in order.
-const SECTIONS: [fn(&Settings, &ProgressBar) -> Result<Section>; 5] = [
+const SECTIONS: [fn(&Settings, &ProgressBar) -> Result<Section>; 6] = [
     per_packet::run,
     throughput::run,
     policing::run,
     control::run,
     tcp::run,
+    agreement::run,
 ];
 
 fn main() -> ExitCode {

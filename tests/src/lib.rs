@@ -1,4 +1,5 @@
 pub mod daemon;
+pub mod differential;
 pub mod exporter;
 pub mod frames;
 pub mod kernel;

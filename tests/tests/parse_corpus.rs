@@ -225,3 +225,38 @@ fn etherparse_also_rejects_cut_short_tcp_udp() {
     }
     assert!(checked >= 5, "only {checked} frames checked");
 }
+
+/// The fuzzers' seeds (`fuzz/seeds/`, committed) hold every corpus frame and the policy
+/// files of the repository, so fuzzing starts from what the parsers must handle.
+/// `DATAPLANE_WRITE_SEEDS=1` writes them.
+#[test]
+fn fuzz_seeds_hold_the_corpus_and_the_policy_files() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let write = std::env::var_os("DATAPLANE_WRITE_SEEDS").is_some();
+    let packets = root.join("fuzz/seeds/packet_parse");
+    let mut seeds: Vec<(std::path::PathBuf, Vec<u8>)> = corpus()
+        .into_iter()
+        .map(|c| (packets.join(format!("seed-{}", c.name)), c.frame))
+        .collect();
+    let policies = root.join("fuzz/seeds/policy_parse");
+    for file in [
+        "config/default.toml",
+        "config/examples/two-port-gateway.toml",
+    ] {
+        let text = std::fs::read(root.join(file)).expect("policy file readable");
+        let name = file.replace('/', "-");
+        seeds.push((policies.join(format!("seed-{name}")), text));
+    }
+    for (path, bytes) in &seeds {
+        if write {
+            std::fs::create_dir_all(path.parent().expect("dir")).expect("seed directory");
+            std::fs::write(path, bytes).expect("seed written");
+        }
+        let found = std::fs::read(path).unwrap_or_default();
+        assert!(
+            &found == bytes,
+            "{} is missing or stale: run the test with DATAPLANE_WRITE_SEEDS=1",
+            path.display()
+        );
+    }
+}

@@ -38,6 +38,13 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz, which drives the fuzz targets in `fuzz/` (libFuzzer, coverage-guided).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// Fuzz targets and what the test command's short run of each does (libFuzzer flags).
+const FUZZ_TARGETS: [(&str, &[&str]); 2] = [
+    ("packet_parse", &["-runs=500000", "-max_len=512"]),
+    ("policy_parse", &["-runs=100000", "-max_len=4096"]),
+];
 
 #[derive(Parser)]
 #[command(about = "dataplane project tasks")]
@@ -150,6 +157,15 @@ fn setup() -> Result<()> {
             .args(["--version", BPF_LINKER_VERSION, "--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
+    let fuzz = Command::new("cargo").args(["fuzz", "--version"]).output();
+    if fuzz.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION)) {
+        eprintln!("cargo-fuzz {CARGO_FUZZ_VERSION}: present");
+    } else {
+        eprintln!("cargo-fuzz {CARGO_FUZZ_VERSION}: installing");
+        run(Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked"])
+            .args(["--version", CARGO_FUZZ_VERSION]))?;
+    }
     eprintln!("setup complete");
     Ok(())
 }
@@ -223,6 +239,35 @@ fn test(args: &[String]) -> Result<()> {
     if !ok || failed > 0 {
         bail!("{failed} tests failed");
     }
+    fuzz_short(&root)
+}
+
+/// A short coverage-guided run of each fuzz target from the committed corpus and seeds (new
+/// inputs go to a scratch directory, so the tree stays clean); a crash fails the test
+/// command.
+fn fuzz_short(root: &Path) -> Result<()> {
+    let scratch = std::env::temp_dir().join(format!("dataplane-fuzz-{}", std::process::id()));
+    for (target, flags) in FUZZ_TARGETS {
+        let new_inputs = scratch.join(target);
+        std::fs::create_dir_all(&new_inputs)
+            .with_context(|| format!("creating {}", new_inputs.display()))?;
+        // No sanitizer (the Debian toolchain ships no ASan runtime for Rust); libFuzzer's
+        // coverage and crash detection need only the instrumentation, which stable rustc
+        // applies with RUSTC_BOOTSTRAP for cargo-fuzz's flags.
+        let outcome = run(Command::new("cargo")
+            .current_dir(root.join("fuzz"))
+            .args(["fuzz", "run", "--sanitizer", "none", "--release", target])
+            .arg(&new_inputs)
+            .arg(format!("corpus/{target}"))
+            .arg(format!("seeds/{target}"))
+            .arg("--")
+            .args(flags)
+            .env("RUSTC_BOOTSTRAP", "1"));
+        let _ = std::fs::remove_dir_all(&new_inputs);
+        outcome?;
+        println!("fuzz {target}: {} without a crash", flags[0]);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }
 
