@@ -159,6 +159,15 @@ fn assert_rate(what: &str, bytes: f64, elapsed: Duration, rate_bps: f64, toleran
     );
 }
 
+/// Loads `toml` with the flow cache off. Under BPF_PROG_TEST_RUN a sender whose policy has
+/// the (LRU) flow cache on pauses now and then (measured: about 7% of the time at 1 Gbit/s,
+/// with the code of before the TCP work too), which reads as rate error whatever the
+/// buckets do; the cause is not found yet (see the notes). These tests measure the
+/// buckets, which classification does not touch.
+fn load(toml: &str) -> (Dataplane, dataplane::config::Policy) {
+    load_policy(&format!("flow_cache = \"off\"\n{toml}"))
+}
+
 fn policy(rate: &str) -> String {
     format!(
         r#"
@@ -183,7 +192,7 @@ dst_port = 5001
 fn committed_rate_holds_on_one_cpu() {
     let _serial = serial();
     for (rate, bps) in [("100Mbit", 100e6), ("1Gbit", 1e9), ("5Gbit", 5e9)] {
-        let (dp, p) = load_policy(&policy(rate));
+        let (dp, p) = load(&policy(rate));
         let class = p.class_id("limited").expect("class");
         let frame = udp_frame(5001);
         let (admitted, elapsed) = measure(&dp, 0, &[class], &[(&frame, 0)]);
@@ -199,7 +208,7 @@ fn committed_rate_holds_on_one_cpu() {
 #[test]
 fn committed_rate_holds_across_two_cpus() {
     let _serial = serial();
-    let (dp, p) = load_policy(&policy("2Gbit"));
+    let (dp, p) = load(&policy("2Gbit"));
     let class = p.class_id("limited").expect("class");
     let frame = udp_frame(5001);
     let (admitted, elapsed) = measure(&dp, 0, &[class], &[(&frame, 0), (&frame, 1)]);
@@ -226,7 +235,7 @@ class = "burst"
 protocol = "udp"
 dst_port = 5001
 "#;
-    let (dp, p) = load_policy(toml);
+    let (dp, p) = load(toml);
     let class = p.class_id("burst").expect("class");
     let frame = udp_frame(5001);
     let (admitted, elapsed) = measure(&dp, 0, &[class], &[(&frame, 0)]);
@@ -287,7 +296,7 @@ dst_port = 5002
 
 /// Admitted (green + yellow) bytes of `hi` and `lo` while both contend, and the time.
 fn contend(toml: &str) -> (f64, f64, Duration) {
-    let (mut dp, p) = load_policy(toml);
+    let (mut dp, p) = load(toml);
     dp.register_interfaces(&p, &[]).expect("register lo");
     let hi = p.class_id("hi").expect("hi");
     let lo = p.class_id("lo").expect("lo");
@@ -358,7 +367,7 @@ dst_port = {dport}
         )
     };
     for (what, tos) in [("ECN-capable", 0b10u8), ("not ECN-capable", 0)] {
-        let (dp, p) = load_policy(&toml(5001));
+        let (dp, p) = load(&toml(5001));
         let class = p.class_id("managed").expect("class");
         let frame = Frame::eth()
             .ipv4([198, 18, 0, 1], [198, 19, 0, 1])
