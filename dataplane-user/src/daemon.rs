@@ -87,6 +87,9 @@ pub struct Daemon {
     policy: Option<Policy>,
     /// What metrics scrapes report against; replaced after every change.
     metrics_view: Arc<std::sync::Mutex<ConfigView>>,
+    /// Why the state file could not be written after the last change (retried every watch
+    /// interval until it is).
+    unsaved: Option<String>,
 }
 
 /// Why applying a policy text failed.
@@ -214,6 +217,7 @@ impl Daemon {
             exit: false,
             policy: None,
             metrics_view: Arc::default(),
+            unsaved: None,
         };
         if !daemon.state.policy_text.is_empty() {
             daemon.policy =
@@ -443,11 +447,39 @@ impl Daemon {
         e.response(self.state.generation)
     }
 
+    /// Answers a change that is in force: it stays in force whether or not the state file
+    /// can be written; when it cannot, the answer says so, the daemon retries every watch
+    /// interval, and the read-only commands refuse to show the older policy meanwhile.
     fn persist(&mut self, message: String) -> Response {
         match self.save_state() {
-            Ok(()) => self.ok(message),
-            Err(e) => ApplyError::Failed(format!("{message}, but the state was not saved: {e:#}"))
-                .response(self.state.generation),
+            Ok(()) => {
+                self.unsaved = None;
+                self.ok(message)
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                error!("the change is in force, but the state file was not written: {why}");
+                self.unsaved = Some(why.clone());
+                self.ok(format!(
+                    "{message} (in force; warning: the state file could not be written: {why}; \
+                     the daemon retries every {:?})",
+                    self.cfg.watch_interval
+                ))
+            }
+        }
+    }
+
+    /// Writes the state file again after a failed write (see [`Daemon::persist`]).
+    pub fn retry_state_save(&mut self) {
+        if self.unsaved.is_none() {
+            return;
+        }
+        match self.save_state() {
+            Ok(()) => {
+                info!("state file written again: it describes the policy in force");
+                self.unsaved = None;
+            }
+            Err(e) => self.unsaved = Some(format!("{e:#}")),
         }
     }
 
@@ -667,7 +699,11 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
                 }
             },
             _ = hangup.recv() => { daemon.lock().await.reload("SIGHUP"); }
-            _ = watch.tick() => daemon.lock().await.check_config_file(),
+            _ = watch.tick() => {
+                let mut daemon = daemon.lock().await;
+                daemon.retry_state_save();
+                daemon.check_config_file();
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = exit_rx.recv() => return Ok(()),

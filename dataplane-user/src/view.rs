@@ -61,6 +61,25 @@ impl Running {
         })
     }
 
+    /// The policy in force, as the state file holds it: an error when there is none, or when
+    /// the file is behind the kernel (the daemon applied a generation it could not write
+    /// down yet), so no listing shows an older policy than the one enforced.
+    pub fn policy_in_force(&self) -> Result<&Policy> {
+        let policy = self.policy.as_ref().context(
+            "the state file holds no policy (was the dataplane started by this version?)",
+        )?;
+        let kernel = self.dp.generation()?;
+        if kernel != self.state.generation {
+            anyhow::bail!(
+                "the state file describes generation {}, but the kernel enforces generation {kernel}: \
+                 the daemon could not write its state (it retries; see its log), so the policy \
+                 in force cannot be shown",
+                self.state.generation
+            );
+        }
+        Ok(policy)
+    }
+
     /// Class names by id, in policy order.
     pub fn classes(&self) -> Vec<(String, u32)> {
         let mut out: Vec<(String, u32)> = match &self.policy {
@@ -141,6 +160,7 @@ impl Running {
             pass_program_id: self.dp.pass_program()?.info()?.id(),
             dataplane_uptime_secs: loaded.map(|l| now.saturating_sub(l).as_secs()),
             generation: self.dp.generation()?,
+            state_generation: self.state.generation,
             policy_origin: self.state.policy_origin.clone(),
             interfaces: self
                 .layout
@@ -328,6 +348,9 @@ pub struct Status {
     pub dataplane_uptime_secs: Option<u64>,
     /// Generation in force.
     pub generation: u32,
+    /// Generation the state file describes (behind `generation` while the daemon cannot
+    /// write it).
+    pub state_generation: u32,
     /// Where the policy came from.
     pub policy_origin: String,
     /// Attached interfaces.

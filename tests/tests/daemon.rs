@@ -1017,3 +1017,100 @@ fn status_shows_the_ifindex_of_an_interface_in_another_namespace() {
         .unwrap_or_else(|| panic!("ifindex in {inside:?}"));
     assert_eq!(shown, expected);
 }
+
+/// A small tmpfs mounted over a directory; lazily unmounted on drop, also when the test
+/// fails.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &std::path::Path) -> SmallFs {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "mounting a tmpfs on {}", dir.display());
+        SmallFs(dir.to_path_buf())
+    }
+
+    /// Fills the file system; returns the filler file.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).expect("filler");
+        let block = [0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A change the daemon applied but could not write to its state file (the run directory is
+/// full) is reported as in force with a warning, not as a failure; `status` says the state
+/// file is behind and the listings refuse to show the older policy; once the file system
+/// has room again the daemon writes the state within a watch interval and the listings show
+/// what is enforced.
+#[test]
+fn a_change_that_cannot_be_saved_is_reported_as_in_force() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    let fs = SmallFs::mount(&d.run_dir);
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if]);
+    let before = d.status()["generation"].as_u64().expect("generation");
+    let filler = fs.fill();
+
+    let out = d.cli(&["class", "set", "limited", "--ceil", "16Mbit"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("in force; warning: the state file could not be written"),
+        "{stdout}"
+    );
+    let status = d.status();
+    assert_eq!(
+        status["generation"].as_u64(),
+        Some(before + 1),
+        "the change is enforced"
+    );
+    assert_eq!(status["state_generation"].as_u64(), Some(before));
+    let listing = d.cli(&["class", "show", "limited"]);
+    assert_eq!(listing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&listing.stderr).contains("but the kernel enforces generation"),
+        "{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+
+    std::fs::remove_file(filler).expect("filler removed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listing = d.cli(&["class", "show", "limited", "--json"]);
+        if listing.status.success() {
+            let shown = String::from_utf8_lossy(&listing.stdout);
+            assert!(shown.contains("16Mbit"), "{shown}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the state file was not written again"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(d.status()["state_generation"].as_u64(), Some(before + 1));
+}

@@ -46,6 +46,13 @@ pub fn status(s: &Status, json: bool) -> Result<()> {
             &s.policy_origin
         }
     );
+    if s.state_generation != 0 && s.state_generation != s.generation {
+        println!(
+            "WARNING:   the state file still describes generation {}: the daemon could not \
+             write it (it retries; see its log); class and rule listings wait for it",
+            s.state_generation
+        );
+    }
     match (s.daemon.running, s.daemon.pid) {
         (false, Some(pid)) if s.daemon.stopped => println!(
             "daemon:    stopped (pid {pid}: SIGSTOP or a debugger), not answering; \
@@ -204,10 +211,7 @@ fn class_table(rows: &[ClassRow]) {
 
 /// The policy's classes with every default filled in, as the file would say them.
 fn class_tables(running: &Running) -> Result<Vec<toml::Table>> {
-    let policy = running
-        .policy
-        .as_ref()
-        .context("the state file holds no policy (was the dataplane started by this version?)")?;
+    let policy = running.policy_in_force()?;
     let text = policy.to_toml_string()?;
     let doc: toml::Table = toml::from_str(&text)?;
     Ok(doc
@@ -328,6 +332,7 @@ pub fn class_show(running: &Running, name: &str, json: bool) -> Result<()> {
 
 /// `dataplane rule list`: the rules as the policy spells them, with their index.
 pub fn rule_list(running: &Running, json: bool) -> Result<()> {
+    running.policy_in_force()?;
     let doc: toml::Table = toml::from_str(&running.state.policy_text)
         .context("the state file holds no readable policy")?;
     let rules: Vec<toml::Table> = doc
