@@ -90,6 +90,9 @@ pub struct Daemon {
     /// Why the state file could not be written after the last change (retried every watch
     /// interval until it is).
     unsaved: Option<String>,
+    /// Interfaces the daemon keeps attached: those it was started with and those it adopted,
+    /// less those detached by command. Followed every watch interval.
+    wanted: std::collections::BTreeSet<String>,
 }
 
 /// Why applying a policy text failed.
@@ -218,6 +221,7 @@ impl Daemon {
             policy: None,
             metrics_view: Arc::default(),
             unsaved: None,
+            wanted: std::collections::BTreeSet::new(),
         };
         if !daemon.state.policy_text.is_empty() {
             daemon.policy =
@@ -240,6 +244,13 @@ impl Daemon {
         for iface in &wanted {
             daemon.attach(iface)?;
         }
+        daemon.wanted = daemon
+            .state
+            .attached
+            .keys()
+            .cloned()
+            .chain(wanted)
+            .collect();
         daemon.save_state()?;
         Ok(daemon)
     }
@@ -469,6 +480,69 @@ impl Daemon {
         }
     }
 
+    /// Follows the wanted interfaces: one whose device is gone is reported detached (its link
+    /// pin removed; the kernel dropped the attachment with the device); one that exists
+    /// under a new ifindex (deleted and created again) or has come back is attached to the
+    /// new device and registered under its slot, so its traffic is policed and counted again.
+    pub fn follow_interfaces(&mut self) {
+        let mut changed = false;
+        for iface in self.wanted.clone() {
+            let index = crate::dataplane::ifindex(&iface);
+            let recorded = self.state.ifindexes.get(&iface).copied();
+            let attached = self.state.attached.contains_key(&iface);
+            match index {
+                None if attached => {
+                    warn!(%iface, "interface gone: reported detached; attached again if it comes back");
+                    self.forget_device(&iface, recorded);
+                    changed = true;
+                }
+                None => {}
+                Some(now) if attached && recorded == Some(now) => {}
+                // Adopted from a state file that did not record it: trust the pin, note it.
+                Some(now) if attached && recorded.is_none() => {
+                    self.state.ifindexes.insert(iface.clone(), now);
+                    changed = true;
+                }
+                Some(now) => {
+                    if attached {
+                        warn!(%iface, old = ?recorded, new = now, "interface re-created: attaching to the new device");
+                        self.forget_device(&iface, recorded);
+                    }
+                    if let Err(e) = self.attach(&iface) {
+                        error!(%iface, "attaching again: {e:#}");
+                        continue;
+                    }
+                    let slot = self.state.ids.ifaces.get(&iface).copied();
+                    if let (Some(policy), Some(slot)) = (self.policy.clone(), slot) {
+                        if let Err(e) = self.dp.register_slots(&policy, &[(iface.clone(), slot)]) {
+                            error!(%iface, "registering again: {e}");
+                        }
+                    }
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            if let Err(e) = self.save_state() {
+                self.unsaved = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    /// Drops what belonged to `iface`'s old device: its link pin and its registration.
+    fn forget_device(&mut self, iface: &str, ifindex: Option<u32>) {
+        if let Err(e) = self.cfg.layout.unpin_link(iface) {
+            warn!(%iface, "removing the old link pin: {e}");
+        }
+        if let Some(old) = ifindex {
+            if let Err(e) = self.dp.unregister_ifindex(old) {
+                warn!(%iface, "unregistering the old device: {e}");
+            }
+        }
+        self.state.attached.remove(iface);
+        self.state.ifindexes.remove(iface);
+    }
+
     /// Writes the state file again after a failed write (see [`Daemon::persist`]).
     pub fn retry_state_save(&mut self) {
         if self.unsaved.is_none() {
@@ -583,6 +657,7 @@ impl Daemon {
                         Ok(true) => {
                             self.state.attached.remove(iface);
                             self.state.ifindexes.remove(iface);
+                            self.wanted.remove(iface);
                             info!(%iface, "detached");
                         }
                         Ok(false) => {
@@ -701,6 +776,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
             _ = hangup.recv() => { daemon.lock().await.reload("SIGHUP"); }
             _ = watch.tick() => {
                 let mut daemon = daemon.lock().await;
+                daemon.follow_interfaces();
                 daemon.retry_state_save();
                 daemon.check_config_file();
             }

@@ -626,6 +626,17 @@ impl Dataplane {
         }
     }
 
+    /// Forgets the interface registered under `ifindex` (a device that is gone).
+    pub fn unregister_ifindex(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        let map_name = names::IFACES;
+        let mut ifaces: HashMap<&mut MapData, u32, IfaceConfig> =
+            HashMap::try_from(self.map_mut(map_name)?).map_err(map_err(map_name))?;
+        match ifaces.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(map_name)(e)),
+        }
+    }
+
     /// Sets the kernel log level; takes effect on the next packet.
     pub fn set_kernel_log_level(
         &mut self,

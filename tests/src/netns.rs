@@ -118,6 +118,48 @@ impl VethNs {
         guard
     }
 
+    /// Deletes the pair (the namespace end goes with the root end), as an operator
+    /// removing the interface would.
+    pub fn delete_pair(&self) {
+        ip(&["link", "del", &self.root_if]);
+    }
+
+    /// Creates the pair again under the same names and addresses: a new device (a new
+    /// ifindex) with the old name.
+    pub fn create_pair(&self) {
+        let peer = format!("{}b", self.ns);
+        ip(&[
+            "link",
+            "add",
+            &self.root_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &self.ns,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", self.root_addr),
+            "dev",
+            &self.root_if,
+        ]);
+        ip(&["link", "set", &self.root_if, "up"]);
+        ip(&[
+            "-n",
+            &self.ns,
+            "addr",
+            "add",
+            &format!("{}/24", self.ns_addr),
+            "dev",
+            &peer,
+        ]);
+        ip(&["-n", &self.ns, "link", "set", &peer, "up"]);
+    }
+
     /// Runs `f` on a thread that has joined the namespace (sockets it opens live there).
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         self.spawn(f).join().expect("namespace thread")

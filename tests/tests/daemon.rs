@@ -1114,3 +1114,56 @@ fn a_change_that_cannot_be_saved_is_reported_as_in_force() {
     }
     assert_eq!(d.status()["state_generation"].as_u64(), Some(before + 1));
 }
+
+/// The interfaces the daemon serves change under it: a deleted one is reported detached
+/// (status, metrics), and the same name created again (a new device) is attached again and
+/// its traffic policed, without a reload.
+#[test]
+fn a_deleted_interface_is_reported_and_a_re_created_one_policed_again() {
+    let (_serial, net, d) = running_daemon();
+    let metrics = d.status_state_metrics_addr();
+    let agent = dataplane_tests::exporter::agent();
+    let attached_series = |mode: &str, value: u8| {
+        format!(
+            "dataplane_xdp_attached{{iface=\"{}\",mode=\"{mode}\"}} {value}",
+            net.root_if
+        )
+    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} within 10 s:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let scrape =
+        || dataplane_tests::exporter::get(&agent, &format!("http://{metrics}/metrics"), None).body;
+    let attached_ifindex = || {
+        d.status()["interfaces"]
+            .as_array()
+            .expect("interfaces")
+            .iter()
+            .find(|i| i["iface"] == net.root_if.as_str())
+            .and_then(|i| i["ifindex"].as_u64())
+    };
+    let first = attached_ifindex().expect("attached at start");
+
+    net.delete_pair();
+    wait_for("the deleted interface reported detached", &|| {
+        attached_ifindex().is_none() && scrape().contains(&attached_series("none", 0))
+    });
+    assert!(d.log().contains("interface gone"), "{}", d.log());
+
+    net.create_pair();
+    wait_for("the re-created interface attached again", &|| {
+        attached_ifindex().is_some_and(|i| i != first)
+            && scrape().contains(&attached_series("native", 1))
+    });
+    assert!(net.xdp_attached(), "no XDP program on the new device");
+    let (sent, received) = police_check(&net);
+    assert_policed(sent, received);
+}
