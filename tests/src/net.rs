@@ -364,6 +364,9 @@ pub fn udp_send_paced(
 pub struct IperfResult {
     /// Bytes per second received in each reporting interval, in order.
     pub interval_rates: Vec<f64>,
+    /// Runs iperf3 aborted and that were repeated before this one (a measurement meant to
+    /// overlap another one's may then not have).
+    pub reruns: u32,
 }
 
 impl IperfResult {
@@ -443,7 +446,10 @@ impl IperfServer {
             "iperf3 reported {} intervals",
             interval_rates.len()
         );
-        IperfResult { interval_rates }
+        IperfResult {
+            interval_rates,
+            reruns: aborted_runs,
+        }
     }
 }
 
