@@ -4,7 +4,7 @@
 //! random byte mutations of the corpus, and random bytes behind an IPv4 or IPv6 Ethernet
 //! header. Shared by the differential test (CI) and `cargo xtask bench`.
 
-use crate::{frames::corpus, kernel::try_run_once};
+use crate::{frames::corpus, kernel::try_run_once, rng::Rng};
 use dataplane::{config::Policy, dataplane::Dataplane};
 use dataplane_common::{classify::first_match, packet::parse, reason::Reason};
 
@@ -63,23 +63,6 @@ class = "icmp"
 protocol = "icmpv6"
 "#;
 
-/// SplitMix64: deterministic test data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// At least `count` frames: every truncation of every corpus frame, then mutations and
 /// random bytes in equal shares (none shorter than an Ethernet header: the kernel refuses
 /// those before the program runs).
@@ -100,10 +83,10 @@ pub fn frames(count: usize) -> Vec<Vec<u8>> {
             if f.len() <= 14 {
                 continue;
             }
-            for _ in 0..1 + rng.below(4) {
+            for _ in 0..1 + rng.below(4) as usize {
                 // Past the MAC addresses: they only matter to forwarding.
-                let at = 12 + rng.below(f.len() - 12);
-                f[at] = rng.next() as u8;
+                let at = 12 + rng.below((f.len() - 12) as u32) as usize;
+                f[at] = rng.next_u64() as u8;
             }
             out.push(f);
         }
@@ -114,8 +97,8 @@ pub fn frames(count: usize) -> Vec<Vec<u8>> {
     while out.len() < count {
         i += 1;
         let v4 = i.is_multiple_of(2);
-        let len = 14 + rng.below(120);
-        let mut f: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let len = 14 + rng.below(120) as usize;
+        let mut f: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         let ethertype: u16 = if v4 { 0x0800 } else { 0x86dd };
         f[12..14].copy_from_slice(&ethertype.to_be_bytes());
         if len > 14 && !i.is_multiple_of(7) {

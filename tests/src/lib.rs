@@ -6,5 +6,6 @@ pub mod kernel;
 pub mod net;
 pub mod netns;
 pub mod prometheus;
+pub mod rng;
 pub mod tcp;
 pub mod traffic;

@@ -459,3 +459,12 @@ impl Drop for IperfServer {
         let _ = self.child.wait();
     }
 }
+
+/// The `[[interface]]` tables that make the dataplane forward on every gateway interface of
+/// `topo`.
+pub fn forwarding_interfaces(topo: &dataplane::topology::Topology) -> String {
+    topo.gateway_ifaces()
+        .iter()
+        .map(|i| format!("[[interface]]\nname = \"{i}\"\nforward = true\n"))
+        .collect()
+}

@@ -5,6 +5,7 @@
 
 use std::{process::Stdio, time::Duration};
 
+use crate::net::forwarding_interfaces;
 use anyhow::{bail, Context, Result};
 use aya::programs::XdpMode;
 use dataplane::{
@@ -54,11 +55,7 @@ impl TcpRun {
 
 /// The dataplane policy of a run: the class for TCP to the iperf3 port and ICMP.
 fn policy(topo: &Topology, rate_mbit: u32, extra: &str) -> String {
-    let ifaces: String = topo
-        .gateway_ifaces()
-        .iter()
-        .map(|i| format!("[[interface]]\nname = \"{i}\"\nforward = true\n"))
-        .collect();
+    let ifaces = forwarding_interfaces(topo);
     format!(
         "{ifaces}[[class]]\nname = \"default\"\n[[class]]\nname = \"bulk\"\nrate = \"{rate_mbit}Mbit\"\n\
          exceed = \"drop\"\nviolate = \"drop\"\n{extra}\n\

@@ -22,6 +22,7 @@ use dataplane_common::{
 use dataplane_tests::{
     frames::Frame,
     kernel::{load_policy, require_root, run_once},
+    rng::Rng,
 };
 
 /// XDP_PASS: every class passes, so every frame must come back with it.
@@ -41,33 +42,6 @@ const HOSTS: u8 = 8;
 const FRAME_OPCODES: [u8; 9] = [0, 1, 2, 3, 4, 5, 6, 0x64, ROCE_OPCODE_CNP];
 /// Seed of every generated rule set and frame list (the runs are reproducible).
 const SEED: u64 = 0x5eed_c1a5_51f1_e400;
-
-/// SplitMix64: a small deterministic generator, enough for test data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n`.
-    fn below(&mut self, n: u32) -> u32 {
-        (self.next() % u64::from(n)) as u32
-    }
-
-    /// True with probability `percent` / 100.
-    fn chance(&mut self, percent: u32) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u32) as usize]
-    }
-}
 
 // ---- universe ----
 

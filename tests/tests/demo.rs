@@ -33,29 +33,34 @@ fn leftovers(pid: u32) -> Vec<String> {
     found
 }
 
-/// The numbers in the summary row of `class`: packets, ECN-marked, drops.
-fn summary_row(out: &str, class: &str) -> (u64, u64, u64) {
+/// The columns of the summary row of `class`.
+fn summary_cols<'a>(out: &'a str, class: &str) -> Vec<&'a str> {
     let summary = out.split("summary after").nth(1).expect("a summary");
-    let row = summary
+    summary
         .lines()
         .find(|l| l.split_whitespace().next() == Some(class))
-        .unwrap_or_else(|| panic!("no {class} row in:\n{summary}"));
-    let cols: Vec<&str> = row.split_whitespace().collect();
-    let n = |i: usize| cols[i].parse::<u64>().unwrap_or_else(|_| panic!("{row}"));
+        .unwrap_or_else(|| panic!("no {class} row in:\n{summary}"))
+        .split_whitespace()
+        .collect()
+}
+
+/// The numbers in the summary row of `class`: packets, ECN-marked, drops.
+fn summary_row(out: &str, class: &str) -> (u64, u64, u64) {
+    let cols = summary_cols(out, class);
+    let n = |i: usize| {
+        cols[i]
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("{cols:?}"))
+    };
     (n(1), n(cols.len() - 2), n(cols.len() - 1))
 }
 
 /// The offered and admitted rates and the configured rate and ceiling in the summary row of
 /// `class`, bytes per second (`None` for "-").
 fn summary_rates(out: &str, class: &str) -> [Option<u64>; 4] {
-    let summary = out.split("summary after").nth(1).expect("a summary");
-    let row = summary
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(class))
-        .unwrap_or_else(|| panic!("no {class} row in:\n{summary}"));
-    let cols: Vec<&str> = row.split_whitespace().collect();
+    let cols = summary_cols(out, class);
     let rate = |i: usize| {
-        (cols[i] != "-").then(|| parse_rate(cols[i]).unwrap_or_else(|e| panic!("{row}: {e}")))
+        (cols[i] != "-").then(|| parse_rate(cols[i]).unwrap_or_else(|e| panic!("{cols:?}: {e}")))
     };
     [rate(3), rate(4), rate(5), rate(6)]
 }

@@ -583,14 +583,13 @@ fn phantom_backlog_gauge_reads_the_bucket() {
     send(&dp, &frame, 100);
     let snap = source(&dp, &policy)().expect("snapshot");
     let elapsed = sent.elapsed().as_secs_f64();
-    let at = |name: &str| {
-        let i = snap
-            .classes
+    let index = |name: &str| {
+        snap.classes
             .iter()
             .position(|c| c.name == name)
-            .expect("class");
-        snap.phantom_backlog_seconds[i]
+            .expect("class")
     };
+    let at = |name: &str| snap.phantom_backlog_seconds[index(name)];
     let paced = at("paced");
     assert!(
         paced <= 0.1 + 1e-3 && paced >= 0.1 - elapsed - 1e-3,
@@ -598,14 +597,7 @@ fn phantom_backlog_gauge_reads_the_bucket() {
     );
     assert_eq!(at("default"), 0.0);
     // 100 ms over a 1 ms target: the TCP window control has narrowed to two segments.
-    let window = |name: &str| {
-        let i = snap
-            .classes
-            .iter()
-            .position(|c| c.name == name)
-            .expect("class");
-        snap.tcp_window_bytes[i]
-    };
+    let window = |name: &str| snap.tcp_window_bytes[index(name)];
     assert_eq!(
         (window("paced"), window("default")),
         (u64::from(dataplane_common::window::MIN_WINDOW_BYTES), 0)

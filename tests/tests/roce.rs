@@ -19,7 +19,7 @@ use dataplane::{
 use dataplane_common::{ROCEV2_UDP_PORT, ROCE_OPCODE_CNP};
 use dataplane_tests::{
     kernel::require_root,
-    net::{recv_datagram, report_ip_fields, set_int_option, udp_socket},
+    net::{forwarding_interfaces, recv_datagram, report_ip_fields, set_int_option, udp_socket},
 };
 
 /// The class rate and ceiling, bytes per second (40 and 50 Mbit/s).
@@ -38,11 +38,7 @@ const RUN: Duration = Duration::from_secs(4);
 const SETTLED: Duration = Duration::from_secs(1);
 
 fn policy(topo: &Topology) -> String {
-    let ifaces: String = topo
-        .gateway_ifaces()
-        .iter()
-        .map(|i| format!("[[interface]]\nname = \"{i}\"\nforward = true\n"))
-        .collect();
+    let ifaces = forwarding_interfaces(topo);
     format!(
         "{ifaces}[[class]]\nname = \"default\"\n\
          [[class]]\nname = \"cnp\"\npriority = 7\n\
