@@ -46,9 +46,9 @@ pub fn on_tcp(
     tcp: &TcpMeta,
     policy: &PolicySlot,
 ) -> Result<(), Reason> {
-    let key = FlowKey::connection(meta);
     if tcp.is_syn_ack() {
         if let Some(window_scale) = window_scale(frame, tcp) {
+            let key = FlowKey::connection(meta);
             let entry = ReturnEntry {
                 key,
                 window_scale,
@@ -60,9 +60,11 @@ pub fn on_tcp(
         }
         return Ok(());
     }
+    // Data segments (the policed direction, the hot path) stop here, before any key is built.
     if !tcp.is_pure_ack() {
         return Ok(());
     }
+    let key = FlowKey::connection(meta);
     // SAFETY: LRU hash values are plain data.
     let Some(entry) = (unsafe { TCP_RETURNS.get(key.hash()) }) else {
         return Ok(());
