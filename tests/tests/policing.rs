@@ -1,8 +1,8 @@
 //! Policing in the kernel: offered load far above the configured rates through
 //! BPF_PROG_TEST_RUN, on one and two CPUs at once, admitted bytes read from the class counters.
-//! Admitted rate: the median over three windows of the admitted bytes per second, sampled
-//! while the senders run (so neither their start nor the buckets' initial burst counts),
-//! within ±1% of the configured rate.
+//! Admitted rate: the median over five windows of the admitted bytes per second, sampled
+//! while the senders run and the buckets overflow (so neither the senders' start nor the
+//! buckets' initial burst counts), within ±1% of the configured rate.
 
 use std::{
     sync::{
@@ -28,9 +28,11 @@ const WARM_UP: Duration = Duration::from_millis(150);
 /// clean with two such windows.
 const WINDOW: Duration = Duration::from_millis(2500);
 const WINDOWS: usize = 5;
-/// How precisely a counter sample's moment must be known, and how often to try for it.
-const SAMPLE_SLACK: Duration = Duration::from_micros(200);
-const SAMPLE_TRIES: usize = 20;
+/// How precisely a counter sample's moment must be known (0.2% of a window), the pause between
+/// its two reads, and how long to try for a sample taken while every class overflows.
+const SAMPLE_SLACK: Duration = Duration::from_millis(1);
+const SAMPLE_PAUSE: Duration = Duration::from_micros(100);
+const SAMPLE_BOUND: Duration = Duration::from_secs(2);
 /// Bounds every sender in time: far beyond warm-up and window, even on a slow machine.
 const SENDER_BOUND: Duration = Duration::from_secs(30);
 
@@ -60,9 +62,12 @@ fn udp_frame(dport: u16) -> Vec<u8> {
 
 /// Admitted (green, yellow) bytes per class over a window and the window's length.
 ///
-/// Each sender offers load from its own CPU until both samples are taken; the counters are
-/// sampled twice while every sender runs, so neither the senders' start nor the buckets'
-/// initial burst enters the figures.
+/// Each sender offers load from its own CPU until the last sample is taken. A sample counts
+/// only when every class refused a packet for want of tokens while it was read: its buckets
+/// were empty then, so the bytes admitted between two samples are what the rate allows over
+/// the time between them, whatever the senders did in between (a stalled sender's debt is
+/// repaid before the next sample), and neither the senders' start nor the buckets' initial
+/// burst can enter the figures.
 fn measure(
     dp: &Dataplane,
     iface_slot: u32,
@@ -71,7 +76,9 @@ fn measure(
 ) -> (Vec<(f64, f64)>, Duration) {
     let prog = dp.program().expect("program");
     let stop = AtomicBool::new(false);
-    let read = || -> Vec<(f64, f64)> {
+    // Per class: green bytes, yellow bytes, packets refused for want of tokens (drops that
+    // were not the AQM's early ones).
+    let read = || -> Vec<(f64, f64, u64)> {
         classes
             .iter()
             .map(|&class| {
@@ -79,26 +86,37 @@ fn measure(
                 let bytes = |colour: Colour| {
                     (c.colour_packets[colour as usize] * FRAME_BYTES as u64) as f64
                 };
-                (bytes(Colour::Green), bytes(Colour::Yellow))
+                let refused = c.dropped_packets - c.early_dropped_packets;
+                (bytes(Colour::Green), bytes(Colour::Yellow), refused)
             })
             .collect()
     };
-    // A sample is the counters and the moment they were read: a read the scheduler
-    // interrupted (the sampler shares the CPUs with the senders) is taken again, so the
-    // moment is known to within SAMPLE_SLACK.
+    // A sample is the counters and the moment they were read: two reads close together, with
+    // a pause between them that lets a sender sharing the sampler's CPU run, taken when every
+    // class refused a packet between them. Its values are the mean of the two reads at the
+    // middle moment, wrong by at most the rate times SAMPLE_SLACK.
     let sample = || -> (Instant, Vec<(f64, f64)>) {
-        let mut last = None;
-        for _ in 0..SAMPLE_TRIES {
+        let start = Instant::now();
+        loop {
             let before = Instant::now();
-            let values = read();
+            let first = read();
+            std::thread::sleep(SAMPLE_PAUSE);
+            let second = read();
             let after = Instant::now();
-            let taken = (before + (after - before) / 2, values);
-            if after - before <= SAMPLE_SLACK {
-                return taken;
+            let overflowing = first.iter().zip(&second).all(|(a, b)| b.2 > a.2);
+            if after - before <= SAMPLE_SLACK && overflowing {
+                let mean = |a: f64, b: f64| (a + b) / 2.0;
+                let values = (first.iter().zip(&second))
+                    .map(|(a, b)| (mean(a.0, b.0), mean(a.1, b.1)))
+                    .collect();
+                return (before + (after - before) / 2, values);
             }
-            last = Some(taken);
+            assert!(
+                start.elapsed() < SAMPLE_BOUND,
+                "no moment in {SAMPLE_BOUND:?} when every class refused packets: \
+                 the offered load does not exceed the rates"
+            );
         }
-        last.expect("at least one try")
     };
     let samples = std::thread::scope(|s| {
         let handles: Vec<_> = senders
