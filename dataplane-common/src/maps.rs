@@ -400,7 +400,8 @@ const _: () = {
     assert!(core::mem::size_of::<ForwardCounters>() == 16);
     assert!(core::mem::size_of::<FlowKey>() == 48);
     assert!(core::mem::size_of::<FlowKey>() == 8 * FLOW_KEY_WORDS);
-    assert!(core::mem::size_of::<FlowEntry>() == 96);
+    assert!(core::mem::size_of::<FlowEntry>() == 128);
+    assert!(core::mem::size_of::<crate::flow::NextHop>() == 32);
     assert!(core::mem::size_of::<ReturnEntry>() == 64);
     assert!(core::mem::size_of::<crate::classify::PrefixKey>() == 20);
 };
@@ -458,6 +459,9 @@ pub mod names {
     pub const IFACE_COUNTERS: &str = "IFACE_COUNTERS";
     /// `Array<u32, 1>`: kernel log level (0 off, 1 error ... 5 trace).
     pub const LOG_LEVEL: &str = "LOG_LEVEL";
+    /// `Array<u32, 1>`: the route generation, bumped on every routing change (see
+    /// `flow::NextHop`).
+    pub const ROUTE_GENERATION: &str = "ROUTE_GENERATION";
     /// `DevMapHash` keyed by ifindex: the interfaces forwarded packets may leave by.
     pub const EGRESS_DEVICES: &str = "EGRESS_DEVICES";
     /// `PerCpuArray<ForwardCounters, MAX_IFACES * MAX_CLASSES>`, by egress slot and class.
@@ -468,7 +472,7 @@ pub mod names {
     pub const PACKET_SCRATCH: &str = "PACKET_SCRATCH";
 
     /// Every map, for checks that the object and the pins hold them all.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         ACTIVE_SLOT,
         POLICY_SLOTS,
         CLASSES,
@@ -483,6 +487,7 @@ pub mod names {
         CLASS_COUNTERS,
         IFACE_COUNTERS,
         LOG_LEVEL,
+        ROUTE_GENERATION,
         EGRESS_DEVICES,
         FORWARD_COUNTERS,
         FIB_SCRATCH,

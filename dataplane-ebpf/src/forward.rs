@@ -1,5 +1,5 @@
-//! Forward: route lookup in the kernel's FIB (`bpf_fib_lookup`, which honours routing rules,
-//! neighbour state and MTUs), then a redirect through the device map to the egress interface
+//! Forward: the flow's cached next hop, or a route lookup in the kernel's FIB
+//! (`bpf_fib_lookup`, which honours routing rules, neighbour state and MTUs), then a redirect through the device map to the egress interface
 //! with the MACs rewritten and the TTL / hop limit decremented. Whatever the lookup cannot
 //! finish goes to the kernel, counted by reason: it resolves neighbours, sends ICMP errors
 //! and fragments.
@@ -8,7 +8,7 @@ use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::generated::bpf_fib_lookup,
+    helpers::generated::{bpf_fib_lookup, bpf_jiffies64},
     programs::XdpContext,
     EbpfContext,
 };
@@ -18,6 +18,7 @@ use dataplane_common::{
         routable_v6, ETH_HLEN, IPV4_CHECKSUM_OFFSET, IPV4_TTL_OFFSET, IPV6_HOP_LIMIT_OFFSET,
         MAC_LEN,
     },
+    flow::{FlowState, NextHop},
     maps::{class_counter_index, IfaceConfig},
     packet::{Family, PacketMeta},
     reason::Reason,
@@ -25,7 +26,7 @@ use dataplane_common::{
 
 use crate::{
     frame::Frame,
-    maps::{EGRESS_DEVICES, FIB_SCRATCH, FORWARD_COUNTERS, IFACES},
+    maps::{EGRESS_DEVICES, FIB_SCRATCH, FORWARD_COUNTERS, IFACES, ROUTE_GENERATION},
 };
 
 /// IPv4 header bytes we write: up to and including the checksum.
@@ -42,9 +43,12 @@ const IPV6_DST_OFFSET: usize = 24;
 const IPV6_FLOWINFO_MASK: u32 = 0x0fff_ffff;
 
 /// Forwards a packet the policy let through: `Ok(XDP_REDIRECT)`, or why the kernel gets it.
-/// Nothing in the frame changes before the redirect is set up, so a packet handed to the
-/// kernel is the one that arrived (after the policy's DSCP/ECN rewrite).
+/// A flow the cache holds reuses its next hop while it is valid (see `NextHop`); otherwise
+/// the kernel's route lookup answers, and the flow keeps the answer. Nothing in the frame
+/// changes before the redirect is set up, so a packet handed to the kernel is the one that
+/// arrived (after the policy's DSCP/ECN rewrite).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     ctx: &XdpContext,
     frame: &Frame,
@@ -53,6 +57,7 @@ pub fn forward(
     tos: u8,
     class: u32,
     bytes: u32,
+    flow: Option<*mut FlowState>,
 ) -> Result<u32, Reason> {
     let dst_mac = frame
         .slice_mut::<MAC_LEN>(0)
@@ -61,7 +66,110 @@ pub fn forward(
     let dst_mac = unsafe { &*dst_mac };
     // Also guarantees the IP header starts at ETH_HLEN (no VLAN tags).
     forwardable(meta, dst_mac, &iface.mac)?;
+    let tot_len = routable_length(frame, meta)?;
 
+    // Read before the lookup: a change after this read leaves what the lookup stores stale
+    // at once, never the other way round.
+    let route_generation = ROUTE_GENERATION.get(0).copied().unwrap_or(0);
+    // SAFETY: the helper takes no arguments.
+    let now = unsafe { bpf_jiffies64() } as u32;
+    if let Some(flow) = flow {
+        // SAFETY: the flow entry's pointer, valid for this run (see classify::class_of).
+        let hop = unsafe { &(*flow).next_hop };
+        if hop.usable(route_generation, now, tos, tot_len) {
+            return send(
+                frame,
+                meta,
+                hop.egress_ifindex,
+                u32::from(hop.egress_slot),
+                &hop.dst_mac,
+                &hop.src_mac,
+                class,
+                bytes,
+            );
+        }
+    }
+
+    let fib = lookup(ctx, frame, meta, tos, tot_len)?;
+    let egress = fib.ifindex;
+    let egress_slot = egress_slot(egress)?;
+    if let Some(flow) = flow {
+        // SAFETY: as above; after a successful lookup the length field holds the MTU.
+        unsafe {
+            (*flow).next_hop = NextHop {
+                route_generation,
+                egress_ifindex: egress,
+                egress_slot: egress_slot as u16,
+                mtu: fib.__bindgen_anon_1.mtu_result,
+                dscp: tos >> 2,
+                _pad: 0,
+                dst_mac: fib.dmac,
+                src_mac: fib.smac,
+                looked_up: now,
+            };
+        }
+    }
+    send(
+        frame,
+        meta,
+        egress,
+        egress_slot,
+        &fib.dmac,
+        &fib.smac,
+        class,
+        bytes,
+    )
+}
+
+/// Checks the addresses are ones the kernel would forward and returns the IP packet's length
+/// (what the route lookup compares with the egress MTU).
+#[inline(always)]
+fn routable_length(frame: &Frame, meta: &PacketMeta) -> Result<u16, Reason> {
+    match meta.family {
+        Family::V4 => {
+            let h = frame
+                .slice_mut::<IPV4_MIN_HLEN>(ETH_HLEN)
+                .ok_or(Reason::TruncatedIpv4)?;
+            // SAFETY: slice_mut checked the bytes lie inside the frame.
+            let h = unsafe { &*h };
+            routable_v4(h[IPV4_SRC_OFFSET], h[IPV4_DST_OFFSET])?;
+            Ok(u16::from_be_bytes([h[2], h[3]]))
+        }
+        Family::V6 => {
+            let h = frame
+                .slice_mut::<IPV6_HLEN>(ETH_HLEN)
+                .ok_or(Reason::TruncatedIpv6)?;
+            // SAFETY: as above.
+            let h = unsafe { &*h };
+            let (src, dst) = ipv6_addresses(h);
+            routable_v6(src, dst)?;
+            Ok(u16::from_be_bytes([h[4], h[5]]).saturating_add(IPV6_HLEN as u16))
+        }
+    }
+}
+
+/// The source and destination of a checked IPv6 header.
+#[inline(always)]
+fn ipv6_addresses(h: &[u8; IPV6_HLEN]) -> (&[u8; 16], &[u8; 16]) {
+    // SAFETY: 16 bytes each, inside the header.
+    unsafe {
+        (
+            &*(h.as_ptr().add(IPV6_SRC_OFFSET) as *const [u8; 16]),
+            &*(h.as_ptr().add(IPV6_DST_OFFSET) as *const [u8; 16]),
+        )
+    }
+}
+
+/// The kernel's route lookup (`bpf_fib_lookup`, which honours routing rules, neighbour state
+/// and MTUs) for the packet as the policy left it: its answer, or why the kernel gets it.
+#[inline(always)]
+fn lookup<'a>(
+    ctx: &XdpContext,
+    frame: &Frame,
+    meta: &PacketMeta,
+    tos: u8,
+    tot_len: u16,
+) -> Result<&'a FibParams, Reason> {
     let fib = FIB_SCRATCH
         .get_ptr_mut(0)
         .ok_or(Reason::ScratchUnavailable)?;
@@ -75,16 +183,15 @@ pub fn forward(
     fib.sport = meta.src_port.to_be();
     fib.dport = meta.dst_port.to_be();
     fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_1.tot_len = tot_len;
     match meta.family {
         Family::V4 => {
             let h = frame
                 .slice_mut::<IPV4_MIN_HLEN>(ETH_HLEN)
                 .ok_or(Reason::TruncatedIpv4)?;
-            // SAFETY: as above.
+            // SAFETY: slice_mut checked the bytes lie inside the frame.
             let h = unsafe { &*h };
-            routable_v4(h[IPV4_SRC_OFFSET], h[IPV4_DST_OFFSET])?;
             fib.family = af::INET;
-            fib.__bindgen_anon_1.tot_len = u16::from_be_bytes([h[2], h[3]]);
             fib.__bindgen_anon_2.tos = tos;
             // Addresses stay in network byte order, as the helper wants them.
             // SAFETY: four bytes each, inside the checked header, into plain map memory.
@@ -99,22 +206,12 @@ pub fn forward(
                 .ok_or(Reason::TruncatedIpv6)?;
             // SAFETY: as above.
             let h = unsafe { &*h };
-            // SAFETY: 16 bytes each, inside the checked header.
-            let (src, dst) = unsafe {
-                (
-                    &*(h.as_ptr().add(IPV6_SRC_OFFSET) as *const [u8; 16]),
-                    &*(h.as_ptr().add(IPV6_DST_OFFSET) as *const [u8; 16]),
-                )
-            };
-            routable_v6(src, dst)?;
+            let (src, dst) = ipv6_addresses(h);
             fib.family = af::INET6;
-            // The MTU check compares the whole IPv6 packet.
-            fib.__bindgen_anon_1.tot_len =
-                u16::from_be_bytes([h[4], h[5]]).saturating_add(IPV6_HLEN as u16);
             // The traffic class as the policy left it, and the flow label.
             fib.__bindgen_anon_2.flowinfo =
                 u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) & IPV6_FLOWINFO_MASK.to_be();
-            // SAFETY: as for IPv4.
+            // SAFETY: 16 bytes each, inside the checked header, into plain map memory.
             unsafe {
                 copy_bytes::<16, _>(&src[0], addr_of_mut!(fib.__bindgen_anon_3));
                 copy_bytes::<16, _>(&dst[0], addr_of_mut!(fib.__bindgen_anon_4));
@@ -131,24 +228,38 @@ pub fn forward(
         )
     };
     fib_verdict(ret)?;
+    Ok(fib)
+}
 
-    // Decide the TTL before anything is written: an expired packet goes to the kernel as it
-    // arrived, and the kernel sends the ICMP error.
-    let egress = fib.ifindex;
-    let (action, egress_slot) = if meta.family == Family::V4 {
+/// Sends the packet to `egress`: TTL / hop limit decremented, MACs rewritten, counted on the
+/// egress interface's slot. An expired packet goes to the kernel as it arrived (the kernel
+/// sends the ICMP error): the TTL is decided before anything is written.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn send(
+    frame: &Frame,
+    meta: &PacketMeta,
+    egress: u32,
+    egress_slot: u32,
+    dst_mac: &[u8; MAC_LEN],
+    src_mac: &[u8; MAC_LEN],
+    class: u32,
+    bytes: u32,
+) -> Result<u32, Reason> {
+    let action = if meta.family == Family::V4 {
         let h = frame
             .slice_mut::<IPV4_HEAD>(ETH_HLEN)
             .ok_or(Reason::TruncatedIpv4)?;
-        // SAFETY: as above.
+        // SAFETY: slice_mut checked the bytes lie inside the frame.
         let h = unsafe { &mut *h };
         let check = u16::from_be_bytes([h[IPV4_CHECKSUM_OFFSET], h[IPV4_CHECKSUM_OFFSET + 1]]);
         let (ttl, check) = ipv4_decrement_ttl(h[IPV4_TTL_OFFSET], h[IPV4_TTL_OFFSET + 1], check)?;
-        let redirected = redirect(egress)?;
+        let action = redirect(egress)?;
         h[IPV4_TTL_OFFSET] = ttl;
         let check = check.to_be_bytes();
         h[IPV4_CHECKSUM_OFFSET] = check[0];
         h[IPV4_CHECKSUM_OFFSET + 1] = check[1];
-        redirected
+        action
     } else {
         let h = frame
             .slice_mut::<IPV6_HEAD>(ETH_HLEN)
@@ -156,17 +267,17 @@ pub fn forward(
         // SAFETY: as above.
         let h = unsafe { &mut *h };
         let hop_limit = ipv6_decrement_hop_limit(h[IPV6_HOP_LIMIT_OFFSET])?;
-        let redirected = redirect(egress)?;
+        let action = redirect(egress)?;
         h[IPV6_HOP_LIMIT_OFFSET] = hop_limit;
-        redirected
+        action
     };
     let eth = frame
         .slice_mut::<{ 2 * MAC_LEN }>(0)
         .ok_or(Reason::TruncatedEthernet)?;
     // SAFETY: as above.
     let eth = unsafe { &mut *eth };
-    eth[..MAC_LEN].copy_from_slice(&fib.dmac);
-    eth[MAC_LEN..].copy_from_slice(&fib.smac);
+    eth[..MAC_LEN].copy_from_slice(dst_mac);
+    eth[MAC_LEN..].copy_from_slice(src_mac);
     count(egress_slot, class, bytes);
     Ok(action)
 }
@@ -180,20 +291,24 @@ unsafe fn copy_bytes<const N: usize, T>(from: &u8, to: *mut T) {
     core::ptr::copy_nonoverlapping(from as *const u8, to as *mut u8, N);
 }
 
-/// Sets up the redirect to `egress` and returns the verdict and the egress interface's slot.
-/// Only registered interfaces are in the device map, and they are in `IFACES` too: checking
-/// that first gives the clearer reason. On a device-map miss the helper falls back to
-/// `XDP_PASS`, reported as a reason.
+/// The counter slot of the egress interface the lookup chose. Only registered interfaces are
+/// in the device map, and they are in `IFACES` too: checking that first gives the clearer
+/// reason.
 #[inline(always)]
-fn redirect(egress: u32) -> Result<(u32, u32), Reason> {
+fn egress_slot(egress: u32) -> Result<u32, Reason> {
     // SAFETY: hash values are plain data, replaced whole by user space.
-    let slot = unsafe { IFACES.get(egress) }
+    Ok(unsafe { IFACES.get(egress) }
         .ok_or(Reason::EgressNotRegistered)?
-        .slot;
-    let action = EGRESS_DEVICES
+        .slot)
+}
+
+/// Sets up the redirect to `egress`. On a device-map miss (an interface unregistered since
+/// the lookup) the helper falls back to `XDP_PASS`, reported as a reason.
+#[inline(always)]
+fn redirect(egress: u32) -> Result<u32, Reason> {
+    EGRESS_DEVICES
         .redirect(egress, u64::from(xdp_action::XDP_PASS))
-        .map_err(|_| Reason::RedirectFailed)?;
-    Ok((action, slot))
+        .map_err(|_| Reason::RedirectFailed)
 }
 
 /// Counts a forwarded packet on its egress interface's slot.

@@ -126,7 +126,7 @@ fn pipeline(
     // Interfaces without forwarding pay one flag test.
     match iface {
         Some(iface) if iface.flags & IfaceConfig::FORWARD != 0 => {
-            forward::forward(ctx, frame, meta, iface, tos, class, bytes)
+            forward::forward(ctx, frame, meta, iface, tos, class, bytes, flow)
         }
         _ => Ok(xdp_action::XDP_PASS),
     }

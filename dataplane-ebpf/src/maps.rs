@@ -66,6 +66,10 @@ pub static IFACE_COUNTERS: PerCpuArray<IfaceCounters, MAX_IFACES> = PerCpuArray:
 /// logging costs one array read when off.
 #[btf_map]
 pub static LOG_LEVEL: Array<u32, 1> = Array::new();
+/// The route generation: user space bumps it on every routing change the kernel reports, and
+/// a flow's cached next hop serves only the generation it was looked up under.
+#[btf_map]
+pub static ROUTE_GENERATION: Array<u32, 1> = Array::new();
 /// Interfaces forwarded packets may leave by, keyed by ifindex: the redirect targets.
 #[btf_map]
 pub static EGRESS_DEVICES: DevMapHash<MAX_IFACES> = DevMapHash::new();

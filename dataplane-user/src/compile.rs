@@ -336,12 +336,13 @@ impl CompiledPolicy {
         let flow_cache = match policy.flow_cache {
             FlowCache::On => true,
             FlowCache::Off => false,
-            // A policing class needs its flows' state: TCP repair and `dataplane top` live in
-            // the cache entries.
+            // A policing class needs its flows' state (TCP repair and `dataplane top` live in
+            // the cache entries), and a forwarded flow keeps its next hop there.
             FlowCache::Auto => {
                 tables.rule_words() > AUTO_CACHE_MIN_WORDS
                     || tables.active_fields & prefixes != 0
                     || policy.classes.iter().any(polices)
+                    || policy.interfaces.iter().any(|i| i.forward)
             }
         };
         // Ids no class holds are never selected by a rule; they get the default class's

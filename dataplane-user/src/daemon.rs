@@ -726,6 +726,9 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
     let metrics_listener = cfg.metrics.take();
     let mut daemon = Daemon::start(cfg)?;
     let kernel_logs = kernel_log::forward(&daemon.dp);
+    // Cached next hops follow the kernel's routing changes from here on; the first move
+    // covers changes made while no daemon listened.
+    let mut routes = crate::routes::follow(daemon.dp.route_generation()?)?;
     let metrics_server = match metrics_listener {
         Some(listener) => {
             listener.set_nonblocking(true)?;
@@ -776,6 +779,13 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
             _ = hangup.recv() => { daemon.lock().await.reload("SIGHUP"); }
             _ = watch.tick() => {
                 let mut daemon = daemon.lock().await;
+                if routes.is_finished() {
+                    let again = daemon.dp.route_generation().map_err(anyhow::Error::from);
+                    match again.and_then(crate::routes::follow) {
+                        Ok(task) => routes = task,
+                        Err(e) => warn!("following routing changes again: {e:#}"),
+                    }
+                }
                 daemon.follow_interfaces();
                 daemon.retry_state_save();
                 daemon.check_config_file();
@@ -785,6 +795,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
             _ = exit_rx.recv() => return Ok(()),
         }
     }
+    routes.abort();
     if let Some(task) = kernel_logs {
         task.abort();
     }

@@ -1,7 +1,10 @@
 //! The loaded XDP program and its maps: load, write a policy generation and switch to it in
 //! one step, register interfaces, attach, read counters.
 
-use std::time::{Duration, Instant};
+use std::{
+    os::fd::AsFd,
+    time::{Duration, Instant},
+};
 
 use aya::{
     maps::{
@@ -609,6 +612,8 @@ impl Dataplane {
                 None => missing.push(name.clone()),
             }
         }
+        // Cached next hops name egress slots.
+        self.route_generation()?.bump()?;
         Ok(missing)
     }
 
@@ -621,9 +626,10 @@ impl Dataplane {
         let mut ifaces: HashMap<&mut MapData, u32, IfaceConfig> =
             HashMap::try_from(self.map_mut(map_name)?).map_err(map_err(map_name))?;
         match ifaces.remove(&index) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(map_name)(e)),
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(map_name)(e)),
         }
+        self.route_generation()?.bump().map(drop)
     }
 
     /// Forgets the interface registered under `ifindex` (a device that is gone).
@@ -632,9 +638,10 @@ impl Dataplane {
         let mut ifaces: HashMap<&mut MapData, u32, IfaceConfig> =
             HashMap::try_from(self.map_mut(map_name)?).map_err(map_err(map_name))?;
         match ifaces.remove(&ifindex) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(map_name)(e)),
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(map_name)(e)),
         }
+        self.route_generation()?.bump().map(drop)
     }
 
     /// Sets the kernel log level; takes effect on the next packet.
@@ -645,6 +652,22 @@ impl Dataplane {
         self.array::<u32>(names::LOG_LEVEL)?
             .set(0, level as u32, 0)
             .map_err(map_err(names::LOG_LEVEL))
+    }
+
+    /// A handle on the route generation that the route watcher keeps in its own task.
+    pub fn route_generation(&self) -> Result<RouteGeneration, DataplaneError> {
+        let name = names::ROUTE_GENERATION;
+        let Map::Array(data) = self.map(name)? else {
+            return Err(map_err(name)(MapError::InvalidMapType { map_type: 0 }));
+        };
+        let fd =
+            data.fd().as_fd().try_clone_to_owned().map_err(|e| {
+                DataplaneError::Interface(format!("duplicating the {name} map: {e}"))
+            })?;
+        let data = MapData::from_fd(fd).map_err(map_err(name))?;
+        Ok(RouteGeneration(
+            Array::try_from(Map::Array(data)).map_err(map_err(name))?,
+        ))
     }
 
     /// Kernel id of the dataplane program (what `bpftool prog` lists).
@@ -740,5 +763,26 @@ impl Dataplane {
             iface_slot,
             IfaceCounters::add,
         )
+    }
+}
+
+/// The kernel's route generation (see `dataplane_common::flow::NextHop`): moving it puts
+/// every flow's cached next hop out of date, so each flow's next packet looks its route up.
+pub struct RouteGeneration(Array<MapData, u32>);
+
+impl RouteGeneration {
+    /// The generation now.
+    pub fn get(&self) -> Result<u32, DataplaneError> {
+        self.0.get(&0, 0).map_err(map_err(names::ROUTE_GENERATION))
+    }
+
+    /// Moves the generation on (never back to 0, which no next hop was looked up under) and
+    /// returns the new one.
+    pub fn bump(&mut self) -> Result<u32, DataplaneError> {
+        let next = self.get()?.wrapping_add(1).max(1);
+        self.0
+            .set(0, next, 0)
+            .map_err(map_err(names::ROUTE_GENERATION))?;
+        Ok(next)
     }
 }

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod kernel_log;
 pub mod metrics;
 pub mod pins;
+pub mod routes;
 pub mod state;
 pub mod topology;
 pub mod units;

@@ -161,6 +161,7 @@ impl Running {
             dataplane_uptime_secs: loaded.map(|l| now.saturating_sub(l).as_secs()),
             generation: self.dp.generation()?,
             state_generation: self.state.generation,
+            route_generation: self.dp.route_generation()?.get()?,
             policy_origin: self.state.policy_origin.clone(),
             interfaces: self
                 .layout
@@ -351,6 +352,9 @@ pub struct Status {
     /// Generation the state file describes (behind `generation` while the daemon cannot
     /// write it).
     pub state_generation: u32,
+    /// Route generation: moves on every routing change the daemon heard of, and each
+    /// forwarded flow looks its route up again after a move.
+    pub route_generation: u32,
     /// Where the policy came from.
     pub policy_origin: String,
     /// Attached interfaces.

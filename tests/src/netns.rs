@@ -12,11 +12,11 @@ use std::{
 use dataplane::topology::in_netns;
 
 /// Prefix of every name this module creates: `dn<pid>x<n>`.
-const PREFIX: &str = "dn";
+pub const PREFIX: &str = "dn";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-fn ip(args: &[&str]) {
+pub fn ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -30,7 +30,7 @@ fn ip(args: &[&str]) {
 }
 
 /// Runs `ip` where failure is expected and harmless (removing what may not exist).
-fn ip_quiet(args: &[&str]) {
+pub fn ip_quiet(args: &[&str]) {
     let _ = Command::new("ip")
         .args(args)
         .stdout(Stdio::null())
@@ -43,7 +43,7 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 /// Removes namespaces and root-side veths left by test processes that no longer exist.
-fn remove_leftovers() {
+pub fn remove_leftovers() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };

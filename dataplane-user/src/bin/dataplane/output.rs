@@ -46,6 +46,10 @@ pub fn status(s: &Status, json: bool) -> Result<()> {
             &s.policy_origin
         }
     );
+    println!(
+        "routes:    generation {} (moves with every routing change the daemon hears of)",
+        s.route_generation
+    );
     if s.state_generation != 0 && s.state_generation != s.generation {
         println!(
             "WARNING:   the state file still describes generation {}: the daemon could not \
