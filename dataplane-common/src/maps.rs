@@ -165,6 +165,13 @@ pub struct IfaceCounters {
     pub flow_cache_hits: u64,
     /// Flow-cache misses (the packet was classified through the rule tables).
     pub flow_cache_misses: u64,
+    /// Route lookups (`bpf_fib_lookup`) for packets arriving here; a forwarded packet of a
+    /// flow with a valid cached next hop needs none.
+    pub route_lookups: u64,
+    /// Frames forwarded out of this interface that it could not take (the redirect failed,
+    /// e.g. a veth whose peer has no NAPI, or the egress dropped them), counted by the
+    /// kernel's XDP tracepoints while a daemon runs.
+    pub redirect_failures: u64,
 }
 
 impl Default for IfaceCounters {
@@ -173,6 +180,8 @@ impl Default for IfaceCounters {
             reasons: [0; REASON_COUNT],
             flow_cache_hits: 0,
             flow_cache_misses: 0,
+            route_lookups: 0,
+            redirect_failures: 0,
         }
     }
 }
@@ -185,6 +194,8 @@ impl IfaceCounters {
         }
         self.flow_cache_hits += o.flow_cache_hits;
         self.flow_cache_misses += o.flow_cache_misses;
+        self.route_lookups += o.route_lookups;
+        self.redirect_failures += o.redirect_failures;
     }
 }
 
@@ -396,7 +407,7 @@ const _: () = {
     assert!(core::mem::size_of::<IfaceConfig>() == 32);
     assert!(core::mem::size_of::<LinkState>() == 8);
     assert!(core::mem::size_of::<ClassCounters>() == 112);
-    assert!(core::mem::size_of::<IfaceCounters>() == 8 * (REASON_COUNT + 2));
+    assert!(core::mem::size_of::<IfaceCounters>() == 8 * (REASON_COUNT + 4));
     assert!(core::mem::size_of::<ForwardCounters>() == 16);
     assert!(core::mem::size_of::<FlowKey>() == 48);
     assert!(core::mem::size_of::<FlowKey>() == 8 * FLOW_KEY_WORDS);

@@ -26,7 +26,9 @@ use dataplane_common::{
 
 use crate::{
     frame::Frame,
-    maps::{EGRESS_DEVICES, FIB_SCRATCH, FORWARD_COUNTERS, IFACES, ROUTE_GENERATION},
+    maps::{
+        EGRESS_DEVICES, FIB_SCRATCH, FORWARD_COUNTERS, IFACES, IFACE_COUNTERS, ROUTE_GENERATION,
+    },
 };
 
 /// IPv4 header bytes we write: up to and including the checksum.
@@ -90,6 +92,10 @@ pub fn forward(
         }
     }
 
+    if let Some(c) = IFACE_COUNTERS.get_ptr_mut(iface.slot) {
+        // SAFETY: per-CPU value; XDP does not nest on one CPU.
+        unsafe { (*c).route_lookups += 1 };
+    }
     let fib = lookup(ctx, frame, meta, tos, tot_len)?;
     let egress = fib.ifindex;
     let egress_slot = egress_slot(egress)?;

@@ -13,6 +13,7 @@ mod frame;
 mod log;
 mod maps;
 mod police;
+mod redirect;
 mod window;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

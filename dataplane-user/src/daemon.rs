@@ -93,6 +93,9 @@ pub struct Daemon {
     /// Interfaces the daemon keeps attached: those it was started with and those it adopted,
     /// less those detached by command. Followed every watch interval.
     wanted: std::collections::BTreeSet<String>,
+    /// Redirect failures per interface slot when last looked at (see
+    /// [`Daemon::warn_redirect_failures`]).
+    redirect_failures: std::collections::BTreeMap<u32, u64>,
 }
 
 /// Why applying a policy text failed.
@@ -222,6 +225,7 @@ impl Daemon {
             metrics_view: Arc::default(),
             unsaved: None,
             wanted: std::collections::BTreeSet::new(),
+            redirect_failures: std::collections::BTreeMap::new(),
         };
         if !daemon.state.policy_text.is_empty() {
             daemon.policy =
@@ -543,6 +547,29 @@ impl Daemon {
         self.state.ifindexes.remove(iface);
     }
 
+    /// Warns when frames forwarded out of an interface were lost since the last look: the
+    /// egress cannot take redirected frames (a veth whose peer has neither an XDP program nor
+    /// GRO on) or drops them.
+    pub fn warn_redirect_failures(&mut self) {
+        for (name, slot) in &self.state.ids.ifaces {
+            let Ok(counters) = self.dp.iface_counters(*slot) else {
+                continue;
+            };
+            let now = counters.redirect_failures;
+            // The first look only takes note (an adopted dataplane brings its past).
+            let before = self.redirect_failures.insert(*slot, now).unwrap_or(now);
+            if now > before {
+                warn!(
+                    iface = %name,
+                    frames = now - before,
+                    "frames forwarded out of this interface were lost: it cannot take \
+                     redirected XDP frames (a veth needs an XDP program or GRO on its peer) \
+                     or dropped them; see `dataplane stats`"
+                );
+            }
+        }
+    }
+
     /// Writes the state file again after a failed write (see [`Daemon::persist`]).
     pub fn retry_state_save(&mut self) {
         if self.unsaved.is_none() {
@@ -725,6 +752,10 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
     let watch_interval = cfg.watch_interval;
     let metrics_listener = cfg.metrics.take();
     let mut daemon = Daemon::start(cfg)?;
+    daemon
+        .dp
+        .watch_redirects()
+        .context("attaching the redirect-failure counters to the XDP tracepoints")?;
     let kernel_logs = kernel_log::forward(&daemon.dp);
     // Cached next hops follow the kernel's routing changes from here on; the first move
     // covers changes made while no daemon listened.
@@ -787,6 +818,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
                     }
                 }
                 daemon.follow_interfaces();
+                daemon.warn_redirect_failures();
                 daemon.retry_state_save();
                 daemon.check_config_file();
             }

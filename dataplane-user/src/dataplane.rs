@@ -11,7 +11,7 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
         Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
     },
-    programs::{links::FdLink, ProgramError, Xdp, XdpMode},
+    programs::{links::FdLink, ProgramError, TracePoint, Xdp, XdpMode},
     Ebpf, EbpfError,
 };
 use dataplane_common::{
@@ -55,6 +55,11 @@ pub static BENCH_OBJECT: &[u8] =
 pub const PROGRAM_NAME: &str = "dataplane";
 /// Name of the pass-everything XDP program in the object.
 pub const PASS_PROGRAM_NAME: &str = "xdp_pass";
+/// The tracepoint programs that count redirect failures, and the `xdp:` event each watches.
+pub const REDIRECT_WATCHERS: [(&str, &str); 2] = [
+    ("redirect_error", "xdp_redirect_err"),
+    ("devmap_drops", "xdp_devmap_xmit"),
+];
 
 /// What can go wrong with the kernel side.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +147,8 @@ enum Programs {
 struct PinnedPrograms {
     dataplane: Xdp,
     pass: Xdp,
+    /// In [`REDIRECT_WATCHERS`] order.
+    watchers: Vec<TracePoint>,
 }
 
 /// A loaded or adopted dataplane.
@@ -166,6 +173,13 @@ impl Dataplane {
         let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
         for name in [PROGRAM_NAME, PASS_PROGRAM_NAME] {
             let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingProgram(name))?
+                .try_into()?;
+            prog.load()?;
+        }
+        for (name, _) in REDIRECT_WATCHERS {
+            let prog: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::MissingProgram(name))?
                 .try_into()?;
@@ -255,11 +269,19 @@ impl Dataplane {
             Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface)
                 .map_err(|e| open_failure(&path, e).into())
         };
+        let watchers = REDIRECT_WATCHERS
+            .iter()
+            .map(|(name, _)| {
+                let path = layout.program(name);
+                TracePoint::from_pin(&path).map_err(|e| open_failure(&path, e).into())
+            })
+            .collect::<Result<_, DataplaneError>>()?;
         Ok(Dataplane {
             maps,
             programs: Programs::Pinned(Box::new(PinnedPrograms {
                 dataplane: open(PROGRAM_NAME)?,
                 pass: open(PASS_PROGRAM_NAME)?,
+                watchers,
             })),
             last_switch: None,
         })
@@ -276,6 +298,15 @@ impl Dataplane {
                 reason: e.to_string(),
             })?;
         }
+        for (index, (name, _)) in REDIRECT_WATCHERS.iter().enumerate() {
+            let path = layout.program(name);
+            self.watcher_mut(index)?
+                .pin(&path)
+                .map_err(|e| DataplaneError::Pin {
+                    path,
+                    reason: e.to_string(),
+                })?;
+        }
         for name in [PASS_PROGRAM_NAME, PROGRAM_NAME] {
             let path = layout.program(name);
             self.xdp_mut(name)?
@@ -286,6 +317,30 @@ impl Dataplane {
                 })?;
         }
         Ok(())
+    }
+
+    /// Attaches the redirect-failure counters to the kernel's XDP tracepoints for as long as
+    /// this value lives (a daemon's lifetime: frames lost while no daemon runs are not
+    /// counted).
+    pub fn watch_redirects(&mut self) -> Result<(), DataplaneError> {
+        for (index, (_, event)) in REDIRECT_WATCHERS.iter().enumerate() {
+            self.watcher_mut(index)?.attach("xdp", event)?;
+        }
+        Ok(())
+    }
+
+    fn watcher_mut(&mut self, index: usize) -> Result<&mut TracePoint, DataplaneError> {
+        let name = REDIRECT_WATCHERS[index].0;
+        match &mut self.programs {
+            Programs::Loaded(ebpf) => Ok(ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingProgram(name))?
+                .try_into()?),
+            Programs::Pinned(p) => p
+                .watchers
+                .get_mut(index)
+                .ok_or(DataplaneError::MissingProgram(name)),
+        }
     }
 
     /// Attaches the dataplane program to `iface` (`mode`) and pins the link under `layout`,

@@ -20,6 +20,8 @@
 //! | `dataplane_parse_errors_total` | iface, reason | the [`Reason::is_parse_error`] reasons |
 //! | `dataplane_reason_packets_total` | iface, reason | every [`Reason`] (early exits and drops) |
 //! | `dataplane_flow_cache_lookups_total` | iface, result (`hit`/`miss`) | |
+//! | `dataplane_route_lookups_total` | iface | route lookups of packets arriving there (none for a flow on a valid cached next hop) |
+//! | `dataplane_redirect_failures_total` | iface | frames forwarded out of it that it could not take |
 //! | `dataplane_class_rate_bytes_per_second` | class | committed rate; 0 = no guarantee |
 //! | `dataplane_class_ceil_bytes_per_second` | class | peak rate; absent = unlimited |
 //! | `dataplane_class_priority` | class | 0 ..= 7 |
@@ -534,6 +536,27 @@ impl Collector for Exposition {
 
         for (name, help, value) in [
             (
+                "dataplane_route_lookups",
+                "Route lookups (bpf_fib_lookup) for packets arriving on the interface; a \
+                 forwarded flow on a valid cached next hop needs none.",
+                (|c| c.route_lookups) as fn(&IfaceCounters) -> u64,
+            ),
+            (
+                "dataplane_redirect_failures",
+                "Frames forwarded out of the interface that it could not take (failed \
+                 redirect or dropped by the egress), counted while the daemon runs.",
+                |c| c.redirect_failures,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for iface in &s.ifaces {
+                let labels = [("iface", iface.name.as_str())];
+                ConstCounter::new(value(&iface.counters)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        for (name, help, value) in [
+            (
                 "dataplane_class_rate_bytes_per_second",
                 "Committed (guaranteed) rate of the class; 0 = no guarantee.",
                 (|c| Some(c.rate_bytes_per_sec)) as fn(&ClassInfo) -> Option<u64>,
@@ -674,6 +697,8 @@ mod tests {
             r#"dataplane_parse_errors_total{iface="eth0",reason="truncated_l4"} 2"#,
             r#"dataplane_reason_packets_total{iface="eth0",reason="not_ip"} 5"#,
             r#"dataplane_flow_cache_lookups_total{iface="eth0",result="miss"} 0"#,
+            r#"dataplane_route_lookups_total{iface="eth0"} 0"#,
+            r#"dataplane_redirect_failures_total{iface="eth0"} 0"#,
             r#"dataplane_class_rate_bytes_per_second{class="bulk"} 1000"#,
             r#"dataplane_class_ceil_bytes_per_second{class="bulk"} 2000"#,
             r#"dataplane_class_priority{class="default"} 3"#,

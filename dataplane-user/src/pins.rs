@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! /sys/fs/bpf/dataplane/          pin root (--pin-root), on a bpf filesystem
-//!   v1/                           layout version: a binary only adopts its own version
+//!   v2/                           layout version: a binary only adopts its own version
 //!     maps/<MAP_NAME>             every map of the object (ACTIVE_SLOT, CLASS_COUNTERS, ...)
 //!     programs/dataplane          the XDP pipeline
 //!     programs/xdp_pass           the pass-everything program (veth peers, measurements)
+//!     programs/redirect_error     tracepoint programs counting redirect failures (attached
+//!     programs/devmap_drops       by the daemon while it runs)
 //!     links/<iface>               one XDP link per attached interface
 //! ```
 //!
@@ -23,7 +25,7 @@ use std::{
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/dataplane";
 /// The layout this binary writes and adopts. Bump it whenever a map's type, key, value or size
 /// changes meaning in a way the size check below would not catch.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Where bpffs is mounted when the system has not mounted it.
 const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 /// `statfs.f_type` of a bpf filesystem.
@@ -380,18 +382,18 @@ mod tests {
     #[test]
     fn paths_follow_the_documented_layout() {
         let l = PinLayout::new("/sys/fs/bpf/dataplane");
-        assert_eq!(l.dir(), Path::new("/sys/fs/bpf/dataplane/v1"));
+        assert_eq!(l.dir(), Path::new("/sys/fs/bpf/dataplane/v2"));
         assert_eq!(
             l.map("CLASS_COUNTERS"),
-            Path::new("/sys/fs/bpf/dataplane/v1/maps/CLASS_COUNTERS")
+            Path::new("/sys/fs/bpf/dataplane/v2/maps/CLASS_COUNTERS")
         );
         assert_eq!(
             l.program("dataplane"),
-            Path::new("/sys/fs/bpf/dataplane/v1/programs/dataplane")
+            Path::new("/sys/fs/bpf/dataplane/v2/programs/dataplane")
         );
         assert_eq!(
             l.link("eth0"),
-            Path::new("/sys/fs/bpf/dataplane/v1/links/eth0")
+            Path::new("/sys/fs/bpf/dataplane/v2/links/eth0")
         );
     }
 
@@ -399,7 +401,7 @@ mod tests {
     fn other_versions_and_foreign_entries_are_refused() {
         let root = std::env::temp_dir().join(format!("dp-pins-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("v1")).expect("mkdir");
+        std::fs::create_dir_all(root.join("v2")).expect("mkdir");
         let l = PinLayout::new(&root);
         assert!(l.check_version().is_ok());
         std::fs::create_dir_all(root.join("v7")).expect("mkdir");

@@ -282,6 +282,11 @@ pub struct IfaceRow {
     pub flow_cache_hits: u64,
     /// Flow-cache misses.
     pub flow_cache_misses: u64,
+    /// Route lookups for packets arriving here (forwarded flows on a cached next hop need
+    /// none).
+    pub route_lookups: u64,
+    /// Frames forwarded out of this interface that it could not take.
+    pub redirect_failures: u64,
 }
 
 /// Rows of `dataplane stats` from two samples (rates over the time between them).
@@ -305,6 +310,8 @@ pub fn rows(before: &Sample, after: &Sample) -> (Vec<IfaceRow>, Vec<ClassRow>) {
                 .collect(),
             flow_cache_hits: iface.counters.flow_cache_hits,
             flow_cache_misses: iface.counters.flow_cache_misses,
+            route_lookups: iface.counters.route_lookups,
+            redirect_failures: iface.counters.redirect_failures,
         });
         for (class, c) in &iface.classes {
             let p = prev

@@ -241,6 +241,18 @@ impl Daemon {
             .unwrap_or_else(|| panic!("no {counter} for {iface}/{class} in {stats}"))
     }
 
+    /// An interface counter from `stats --json` (`route_lookups`, `redirect_failures`, ...).
+    pub fn iface_counter(&self, iface: &str, counter: &str) -> u64 {
+        let stats = self.stats();
+        stats["interfaces"]
+            .as_array()
+            .expect("interfaces array")
+            .iter()
+            .find(|r| r["iface"] == iface)
+            .and_then(|r| r[counter].as_u64())
+            .unwrap_or_else(|| panic!("no {counter} for {iface} in {stats}"))
+    }
+
     /// Where the daemon serves metrics (from its state file).
     pub fn status_state_metrics_addr(&self) -> std::net::SocketAddr {
         let text = std::fs::read_to_string(self.run_dir.join("state.json")).expect("state file");

@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dataplane::pins::PinLayout;
 use dataplane_tests::{daemon::Daemon, netns::VethNs, traffic};
 
 /// Traffic tests measure rates: on two cores they must not run at the same time.
@@ -183,7 +184,7 @@ fn lifecycle_run_stats_reload_detach() {
         d.wait_exit(Duration::from_secs(5)),
         "the daemon exits after a detach"
     );
-    assert!(!d.pin_root.join("v1").exists(), "pins removed");
+    assert!(!PinLayout::new(&d.pin_root).dir().exists(), "pins removed");
     let out = d.cli(&["status"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no dataplane is pinned"));
@@ -469,7 +470,7 @@ fn other_layout_versions_and_incompatible_pins_are_refused() {
     d.stop();
 
     // A pinned map of another shape (as another build would leave): refused by name.
-    let map = d.pin_root.join("v1/maps/ACTIVE_SLOT");
+    let map = PinLayout::new(&d.pin_root).dir().join("maps/ACTIVE_SLOT");
     std::fs::remove_file(&map).expect("unpin");
     let out = std::process::Command::new("bpftool")
         .args(["map", "create"])
@@ -709,8 +710,8 @@ fn a_second_daemon_on_the_same_pins_is_refused_naming_the_holder() {
 #[test]
 fn detach_refuses_names_that_are_not_interfaces() {
     let (_serial, _net, d) = running_daemon();
-    let program = d.pin_root.join("v1/programs/xdp_pass");
-    let map = d.pin_root.join("v1/maps/POLICERS");
+    let program = PinLayout::new(&d.pin_root).dir().join("programs/xdp_pass");
+    let map = PinLayout::new(&d.pin_root).dir().join("maps/POLICERS");
     assert!(program.exists() && map.exists());
     for name in [
         "../programs/xdp_pass",
@@ -951,7 +952,7 @@ fn pin_problems_are_named_by_their_cause() {
     assert!(stderr.contains("needs root"), "{stderr}");
     assert!(!stderr.contains("another build"), "{stderr}");
 
-    let map = d.pin_root.join("v1/maps/LINKS");
+    let map = PinLayout::new(&d.pin_root).dir().join("maps/LINKS");
     std::fs::remove_file(&map).expect("delete a map pin");
     let out = d.cli(&["status"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -962,7 +963,8 @@ fn pin_problems_are_named_by_their_cause() {
     );
     assert!(!stderr.contains("another build"), "{stderr}");
 
-    std::fs::remove_file(d.pin_root.join("v1/programs/dataplane")).expect("delete the program pin");
+    std::fs::remove_file(PinLayout::new(&d.pin_root).dir().join("programs/dataplane"))
+        .expect("delete the program pin");
     let out = d.cli(&["status"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("programs/dataplane is missing"), "{stderr}");

@@ -61,8 +61,16 @@ const FOLLOW_WITHIN: Duration = Duration::from_millis(100);
 /// Bounds: the whole flow, the wait for the first datagrams and for the daemon's move.
 const SEND_BOUND: Duration = Duration::from_secs(20);
 const WAIT_BOUND: Duration = Duration::from_secs(5);
+/// Route lookups one flow may need over a test: its first two packets, one after the change,
+/// and one per expiry of the next hop's age (0.25 s at HZ=1000) over the flow's few seconds.
+const MAX_LOOKUPS: u64 = 50;
 /// How long the flow runs after the change.
 const AFTER_CHANGE: Duration = Duration::from_millis(500);
+
+/// The gateway forwards from the client side; both next hops' interfaces are egresses.
+const POLICY: &str = "[[interface]]\nname = \"gc\"\nforward = true\n\
+                      [[interface]]\nname = \"ga\"\n[[interface]]\nname = \"gb\"\n\
+                      [[class]]\nname = \"default\"\n";
 
 fn mac(m: [u8; 6]) -> String {
     m.map(|b| format!("{b:02x}")).join(":")
@@ -431,11 +439,7 @@ fn follows(change: Change) {
         ]);
     }
     let mut d = Daemon::create();
-    d.write_config(
-        "[[interface]]\nname = \"gc\"\nforward = true\n\
-         [[interface]]\nname = \"ga\"\n[[interface]]\nname = \"gb\"\n\
-         [[class]]\nname = \"default\"\n",
-    );
+    d.write_config(POLICY);
     d.start(&["--netns", &lab.gateway, "--iface", "gc"]);
     let generation = route_generation(&d);
     let (on_a, on_b) = (
@@ -516,8 +520,53 @@ fn follows(change: Change) {
         "the new next hop got {new_after_visible} of the {} datagrams sent after the move",
         last_sent - at_visible
     );
+    // The flow ran on its cached next hop: a lookup for its first packets, one after the
+    // change, and one each time the next hop aged out, out of thousands of datagrams.
+    let lookups = d.iface_counter("gc", "route_lookups");
+    eprintln!("route lookups: {lookups} for {last_sent} datagrams");
+    assert!(
+        lookups <= MAX_LOOKUPS,
+        "{lookups} route lookups for {last_sent} datagrams of one flow"
+    );
     let log = d.log();
     assert!(!log.contains("rtnetlink subscription closed"), "{log}");
+}
+
+/// An egress that cannot take redirected frames (a veth whose peer has neither XDP nor GRO):
+/// the lost frames are counted on it, shown by `stats`, and the daemon warns.
+#[test]
+fn redirect_failures_are_counted_and_the_daemon_warns() {
+    let _serial = serial();
+    let lab = Lab::new();
+    lab.exec(&lab.hop_b, "ethtool", &["-K", "b0", "gro", "off"]);
+    let dst = format!("{DESTINATION}/32");
+    ip(&[
+        "-n",
+        &lab.gateway,
+        "route",
+        "replace",
+        &dst,
+        "via",
+        &HOP_B.to_string(),
+        "metric",
+        "10",
+    ]);
+    let mut d = Daemon::create();
+    d.write_config(POLICY);
+    d.start(&["--netns", &lab.gateway, "--iface", "gc"]);
+    let on_b = Capture::start(&lab.hop_b, "b0");
+    let flow = Flow::start(&lab.client);
+    wait_for("redirect failures are counted on gb", || {
+        d.iface_counter("gb", "redirect_failures") >= 100
+    });
+    wait_for("the daemon warns", || d.log().contains("cannot take"));
+    flow.finish();
+    let arrived = on_b.finish().len();
+    assert_eq!(
+        arrived, 0,
+        "B got {arrived} datagrams through an egress without NAPI"
+    );
+    assert_eq!(d.iface_counter("ga", "redirect_failures"), 0);
 }
 
 #[test]

@@ -161,10 +161,13 @@ pub fn stats(running: &Running, o: &StatsOptions) -> Result<()> {
                 let reasons: Vec<String> =
                     i.reasons.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
-                    "{}: flow cache {} hits / {} misses; outcomes: {}",
+                    "{}: flow cache {} hits / {} misses; route lookups {}; redirect failures {}; \
+                     outcomes: {}",
                     i.iface,
                     i.flow_cache_hits,
                     i.flow_cache_misses,
+                    i.route_lookups,
+                    i.redirect_failures,
                     if reasons.is_empty() {
                         "none".into()
                     } else {
