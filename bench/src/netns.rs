@@ -129,16 +129,45 @@ impl Drop for Netns {
     }
 }
 
-/// A veth pair `a` (in `ns_a`) <-> `b` (in `ns_b`), both up with the given MACs.
+/// A veth pair `a` (in `ns_a`) <-> `b` (in `ns_b`), both up with the given MACs and one
+/// queue per CPU of this machine: a veth hands a redirected frame to the peer's queue of the
+/// sending CPU, so CPUs sending at once each get their own queue and NAPI, as a multi-queue
+/// NIC gives each core its own.
 pub fn veth(
     (ns_a, a, mac_a): (&Netns, &str, &str),
     (ns_b, b, mac_b): (&Netns, &str, &str),
 ) -> Result<()> {
+    let queues = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .to_string();
+    let q = queues.as_str();
     run(
         "ip",
         &[
-            "link", "add", a, "netns", &ns_a.name, "address", mac_a, "type", "veth", "peer",
-            "name", b, "netns", &ns_b.name, "address", mac_b,
+            "link",
+            "add",
+            a,
+            "netns",
+            &ns_a.name,
+            "address",
+            mac_a,
+            "numtxqueues",
+            q,
+            "numrxqueues",
+            q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b,
+            "netns",
+            &ns_b.name,
+            "address",
+            mac_b,
+            "numtxqueues",
+            q,
+            "numrxqueues",
+            q,
         ],
     )?;
     ns_a.ip(&["link", "set", a, "up"])?;

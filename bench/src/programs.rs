@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, DevMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMap, DevMapHash, PerCpuArray, ProgramArray},
     programs::{ProgramFd, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf,
 };
@@ -15,8 +15,10 @@ use dataplane::dataplane::BENCH_OBJECT;
 /// budget, and below the veth ring (256) so a batch never overflows it.
 pub const LIVE_BATCH: u32 = 64;
 
-/// Ethernet + IPv4 + UDP headers `bench_generate` restores (TEMPLATE_BYTES in the object).
-const TEMPLATE_BYTES: usize = 14 + 20 + 8;
+/// Headers `bench_generate` restores (TEMPLATE_BYTES and IPV4_HEADERS in the object):
+/// Ethernet + IPv6 + UDP, or Ethernet + IPv4 + UDP.
+const TEMPLATE_BYTES: usize = 14 + 40 + 8;
+const IPV4_HEADERS: usize = 14 + 20 + 8;
 
 /// Per-CPU counters of `bench_sink` (layout of `SinkCounters` in the eBPF object).
 #[repr(C)]
@@ -105,17 +107,44 @@ impl BenchPrograms {
         Ok(())
     }
 
+    /// Makes `bench_fib_forward` able to redirect to `ifindex` (of the calling thread's
+    /// namespace).
+    pub fn fib_egress(&mut self, ifindex: u32) -> Result<()> {
+        let mut map: DevMapHash<_> =
+            DevMapHash::try_from(self.ebpf.map_mut("FIB_EGRESS").context("map FIB_EGRESS")?)?;
+        map.insert(ifindex, ifindex, None, 0)?;
+        Ok(())
+    }
+
+    /// Makes `bench_generate` cycle through `flows` flows (1: every frame as given).
+    pub fn generate_flows(&mut self, flows: u32) -> Result<()> {
+        let mut n: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut("FLOWS").context("map FLOWS")?)?;
+        n.set(0, flows, 0)?;
+        Ok(())
+    }
+
     /// Runs `bench_generate` over `count` copies of `frame` as live frames; returns how long
     /// the call took, which includes the softirq work it triggers on this CPU (the
     /// receiving veths' NAPI runs when each batch re-enables bottom halves).
     pub fn generate(&mut self, frame: &[u8], count: u32) -> Result<Duration> {
-        let headers: [u8; TEMPLATE_BYTES] = frame
-            .get(..TEMPLATE_BYTES)
-            .and_then(|h| h.try_into().ok())
-            .context("the generator's frame is shorter than its headers")?;
+        let ipv6 = frame.get(12..14) == Some(&[0x86, 0xdd][..]);
+        let len = if ipv6 { TEMPLATE_BYTES } else { IPV4_HEADERS };
+        let mut headers = [0u8; TEMPLATE_BYTES];
+        headers[..len].copy_from_slice(
+            frame
+                .get(..len)
+                .context("the generator's frame is shorter than its headers")?,
+        );
         let mut template: Array<_, [u8; TEMPLATE_BYTES]> =
             Array::try_from(self.ebpf.map_mut("TEMPLATE").context("map TEMPLATE")?)?;
         template.set(0, headers, 0)?;
+        let mut template_len: Array<_, u32> = Array::try_from(
+            self.ebpf
+                .map_mut("TEMPLATE_LEN")
+                .context("map TEMPLATE_LEN")?,
+        )?;
+        template_len.set(0, len as u32, 0)?;
         let prog = self.program("bench_generate")?;
         let start = Instant::now();
         prog.test_run(TestRunOptions {

@@ -2,10 +2,12 @@
 //! own so the dataplane's object carries none of them:
 //!
 //! - `bench_generate`: the in-kernel traffic generator (this kernel has no pktgen), run with
-//!   BPF_F_TEST_XDP_LIVE_FRAMES: restores the frame's headers, then redirects like
-//!   `bench_redirect`.
+//!   BPF_F_TEST_XDP_LIVE_FRAMES: restores the frame's headers, gives it the next of `FLOWS`
+//!   flows, then redirects like `bench_redirect`.
 //! - `bench_redirect`: sends every frame to the device in slot 0 of its devmap; attached to a
 //!   gateway port it is the bare-forwarding floor.
+//! - `bench_fib_forward`: a bare FIB forwarder, what xdp-forward's `fib-full` mode does and
+//!   nothing else: route lookup, TTL / hop limit, MAC rewrite, redirect through a devmap.
 //! - `bench_sink`: counts frames and bytes per CPU and drops them, at the receiving veth.
 //! - `bench_vary`: gives each run of BPF_PROG_TEST_RUN another flow, then tail-calls the
 //!   program under test, so flow-cache figures see many keys instead of one hot entry.
@@ -15,8 +17,12 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, DevMap, PerCpuArray, ProgramArray},
-    helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    bindings::bpf_fib_lookup as FibParams,
+    btf_maps::{Array, DevMap, DevMapHash, PerCpuArray, ProgramArray},
+    helpers::{
+        bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+        generated::bpf_fib_lookup,
+    },
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -24,9 +30,16 @@ use aya_ebpf::{
 /// Slot 0: where `bench_redirect` and `bench_generate` send frames.
 #[btf_map]
 static REDIRECT_TO: DevMap<1> = DevMap::new();
-/// Slot 0: the headers `bench_generate` writes into every frame.
+/// Slot 0: the headers `bench_generate` writes into every frame (the first
+/// `TEMPLATE_LEN` bytes of it).
 #[btf_map]
 static TEMPLATE: Array<[u8; TEMPLATE_BYTES], 1> = Array::new();
+/// Slot 0: how many bytes of `TEMPLATE` are headers: IPV4_HEADERS or TEMPLATE_BYTES (IPv6).
+#[btf_map]
+static TEMPLATE_LEN: Array<u32, 1> = Array::new();
+/// The devices `bench_fib_forward` may redirect to, keyed by ifindex.
+#[btf_map]
+static FIB_EGRESS: DevMapHash<8> = DevMapHash::new();
 /// Frames and bytes `bench_sink` received, per CPU.
 #[btf_map]
 static SINK: PerCpuArray<SinkCounters, 1> = PerCpuArray::new();
@@ -47,8 +60,18 @@ pub struct SinkCounters {
     bytes: u64,
 }
 
-/// Ethernet + IPv4 + UDP headers, restored by `bench_generate`.
-const TEMPLATE_BYTES: usize = 14 + 20 + 8;
+/// Ethernet + IPv6 + UDP headers: the most `bench_generate` restores.
+const TEMPLATE_BYTES: usize = 14 + 40 + 8;
+/// Ethernet + IPv4 + UDP headers.
+const IPV4_HEADERS: usize = 14 + 20 + 8;
+/// Where a generated IPv4 frame's flow number goes: the low half of the source address
+/// (with the header checksum updated), and the UDP source port.
+const IPV4_SRC_LOW_OFFSET: usize = 14 + 14;
+const IPV4_CHECKSUM_OFFSET: usize = 14 + 10;
+/// A generated IPv6 frame's flow number: the source address's last four bytes.
+const IPV6_SRC_LOW_OFFSET: usize = 14 + 8 + 12;
+const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
 /// Ethernet + IPv4 (no options) + UDP: where `bench_vary` writes the flow.
 const IPV4_SRC_OFFSET: usize = 14 + 12;
 const UDP_SRC_PORT_OFFSET: usize = 14 + 20;
@@ -66,10 +89,28 @@ const CLOCK_CALLS: usize = 16;
 #[xdp]
 pub fn bench_generate(ctx: XdpContext) -> u32 {
     let start = ctx.data();
+    let len = TEMPLATE_LEN.get(0).copied().unwrap_or(0) as usize;
     if let Some(t) = TEMPLATE.get(0) {
-        if start + TEMPLATE_BYTES <= ctx.data_end() {
+        if len == TEMPLATE_BYTES && start + TEMPLATE_BYTES <= ctx.data_end() {
             // SAFETY: the bounds check above covers the write.
             unsafe { core::ptr::write_unaligned(start as *mut [u8; TEMPLATE_BYTES], *t) };
+        } else if start + IPV4_HEADERS <= ctx.data_end() {
+            // SAFETY: as above.
+            unsafe {
+                core::ptr::write_unaligned(
+                    start as *mut [u8; IPV4_HEADERS],
+                    *(t.as_ptr() as *const [u8; IPV4_HEADERS]),
+                )
+            };
+        }
+    }
+    let flows = FLOWS.get(0).copied().unwrap_or(1);
+    if flows > 1 {
+        if let Some(next) = NEXT_FLOW.get_ptr_mut(0) {
+            // SAFETY: per-CPU value; XDP does not nest on one CPU.
+            let i = unsafe { *next } % flows;
+            unsafe { *next = i + 1 };
+            vary_generated(&ctx, i);
         }
     }
     REDIRECT_TO
@@ -77,11 +118,146 @@ pub fn bench_generate(ctx: XdpContext) -> u32 {
         .unwrap_or(xdp_action::XDP_ABORTED)
 }
 
+/// Makes a generated frame flow `i`: IPv4 takes the low half of its source address from
+/// `i` (the header checksum follows, RFC 1624) and its source port from `i`'s high bits;
+/// IPv6 takes the source address's last four bytes.
+#[inline(always)]
+fn vary_generated(ctx: &XdpContext, i: u32) {
+    let start = ctx.data();
+    if start + IPV4_HEADERS > ctx.data_end() {
+        return;
+    }
+    // SAFETY: the bounds check above covers every access below up to IPV4_HEADERS.
+    unsafe {
+        let ethertype = *((start + 12) as *const [u8; 2]);
+        if ethertype == ETHERTYPE_IPV4 {
+            let low = (start + IPV4_SRC_LOW_OFFSET) as *mut [u8; 2];
+            let check = (start + IPV4_CHECKSUM_OFFSET) as *mut [u8; 2];
+            let old = u16::from_be_bytes(core::ptr::read_unaligned(low));
+            let new = i as u16;
+            let sum = !u16::from_be_bytes(core::ptr::read_unaligned(check)) as u32
+                + (!old) as u32
+                + new as u32;
+            let sum = (sum & 0xffff) + (sum >> 16);
+            let sum = (sum & 0xffff) + (sum >> 16);
+            core::ptr::write_unaligned(low, new.to_be_bytes());
+            core::ptr::write_unaligned(check, (!(sum as u16)).to_be_bytes());
+            let port = ((BASE_SRC_PORT + (i >> 16)) as u16).to_be_bytes();
+            core::ptr::write_unaligned((start + UDP_SRC_PORT_OFFSET) as *mut [u8; 2], port);
+        } else if ethertype == ETHERTYPE_IPV6 && start + TEMPLATE_BYTES <= ctx.data_end() {
+            core::ptr::write_unaligned(
+                (start + IPV6_SRC_LOW_OFFSET) as *mut [u8; 4],
+                i.to_be_bytes(),
+            );
+        }
+    }
+}
+
 #[xdp]
 pub fn bench_redirect(_ctx: XdpContext) -> u32 {
     REDIRECT_TO
         .redirect(0, 0)
         .unwrap_or(xdp_action::XDP_ABORTED)
+}
+
+/// xdp-forward's `fib-full` mode: the kernel's route lookup with its routing rules, then
+/// TTL / hop limit, MACs and a devmap redirect. What it cannot forward goes to the kernel.
+#[xdp]
+pub fn bench_fib_forward(ctx: XdpContext) -> u32 {
+    fib_forward(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn fib_forward(ctx: &XdpContext) -> Option<u32> {
+    let start = ctx.data();
+    if start + 14 + 20 > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: all zeroes is the plain C struct's "no input" state.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    // SAFETY: the bounds checks cover every header access below.
+    let ipv4 = unsafe { *((start + 12) as *const [u8; 2]) } == ETHERTYPE_IPV4;
+    let ip = start + 14;
+    unsafe {
+        if ipv4 {
+            let h = &*(ip as *const [u8; 20]);
+            if h[8] <= 1 {
+                return None;
+            }
+            fib.family = 2;
+            fib.__bindgen_anon_2.tos = h[1];
+            fib.l4_protocol = h[9];
+            fib.__bindgen_anon_1.tot_len = u16::from_be_bytes([h[2], h[3]]);
+            core::ptr::copy_nonoverlapping(
+                h.as_ptr().add(12),
+                core::ptr::addr_of_mut!(fib.__bindgen_anon_3) as *mut u8,
+                4,
+            );
+            core::ptr::copy_nonoverlapping(
+                h.as_ptr().add(16),
+                core::ptr::addr_of_mut!(fib.__bindgen_anon_4) as *mut u8,
+                4,
+            );
+        } else {
+            if start + 14 + 40 > ctx.data_end() {
+                return None;
+            }
+            let h = &*(ip as *const [u8; 40]);
+            if h[7] <= 1 {
+                return None;
+            }
+            fib.family = 10;
+            fib.__bindgen_anon_2.flowinfo =
+                u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) & 0x0fff_ffffu32.to_be();
+            fib.l4_protocol = h[6];
+            fib.__bindgen_anon_1.tot_len = u16::from_be_bytes([h[4], h[5]]);
+            core::ptr::copy_nonoverlapping(
+                h.as_ptr().add(8),
+                core::ptr::addr_of_mut!(fib.__bindgen_anon_3) as *mut u8,
+                16,
+            );
+            core::ptr::copy_nonoverlapping(
+                h.as_ptr().add(24),
+                core::ptr::addr_of_mut!(fib.__bindgen_anon_4) as *mut u8,
+                16,
+            );
+        }
+    }
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the context and a parameter struct of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe {
+        if ipv4 {
+            let h = &mut *(ip as *mut [u8; 20]);
+            let old = u16::from_be_bytes([h[8], h[9]]);
+            h[8] -= 1;
+            let new = u16::from_be_bytes([h[8], h[9]]);
+            let sum = !u16::from_be_bytes([h[10], h[11]]) as u32 + (!old) as u32 + new as u32;
+            let sum = (sum & 0xffff) + (sum >> 16);
+            let sum = (sum & 0xffff) + (sum >> 16);
+            let check = (!(sum as u16)).to_be_bytes();
+            h[10] = check[0];
+            h[11] = check[1];
+        } else {
+            let h = &mut *(ip as *mut [u8; 40]);
+            h[7] -= 1;
+        }
+        let eth = &mut *(start as *mut [u8; 12]);
+        eth[..6].copy_from_slice(&fib.dmac);
+        eth[6..].copy_from_slice(&fib.smac);
+    }
+    FIB_EGRESS.redirect(fib.ifindex, 0).ok()
 }
 
 #[xdp]
