@@ -32,6 +32,7 @@ use crate::{
     },
     pins::PinLayout,
     state::{AttachMode, RunDir, State},
+    xdp_features::XdpFeatures,
 };
 
 /// The default AI catalogue, built in so the binary runs without a file.
@@ -96,6 +97,10 @@ pub struct Daemon {
     /// Redirect failures per interface slot when last looked at (see
     /// [`Daemon::warn_redirect_failures`]).
     redirect_failures: std::collections::BTreeMap<u32, u64>,
+    /// The kernel's XDP features of interfaces (`None`: this kernel cannot say).
+    xdp_features: Option<XdpFeatures>,
+    /// Egress interfaces found unable to take redirected frames at the last look.
+    unready_egresses: std::collections::BTreeSet<String>,
 }
 
 /// Why applying a policy text failed.
@@ -226,6 +231,11 @@ impl Daemon {
             unsaved: None,
             wanted: std::collections::BTreeSet::new(),
             redirect_failures: std::collections::BTreeMap::new(),
+            xdp_features: XdpFeatures::open().unwrap_or_else(|e| {
+                warn!("cannot ask the kernel for interfaces' XDP features: {e}");
+                None
+            }),
+            unready_egresses: std::collections::BTreeSet::new(),
         };
         if !daemon.state.policy_text.is_empty() {
             daemon.policy =
@@ -256,7 +266,47 @@ impl Daemon {
             .chain(wanted)
             .collect();
         daemon.save_state()?;
+        daemon.check_egresses();
         Ok(daemon)
+    }
+
+    /// Warns about each interface forwarded packets may leave by that cannot take
+    /// redirected XDP frames (when it becomes so), and says when one can again: until then
+    /// everything forwarded there is lost.
+    pub fn check_egresses(&mut self) {
+        let (Some(features), Some(policy)) = (&self.xdp_features, &self.policy) else {
+            return;
+        };
+        if !policy.interfaces.iter().any(|i| i.forward) {
+            self.unready_egresses.clear();
+            return;
+        }
+        let mut unready = std::collections::BTreeSet::new();
+        for iface in &policy.interfaces {
+            let Some(index) = crate::dataplane::ifindex(&iface.name) else {
+                continue;
+            };
+            match features.takes_redirects(index) {
+                Ok(true) => {
+                    if self.unready_egresses.contains(&iface.name) {
+                        info!(iface = %iface.name, "now takes redirected XDP frames");
+                    }
+                }
+                Ok(false) => {
+                    if !self.unready_egresses.contains(&iface.name) {
+                        warn!(
+                            iface = %iface.name,
+                            "cannot take redirected XDP frames (its XDP features lack \
+                             ndo-xmit): packets forwarded out of it are lost; a veth needs \
+                             an XDP program or GRO on its peer"
+                        );
+                    }
+                    unready.insert(iface.name.clone());
+                }
+                Err(e) => warn!(iface = %iface.name, "reading its XDP features: {e}"),
+            }
+        }
+        self.unready_egresses = unready;
     }
 
     fn attach(&mut self, iface: &str) -> Result<()> {
@@ -819,6 +869,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
                 }
                 daemon.follow_interfaces();
                 daemon.warn_redirect_failures();
+                daemon.check_egresses();
                 daemon.retry_state_save();
                 daemon.check_config_file();
             }

@@ -17,3 +17,4 @@ pub mod state;
 pub mod topology;
 pub mod units;
 pub mod view;
+pub mod xdp_features;

@@ -559,7 +559,22 @@ fn redirect_failures_are_counted_and_the_daemon_warns() {
     wait_for("redirect failures are counted on gb", || {
         d.iface_counter("gb", "redirect_failures") >= 100
     });
-    wait_for("the daemon warns", || d.log().contains("cannot take"));
+    // Said at start, from the kernel's XDP features, and again once frames are lost.
+    let log = d.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("gb") && l.contains("cannot take redirected XDP frames")),
+        "no warning about gb at start:\n{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("ga") && l.contains("cannot take")),
+        "ga takes redirected frames:\n{log}"
+    );
+    wait_for("the daemon warns of lost frames", || {
+        d.log()
+            .contains("frames forwarded out of this interface were lost")
+    });
     flow.finish();
     let arrived = on_b.finish().len();
     assert_eq!(

@@ -1,0 +1,176 @@
+//! Whether an interface can take frames another interface's XDP program redirects to it: the
+//! kernel says so in the device's XDP features (`NETDEV_XDP_ACT_NDO_XMIT`), read from the
+//! generic-netlink family `netdev` (the same source as `ynl --family netdev --do dev-get`).
+//! A veth has it only while its peer has an XDP program or GRO on; without it, every frame the
+//! dataplane forwards there is lost.
+
+use std::io;
+
+use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
+
+/// Generic netlink's controller and its command and attributes (`linux/genetlink.h`).
+const GENL_ID_CTRL: u16 = 0x10;
+const CTRL_CMD_GETFAMILY: u8 = 3;
+const CTRL_ATTR_FAMILY_ID: u16 = 1;
+const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+/// The `netdev` family's command and attributes (`linux/netdev.h`).
+const NETDEV_CMD_DEV_GET: u8 = 1;
+const NETDEV_A_DEV_IFINDEX: u16 = 1;
+const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
+/// `NETDEV_XDP_ACT_NDO_XMIT`: the device takes redirected frames.
+const NDO_XMIT: u64 = 1 << 2;
+/// Netlink message header flags and types.
+const NLM_F_REQUEST: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_HDRLEN: usize = 16;
+const GENL_HDRLEN: usize = 4;
+const NLA_HDRLEN: usize = 4;
+
+/// A netlink attribute: type and payload (padding to four bytes added).
+fn attribute(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let len = NLA_HDRLEN + payload.len();
+    let mut a = Vec::with_capacity(len.next_multiple_of(4));
+    a.extend_from_slice(&(len as u16).to_ne_bytes());
+    a.extend_from_slice(&kind.to_ne_bytes());
+    a.extend_from_slice(payload);
+    a.resize(len.next_multiple_of(4), 0);
+    a
+}
+
+/// A generic-netlink request: netlink header, genl header (`command`, version 1),
+/// attributes.
+fn request(family: u16, command: u8, attributes: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + GENL_HDRLEN + attributes.len();
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&family.to_ne_bytes());
+    m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    m.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel fills it in
+    m.extend_from_slice(&[command, 1, 0, 0]);
+    m.extend_from_slice(attributes);
+    m
+}
+
+/// The payload of attribute `kind` in the first message of a reply, or the error the
+/// kernel answered with.
+fn reply_attribute(reply: &[u8], kind: u16) -> io::Result<Option<&[u8]>> {
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(reply.get(at..at + 4)?.try_into().ok()?))
+    };
+    let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed netlink reply");
+    let len = word(0).ok_or_else(malformed)? as usize;
+    let message = reply.get(..len).ok_or_else(malformed)?;
+    let message_type = u16::from_ne_bytes([message[4], message[5]]);
+    if message_type == NLMSG_ERROR {
+        let code = word(NLMSG_HDRLEN).ok_or_else(malformed)? as i32;
+        return Err(io::Error::from_raw_os_error(-code));
+    }
+    let mut rest = message
+        .get(NLMSG_HDRLEN + GENL_HDRLEN..)
+        .ok_or_else(malformed)?;
+    while rest.len() >= NLA_HDRLEN {
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        // The top bits of the type are flags (nested, byte order).
+        let this = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
+        if len < NLA_HDRLEN || len > rest.len() {
+            return Err(malformed());
+        }
+        if this == kind {
+            return Ok(Some(&rest[NLA_HDRLEN..len]));
+        }
+        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    Ok(None)
+}
+
+/// One request, one reply.
+fn ask(socket: &Socket, message: &[u8]) -> io::Result<Vec<u8>> {
+    socket.send(message, 0)?;
+    let mut reply = Vec::with_capacity(8192);
+    socket.recv(&mut reply, 0)?;
+    Ok(reply)
+}
+
+/// Asks the kernel about interfaces of this network namespace.
+pub struct XdpFeatures {
+    socket: Socket,
+    family: u16,
+}
+
+impl XdpFeatures {
+    /// Opens the generic-netlink socket and resolves the `netdev` family; `None` on a kernel
+    /// without it (before 6.3), which cannot say.
+    pub fn open() -> io::Result<Option<XdpFeatures>> {
+        let mut socket = Socket::new(NETLINK_GENERIC)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        let name = attribute(CTRL_ATTR_FAMILY_NAME, b"netdev\0");
+        let reply = match ask(&socket, &request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, &name)) {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let family = match reply_attribute(&reply, CTRL_ATTR_FAMILY_ID) {
+            Ok(Some(id)) if id.len() >= 2 => u16::from_ne_bytes([id[0], id[1]]),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+            _ => return Ok(None),
+        };
+        Ok(Some(XdpFeatures { socket, family }))
+    }
+
+    /// Whether interface `ifindex` takes redirected XDP frames.
+    pub fn takes_redirects(&self, ifindex: u32) -> io::Result<bool> {
+        let index = attribute(NETDEV_A_DEV_IFINDEX, &ifindex.to_ne_bytes());
+        let reply = ask(
+            &self.socket,
+            &request(self.family, NETDEV_CMD_DEV_GET, &index),
+        )?;
+        let features = reply_attribute(&reply, NETDEV_A_DEV_XDP_FEATURES)?
+            .and_then(|v| v.get(..8)?.try_into().ok())
+            .map(u64::from_ne_bytes)
+            .unwrap_or(0);
+        Ok(features & NDO_XMIT != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_are_padded_and_found_again() {
+        let a = attribute(CTRL_ATTR_FAMILY_NAME, b"netdev\0");
+        assert_eq!(a.len(), 12);
+        let mut reply = request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, &a);
+        reply.extend_from_slice(&attribute(CTRL_ATTR_FAMILY_ID, &42u16.to_ne_bytes()));
+        let len = reply.len() as u32;
+        reply[..4].copy_from_slice(&len.to_ne_bytes());
+        let id = reply_attribute(&reply, CTRL_ATTR_FAMILY_ID)
+            .expect("well formed")
+            .expect("present");
+        assert_eq!(u16::from_ne_bytes([id[0], id[1]]), 42);
+        assert_eq!(
+            reply_attribute(&reply, CTRL_ATTR_FAMILY_NAME).expect("ok"),
+            Some(&b"netdev\0"[..])
+        );
+        assert_eq!(reply_attribute(&reply, 9).expect("ok"), None);
+    }
+
+    #[test]
+    fn errors_and_truncation_are_reported_not_read_past() {
+        let mut error = request(NLMSG_ERROR, 0, &[]);
+        error[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        error.truncate(NLMSG_HDRLEN);
+        error.extend_from_slice(&(-libc::ENODEV).to_ne_bytes());
+        let len = error.len() as u32;
+        error[..4].copy_from_slice(&len.to_ne_bytes());
+        let e = reply_attribute(&error, 1).expect_err("an error reply");
+        assert_eq!(e.raw_os_error(), Some(libc::ENODEV));
+        let mut bad = request(GENL_ID_CTRL, 0, &attribute(1, &[0; 8]));
+        bad[NLMSG_HDRLEN + GENL_HDRLEN..][..2].copy_from_slice(&200u16.to_ne_bytes());
+        assert!(reply_attribute(&bad, 1).is_err());
+        assert!(reply_attribute(&[1, 2], 1).is_err());
+    }
+}
