@@ -556,7 +556,7 @@ fn prometheus_scrapes_what_was_sent() {
 fn alert_rules_pass_promtool() {
     let rules = deploy("prometheus/alerts.yml");
     let out = promtool(&["check", "rules", rules.to_str().expect("utf-8 path")], "");
-    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
     let unit = deploy("prometheus/alerts_test.yml");
     let out = promtool(&["test", "rules", unit.to_str().expect("utf-8 path")], "");
     assert!(out.contains("SUCCESS"), "{out}");
