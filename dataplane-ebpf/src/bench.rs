@@ -16,12 +16,11 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
     bindings::bpf_fib_lookup as FibParams,
+    bindings::xdp_action,
     btf_maps::{Array, DevMap, DevMapHash, PerCpuArray, ProgramArray},
     helpers::{
-        bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
-        generated::bpf_fib_lookup,
+        bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, generated::bpf_fib_lookup,
     },
     macros::{btf_map, xdp},
     programs::XdpContext,

@@ -13,12 +13,12 @@ use aya_ebpf::{
     EbpfContext,
 };
 use dataplane_common::{
+    flow::{FlowState, NextHop},
     forward::{
         af, fib_verdict, forwardable, ipv4_decrement_ttl, ipv6_decrement_hop_limit, routable_v4,
         routable_v6, ETH_HLEN, IPV4_CHECKSUM_OFFSET, IPV4_TTL_OFFSET, IPV6_HOP_LIMIT_OFFSET,
         MAC_LEN,
     },
-    flow::{FlowState, NextHop},
     maps::{class_counter_index, IfaceConfig},
     packet::{Family, PacketMeta},
     reason::Reason,

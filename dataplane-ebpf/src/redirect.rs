@@ -57,8 +57,8 @@ pub fn devmap_drops(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn count(ingress: i32, egress: i32, frames: u64) {
     // SAFETY: hash values are plain data, replaced whole by user space.
-    let forwards = unsafe { IFACES.get(ingress as u32) }
-        .is_some_and(|i| i.flags & IfaceConfig::FORWARD != 0);
+    let forwards =
+        unsafe { IFACES.get(ingress as u32) }.is_some_and(|i| i.flags & IfaceConfig::FORWARD != 0);
     // SAFETY: as above.
     let Some(egress) = (unsafe { IFACES.get(egress as u32) }) else {
         return;
