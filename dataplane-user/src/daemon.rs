@@ -79,9 +79,9 @@ pub struct Daemon {
     state: State,
     cfg: DaemonConfig,
     /// Last text read from the config file (to notice changes).
-    file_text: Option<String>,
+    file_text: Option<FileDigest>,
     /// A changed text seen in the config file and since when, until it settles.
-    pending_file: Option<(String, Instant)>,
+    pending_file: Option<(FileDigest, Instant)>,
     /// Set by a full detach: the daemon exits after answering.
     exit: bool,
     /// The policy in force (parsed `state.policy_text`).
@@ -101,6 +101,26 @@ pub struct Daemon {
     xdp_features: Option<XdpFeatures>,
     /// Egress interfaces found unable to take redirected frames at the last look.
     unready_egresses: std::collections::BTreeSet<String>,
+}
+
+/// What the file watcher remembers of a config file's text: enough to notice a change, not
+/// the text (a rejected file of many MiB must not stay in memory).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileDigest {
+    len: usize,
+    hash: u64,
+}
+
+impl FileDigest {
+    fn of(text: &str) -> FileDigest {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        FileDigest {
+            len: text.len(),
+            hash: h.finish(),
+        }
+    }
 }
 
 /// Why applying a policy text failed.
@@ -124,6 +144,9 @@ impl ApplyError {
         }
     }
 }
+
+/// Allocations from this size on are mapped on their own (glibc's default before it adapts).
+const MMAP_THRESHOLD: i32 = 128 << 10;
 
 /// How long a changed config file must stay the same before the watcher applies it.
 const FILE_SETTLE: Duration = Duration::from_secs(1);
@@ -222,7 +245,7 @@ impl Daemon {
         let mut daemon = Daemon {
             dp,
             state,
-            file_text: cfg.config.as_ref().map(|_| text.clone()),
+            file_text: cfg.config.as_ref().map(|_| FileDigest::of(&text)),
             pending_file: None,
             cfg,
             exit: false,
@@ -485,7 +508,7 @@ impl Daemon {
             None => (DEFAULT_POLICY.to_string(), BUILT_IN.to_string()),
         };
         if self.cfg.config.is_some() {
-            self.file_text = Some(text.clone());
+            self.file_text = Some(FileDigest::of(&text));
         }
         match self.apply_text(&text, &origin) {
             Ok(generation) => {
@@ -671,7 +694,7 @@ impl Daemon {
             match std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &path)) {
                 Ok(()) => {
                     // Our own write must not count as an outside change.
-                    self.file_text = Some(text);
+                    self.file_text = Some(FileDigest::of(&text));
                     message += &format!(", saved to {}", path.display());
                 }
                 Err(e) => {
@@ -758,7 +781,7 @@ impl Daemon {
             return;
         };
         let current = match read_policy_text(&path) {
-            Ok(t) => t,
+            Ok(t) => FileDigest::of(&t),
             // Editors replace files by rename: a moment without the file is not a change.
             Err(e) if e.kind() == ErrorKind::NotFound => return,
             // Unreadable now: nothing to compare; `dataplane reload` reports why.
@@ -796,6 +819,12 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    // Large buffers (a config file of many MiB, read and parsed) are mapped on their own and
+    // unmapped when freed, so memory returns to the baseline after a rejected reload: glibc
+    // otherwise raises this threshold after the first such free and keeps later ones in the
+    // heap.
+    // SAFETY: mallopt only tunes the allocator; called before other threads allocate much.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
     // One daemon per pin root, whatever its run directory: held until this process exits.
     cfg.layout.prepare()?;
     let _pins = cfg.layout.lock()?;
