@@ -838,7 +838,8 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
     let kernel_logs = kernel_log::forward(&daemon.dp);
     // Cached next hops follow the kernel's routing changes from here on; the first move
     // covers changes made while no daemon listened.
-    let mut routes = crate::routes::follow(daemon.dp.route_generation()?)?;
+    let links = Arc::new(tokio::sync::Notify::new());
+    let mut routes = crate::routes::follow(daemon.dp.route_generation()?, links.clone())?;
     let metrics_server = match metrics_listener {
         Some(listener) => {
             listener.set_nonblocking(true)?;
@@ -887,11 +888,16 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
                 }
             },
             _ = hangup.recv() => { daemon.lock().await.reload("SIGHUP"); }
+            _ = links.notified() => {
+                let mut daemon = daemon.lock().await;
+                daemon.follow_interfaces();
+                daemon.check_egresses();
+            }
             _ = watch.tick() => {
                 let mut daemon = daemon.lock().await;
                 if routes.is_finished() {
                     let again = daemon.dp.route_generation().map_err(anyhow::Error::from);
-                    match again.and_then(crate::routes::follow) {
+                    match again.and_then(|g| crate::routes::follow(g, links.clone())) {
                         Ok(task) => routes = task,
                         Err(e) => warn!("following routing changes again: {e:#}"),
                     }

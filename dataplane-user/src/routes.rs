@@ -6,9 +6,12 @@
 //! touched. A lost announcement (the socket's buffer overran) arrives as an overrun message
 //! and moves the generation too.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use rtnetlink::{new_multicast_connection, MulticastGroup};
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::dataplane::RouteGeneration;
@@ -26,11 +29,18 @@ const GROUPS: [MulticastGroup; 9] = [
     MulticastGroup::Nexthop,
 ];
 
+/// `RTM_NEWLINK` and `RTM_DELLINK`: an interface appeared, changed or went away.
+const LINK_MESSAGES: [u16; 2] = [16, 17];
+
 /// Subscribes to the kernel's routing announcements in this network namespace and moves
-/// `generation` on each, until the socket closes (then the caller opens a new one). The
-/// subscription is in place when this returns; changes from before it are covered by one
-/// move made here.
-pub fn follow(mut generation: RouteGeneration) -> Result<tokio::task::JoinHandle<()>> {
+/// `generation` on each, until the socket closes (then the caller opens a new one); link
+/// announcements also wake `links` (the daemon follows its interfaces then, not only on its
+/// next watch tick). The subscription is in place when this returns; changes from before it
+/// are covered by one move made here.
+pub fn follow(
+    mut generation: RouteGeneration,
+    links: Arc<Notify>,
+) -> Result<tokio::task::JoinHandle<()>> {
     let (connection, _handle, mut messages) =
         new_multicast_connection(&GROUPS).context("subscribing to rtnetlink announcements")?;
     generation
@@ -39,7 +49,11 @@ pub fn follow(mut generation: RouteGeneration) -> Result<tokio::task::JoinHandle
     let socket = tokio::spawn(connection);
     Ok(tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
-            debug!(kind = message.header.message_type, "routing changed");
+            let kind = message.header.message_type;
+            debug!(kind, "routing changed");
+            if LINK_MESSAGES.contains(&kind) {
+                links.notify_one();
+            }
             if let Err(e) = generation.bump() {
                 warn!("cannot move the route generation on: {e}");
             }

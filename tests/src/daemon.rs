@@ -120,7 +120,11 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(self.config_path())
-            .args(["--watch-interval", "200ms"])
+            .args(if args.contains(&"--watch-interval") {
+                &[][..]
+            } else {
+                &["--watch-interval", "200ms"][..]
+            })
             // Tests run side by side: any free port unless the test picks one.
             .args(if args.contains(&"--metrics-addr") {
                 &[][..]

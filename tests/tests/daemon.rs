@@ -1165,10 +1165,15 @@ fn a_change_that_cannot_be_saved_is_reported_as_in_force() {
 
 /// The interfaces the daemon serves change under it: a deleted one is reported detached
 /// (status, metrics), and the same name created again (a new device) is attached again and
-/// its traffic policed, without a reload.
+/// its traffic policed, without a reload. The daemon hears of both on rtnetlink: its watch
+/// interval (a minute here) is only the backstop.
 #[test]
 fn a_deleted_interface_is_reported_and_a_re_created_one_policed_again() {
-    let (_serial, net, d) = running_daemon();
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if, "--watch-interval", "60s"]);
     let metrics = d.status_state_metrics_addr();
     let agent = dataplane_tests::exporter::agent();
     let attached_series = |mode: &str, value: u8| {
