@@ -18,7 +18,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     sync::Mutex,
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     compile::CompiledPolicy,
@@ -30,9 +30,9 @@ use crate::{
     metrics::{
         self, http::SnapshotSource, snapshot, ClassInfo, ConfigView, CounterReader, Iface, Reloads,
     },
+    netdev::XdpFeatures,
     pins::PinLayout,
     state::{AttachMode, RunDir, State},
-    xdp_features::XdpFeatures,
 };
 
 /// The default AI catalogue, built in so the binary runs without a file.
@@ -574,14 +574,18 @@ impl Daemon {
                     changed = true;
                 }
                 None => {}
-                Some(now) if attached && recorded == Some(now) => {}
-                // Adopted from a state file that did not record it: trust the pin, note it.
-                Some(now) if attached && recorded.is_none() => {
+                // The device we attached to, still carrying our program.
+                Some(now) if attached && recorded == Some(now) && self.our_program_on(now) => {}
+                // Adopted from a state file that did not record it: note it.
+                Some(now) if attached && recorded.is_none() && self.our_program_on(now) => {
                     self.state.ifindexes.insert(iface.clone(), now);
                     changed = true;
                 }
                 Some(now) => {
-                    if attached {
+                    if attached && recorded.is_none_or(|r| r == now) {
+                        warn!(%iface, "our XDP program is not on the device (detached from outside?): attaching again");
+                        self.forget_device(&iface, recorded);
+                    } else if attached {
                         warn!(%iface, old = ?recorded, new = now, "interface re-created: attaching to the new device");
                         self.forget_device(&iface, recorded);
                     }
@@ -607,6 +611,25 @@ impl Daemon {
     }
 
     /// Drops what belonged to `iface`'s old device: its link pin and its registration.
+    /// Whether the device `ifindex` carries this dataplane's program. When the kernel cannot
+    /// be asked, the pins are trusted.
+    fn our_program_on(&self, ifindex: u32) -> bool {
+        match (
+            crate::netdev::attached_xdp_program(ifindex),
+            self.dp.program_id(),
+        ) {
+            (Ok(on), Ok(ours)) => on == Some(ours),
+            (Err(e), _) => {
+                debug!(ifindex, "reading the device's XDP program: {e}");
+                true
+            }
+            (_, Err(e)) => {
+                debug!("reading our program's id: {e}");
+                true
+            }
+        }
+    }
+
     fn forget_device(&mut self, iface: &str, ifindex: Option<u32>) {
         if let Err(e) = self.cfg.layout.unpin_link(iface) {
             warn!(%iface, "removing the old link pin: {e}");

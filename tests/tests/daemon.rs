@@ -834,6 +834,39 @@ fn a_huge_rejected_value_leaves_a_bounded_error() {
     );
 }
 
+/// An attachment removed from outside (`bpftool link detach`: the pin stays, the program
+/// leaves the device) is noticed on the device itself and restored, and traffic is policed
+/// again.
+#[test]
+fn an_attachment_removed_from_outside_is_restored() {
+    let (_serial, net, d) = running_daemon();
+    let pin = PinLayout::new(&d.pin_root).link(&net.root_if);
+    assert!(net.xdp_attached(), "attached at start");
+    let out = std::process::Command::new("bpftool")
+        .args(["link", "detach", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("bpftool runs (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "bpftool link detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!net.xdp_attached(), "the program left the device");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !net.xdp_attached() {
+        assert!(
+            Instant::now() < deadline,
+            "not attached again within 10 s:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(d.log().contains("not on the device"), "{}", d.log());
+    let (sent, received) = police_check(&net);
+    assert_policed(sent, received);
+}
+
 /// The daemon's resident memory in KiB.
 fn resident_kib(d: &Daemon) -> u64 {
     let pid = d.pid().expect("the daemon runs");

@@ -1,12 +1,17 @@
-//! Whether an interface can take frames another interface's XDP program redirects to it: the
-//! kernel says so in the device's XDP features (`NETDEV_XDP_ACT_NDO_XMIT`), read from the
-//! generic-netlink family `netdev` (the same source as `ynl --family netdev --do dev-get`).
-//! A veth has it only while its peer has an XDP program or GRO on; without it, every frame the
-//! dataplane forwards there is lost.
+//! What the kernel says of a network device, asked over netlink:
+//! - whether it can take frames another interface's XDP program redirects to it: its XDP
+//!   features (`NETDEV_XDP_ACT_NDO_XMIT`), from the generic-netlink family `netdev` (the same
+//!   source as `ynl --family netdev --do dev-get`). A veth has it only while its peer has an
+//!   XDP program or GRO on; without it, every frame the dataplane forwards there is lost;
+//! - which XDP program is attached to it (`IFLA_XDP_PROG_ID`, rtnetlink), so an adopted
+//!   attachment is checked on the device itself, not only in the pins.
 
 use std::io;
 
-use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
+use netlink_sys::{
+    protocols::{NETLINK_GENERIC, NETLINK_ROUTE},
+    Socket, SocketAddr,
+};
 
 /// Generic netlink's controller and its command and attributes (`linux/genetlink.h`).
 const GENL_ID_CTRL: u16 = 0x10;
@@ -25,6 +30,12 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_HDRLEN: usize = 16;
 const GENL_HDRLEN: usize = 4;
 const NLA_HDRLEN: usize = 4;
+/// rtnetlink's link request and the attributes of its answer (`linux/rtnetlink.h`,
+/// `linux/if_link.h`): `struct ifinfomsg` follows the netlink header.
+const RTM_GETLINK: u16 = 18;
+const IFINFOMSG_LEN: usize = 16;
+const IFLA_XDP: u16 = 43;
+const IFLA_XDP_PROG_ID: u16 = 4;
 
 /// A netlink attribute: type and payload (padding to four bytes added).
 fn attribute(kind: u16, payload: &[u8]) -> Vec<u8> {
@@ -37,28 +48,35 @@ fn attribute(kind: u16, payload: &[u8]) -> Vec<u8> {
     a
 }
 
-/// A generic-netlink request: netlink header, genl header (`command`, version 1),
-/// attributes.
-fn request(family: u16, command: u8, attributes: &[u8]) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + GENL_HDRLEN + attributes.len();
+/// A netlink request of type `kind`: netlink header, the family's own header, attributes.
+fn message(kind: u16, header: &[u8], attributes: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + header.len() + attributes.len();
     let mut m = Vec::with_capacity(len);
     m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&family.to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
     m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
     m.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     m.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel fills it in
-    m.extend_from_slice(&[command, 1, 0, 0]);
+    m.extend_from_slice(header);
     m.extend_from_slice(attributes);
     m
 }
 
-/// The payload of attribute `kind` in the first message of a reply, or the error the
-/// kernel answered with.
-fn reply_attribute(reply: &[u8], kind: u16) -> io::Result<Option<&[u8]>> {
+/// A generic-netlink request: genl header (`command`, version 1), attributes.
+fn request(family: u16, command: u8, attributes: &[u8]) -> Vec<u8> {
+    message(family, &[command, 1, 0, 0], attributes)
+}
+
+fn malformed() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "malformed netlink reply")
+}
+
+/// The attributes of the first message of a reply (after its family header of
+/// `header_len` bytes), or the error the kernel answered with.
+fn reply_attributes(reply: &[u8], header_len: usize) -> io::Result<&[u8]> {
     let word = |at: usize| -> Option<u32> {
         Some(u32::from_ne_bytes(reply.get(at..at + 4)?.try_into().ok()?))
     };
-    let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed netlink reply");
     let len = word(0).ok_or_else(malformed)? as usize;
     let message = reply.get(..len).ok_or_else(malformed)?;
     let message_type = u16::from_ne_bytes([message[4], message[5]]);
@@ -66,9 +84,19 @@ fn reply_attribute(reply: &[u8], kind: u16) -> io::Result<Option<&[u8]>> {
         let code = word(NLMSG_HDRLEN).ok_or_else(malformed)? as i32;
         return Err(io::Error::from_raw_os_error(-code));
     }
-    let mut rest = message
-        .get(NLMSG_HDRLEN + GENL_HDRLEN..)
-        .ok_or_else(malformed)?;
+    message
+        .get(NLMSG_HDRLEN + header_len..)
+        .ok_or_else(malformed)
+}
+
+/// The payload of attribute `kind` in the first message of a generic-netlink reply.
+fn reply_attribute(reply: &[u8], kind: u16) -> io::Result<Option<&[u8]>> {
+    find_attribute(reply_attributes(reply, GENL_HDRLEN)?, kind)
+}
+
+/// The payload of attribute `kind` among `attributes` (top level or nested).
+fn find_attribute(attributes: &[u8], kind: u16) -> io::Result<Option<&[u8]>> {
+    let mut rest = attributes;
     while rest.len() >= NLA_HDRLEN {
         let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
         // The top bits of the type are flags (nested, byte order).
@@ -84,10 +112,30 @@ fn reply_attribute(reply: &[u8], kind: u16) -> io::Result<Option<&[u8]>> {
     Ok(None)
 }
 
+/// The XDP program attached to interface `ifindex` of this network namespace (its kernel id;
+/// `None` when there is none).
+pub fn attached_xdp_program(ifindex: u32) -> io::Result<Option<u32>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    // struct ifinfomsg: family AF_UNSPEC, type, index, flags, change.
+    let mut ifinfo = [0u8; IFINFOMSG_LEN];
+    ifinfo[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+    let reply = ask(&socket, &message(RTM_GETLINK, &ifinfo, &[]))?;
+    let Some(xdp) = find_attribute(reply_attributes(&reply, IFINFOMSG_LEN)?, IFLA_XDP)? else {
+        return Ok(None);
+    };
+    Ok(find_attribute(xdp, IFLA_XDP_PROG_ID)?
+        .and_then(|id| id.get(..4)?.try_into().ok())
+        .map(u32::from_ne_bytes)
+        .filter(|id| *id != 0))
+}
+
 /// One request, one reply.
 fn ask(socket: &Socket, message: &[u8]) -> io::Result<Vec<u8>> {
     socket.send(message, 0)?;
-    let mut reply = Vec::with_capacity(8192);
+    // Room for a link message with every attribute a NIC with many VFs reports.
+    let mut reply = Vec::with_capacity(64 << 10);
     socket.recv(&mut reply, 0)?;
     Ok(reply)
 }
@@ -156,6 +204,25 @@ mod tests {
             Some(&b"netdev\0"[..])
         );
         assert_eq!(reply_attribute(&reply, 9).expect("ok"), None);
+    }
+
+    #[test]
+    fn nested_attributes_are_found_after_the_link_header() {
+        let nested = attribute(IFLA_XDP_PROG_ID, &77u32.to_ne_bytes());
+        let mut reply = message(16, &[0; IFINFOMSG_LEN], &attribute(3, b"eth0\0"));
+        reply.extend_from_slice(&attribute(IFLA_XDP, &nested));
+        let len = reply.len() as u32;
+        reply[..4].copy_from_slice(&len.to_ne_bytes());
+        let xdp = find_attribute(
+            reply_attributes(&reply, IFINFOMSG_LEN).expect("ok"),
+            IFLA_XDP,
+        )
+        .expect("well formed")
+        .expect("present");
+        let id = find_attribute(xdp, IFLA_XDP_PROG_ID)
+            .expect("well formed")
+            .expect("present");
+        assert_eq!(id, 77u32.to_ne_bytes());
     }
 
     #[test]
