@@ -168,8 +168,20 @@ fn v4_udp(dport: u16) -> Vec<u8> {
 const V6_SRC: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const V6_DST: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 
+/// Measures on a thread of its own pinned to CPU: the caller's affinity (inherited by every
+/// thread the later sections start) stays as it was.
 pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
-    pin_to_cpu(CPU);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pin_to_cpu(CPU);
+            measure(settings, bar)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the per-packet measurement thread panicked"))?
+    })
+}
+
+fn measure(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
     bar.set_message("loading");
     let catalogue = Policy::from_toml_str(CATALOGUE, "config/default.toml")?;
     let no_policy = Dataplane::load().context("loading the XDP object")?;

@@ -125,8 +125,17 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
     let frame = frame();
     // Calibrate: what one CPU offers, to pick the top rate (the policer must still drop).
     let (probe, _) = load_policy(&policy(1e9));
-    pin_to_cpu(crate::per_packet::CPU);
-    let ns_per_packet = run_repeated(probe.program()?, &frame, 200_000).max(1.0);
+    let program = probe.program()?;
+    // On a thread of its own: the caller's affinity, inherited by later sections' threads and
+    // processes, stays as it was.
+    let ns_per_packet = std::thread::scope(|s| {
+        s.spawn(|| {
+            pin_to_cpu(crate::per_packet::CPU);
+            run_repeated(program, &frame, 200_000).max(1.0)
+        })
+        .join()
+    })
+    .map_err(|_| anyhow::anyhow!("the calibration thread panicked"))?;
     drop(probe);
     let one_cpu_bps = FRAME_BYTES as f64 * 8.0 / (ns_per_packet * 1e-9);
     let top = (one_cpu_bps / TOP_SHARE / 1e9).floor() * 1e9;
