@@ -834,6 +834,72 @@ fn a_huge_rejected_value_leaves_a_bounded_error() {
     );
 }
 
+/// A renamed interface no longer matches the policy, which names interfaces: it is reported
+/// detached (not listed under its old name) and the program leaves it; renamed back, it is
+/// attached and policed again. The daemon hears of both renames on rtnetlink (a minute's
+/// watch interval here).
+#[test]
+fn a_renamed_interface_is_followed_by_name() {
+    let _serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if, "--watch-interval", "60s"]);
+    let listed = || {
+        d.status()["interfaces"]
+            .as_array()
+            .expect("interfaces")
+            .iter()
+            .any(|i| i["iface"] == net.root_if.as_str())
+    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} within 10 s:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let renamed = format!("{}r", net.ns);
+    let rename = |from: &str, to: &str| {
+        for args in [
+            ["link", "set", from, "down", "", ""],
+            ["link", "set", from, "name", to, ""],
+            ["link", "set", to, "up", "", ""],
+        ] {
+            let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+            dataplane_tests::netns::ip(&args);
+        }
+    };
+    rename(&net.root_if, &renamed);
+    wait_for("the renamed interface reported detached", &|| !listed());
+    let shown = std::process::Command::new("ip")
+        .args(["-d", "link", "show", "dev", &renamed])
+        .output()
+        .expect("ip");
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        !shown.contains("prog/xdp"),
+        "the program left the renamed device: {shown}"
+    );
+    rename(&renamed, &net.root_if);
+    dataplane_tests::netns::ip(&[
+        "addr",
+        "replace",
+        &format!("{}/24", net.root_addr),
+        "dev",
+        &net.root_if,
+    ]);
+    wait_for("attached again under its name", &|| {
+        listed() && net.xdp_attached()
+    });
+    let (sent, received) = police_check(&net);
+    assert_policed(sent, received);
+}
+
 /// An attachment removed from outside (`bpftool link detach`: the pin stays, the program
 /// leaves the device) is noticed on the device itself and restored, and traffic is policed
 /// again.
