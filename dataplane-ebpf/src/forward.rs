@@ -133,25 +133,37 @@ pub fn forward(
 fn routable_length(frame: &Frame, meta: &PacketMeta) -> Result<u16, Reason> {
     match meta.family {
         Family::V4 => {
-            let h = frame
-                .slice_mut::<IPV4_MIN_HLEN>(ETH_HLEN)
-                .ok_or(Reason::TruncatedIpv4)?;
-            // SAFETY: slice_mut checked the bytes lie inside the frame.
-            let h = unsafe { &*h };
+            let h = ipv4_header(frame)?;
             routable_v4(h[IPV4_SRC_OFFSET], h[IPV4_DST_OFFSET])?;
             Ok(u16::from_be_bytes([h[2], h[3]]))
         }
         Family::V6 => {
-            let h = frame
-                .slice_mut::<IPV6_HLEN>(ETH_HLEN)
-                .ok_or(Reason::TruncatedIpv6)?;
-            // SAFETY: as above.
-            let h = unsafe { &*h };
+            let h = ipv6_header(frame)?;
             let (src, dst) = ipv6_addresses(h);
             routable_v6(src, dst)?;
             Ok(u16::from_be_bytes([h[4], h[5]]).saturating_add(IPV6_HLEN as u16))
         }
     }
+}
+
+/// The frame's IPv4 header (without options), bounds-checked.
+#[inline(always)]
+fn ipv4_header(frame: &Frame) -> Result<&[u8; IPV4_MIN_HLEN], Reason> {
+    let h = frame
+        .slice_mut::<IPV4_MIN_HLEN>(ETH_HLEN)
+        .ok_or(Reason::TruncatedIpv4)?;
+    // SAFETY: slice_mut checked the bytes lie inside the frame.
+    Ok(unsafe { &*h })
+}
+
+/// The frame's IPv6 header, bounds-checked.
+#[inline(always)]
+fn ipv6_header(frame: &Frame) -> Result<&[u8; IPV6_HLEN], Reason> {
+    let h = frame
+        .slice_mut::<IPV6_HLEN>(ETH_HLEN)
+        .ok_or(Reason::TruncatedIpv6)?;
+    // SAFETY: slice_mut checked the bytes lie inside the frame.
+    Ok(unsafe { &*h })
 }
 
 /// The source and destination of a checked IPv6 header.
@@ -192,11 +204,7 @@ fn lookup<'a>(
     fib.__bindgen_anon_1.tot_len = tot_len;
     match meta.family {
         Family::V4 => {
-            let h = frame
-                .slice_mut::<IPV4_MIN_HLEN>(ETH_HLEN)
-                .ok_or(Reason::TruncatedIpv4)?;
-            // SAFETY: slice_mut checked the bytes lie inside the frame.
-            let h = unsafe { &*h };
+            let h = ipv4_header(frame)?;
             fib.family = af::INET;
             fib.__bindgen_anon_2.tos = tos;
             // Addresses stay in network byte order, as the helper wants them.
@@ -207,11 +215,7 @@ fn lookup<'a>(
             }
         }
         Family::V6 => {
-            let h = frame
-                .slice_mut::<IPV6_HLEN>(ETH_HLEN)
-                .ok_or(Reason::TruncatedIpv6)?;
-            // SAFETY: as above.
-            let h = unsafe { &*h };
+            let h = ipv6_header(frame)?;
             let (src, dst) = ipv6_addresses(h);
             fib.family = af::INET6;
             // The traffic class as the policy left it, and the flow label.

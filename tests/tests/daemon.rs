@@ -834,6 +834,19 @@ fn a_huge_rejected_value_leaves_a_bounded_error() {
     );
 }
 
+/// Waits up to 10 s for `ok`, failing with `what` and the daemon's log.
+fn wait_until(d: &Daemon, what: &str, ok: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} within 10 s:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A renamed interface no longer matches the policy, which names interfaces: it is reported
 /// detached (not listed under its old name) and the program leaves it; renamed back, it is
 /// attached and policed again. The daemon hears of both renames on rtnetlink (a minute's
@@ -852,17 +865,7 @@ fn a_renamed_interface_is_followed_by_name() {
             .iter()
             .any(|i| i["iface"] == net.root_if.as_str())
     };
-    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ok() {
-            assert!(
-                Instant::now() < deadline,
-                "{what} within 10 s:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| wait_until(&d, what, ok);
     let renamed = format!("{}r", net.ns);
     let rename = |from: &str, to: &str| {
         for args in [
@@ -919,15 +922,7 @@ fn an_attachment_removed_from_outside_is_restored() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!net.xdp_attached(), "the program left the device");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !net.xdp_attached() {
-        assert!(
-            Instant::now() < deadline,
-            "not attached again within 10 s:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(&d, "attached again", &|| net.xdp_attached());
     assert!(d.log().contains("not on the device"), "{}", d.log());
     let (sent, received) = police_check(&net);
     assert_policed(sent, received);
@@ -1281,17 +1276,7 @@ fn a_deleted_interface_is_reported_and_a_re_created_one_policed_again() {
             net.root_if
         )
     };
-    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ok() {
-            assert!(
-                Instant::now() < deadline,
-                "{what} within 10 s:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| wait_until(&d, what, ok);
     let scrape =
         || dataplane_tests::exporter::get(&agent, &format!("http://{metrics}/metrics"), None).body;
     let attached_ifindex = || {

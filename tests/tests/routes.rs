@@ -162,19 +162,24 @@ impl Lab {
         for (hop, m, dev) in [(HOP_A, MAC_A, "ga"), (HOP_B, MAC_B, "gb")] {
             lab.neighbour(hop, m, dev);
         }
+        lab.route_via(HOP_A, "add", 10);
+        lab
+    }
+
+    /// `ip route <verb>` of the destination via `hop` with `metric`.
+    fn route_via(&self, hop: Ipv4Addr, verb: &str, metric: u32) {
         let dst = format!("{DESTINATION}/32");
         ip(&[
             "-n",
-            g,
+            &self.gateway,
             "route",
-            "add",
+            verb,
             &dst,
             "via",
-            &HOP_A.to_string(),
+            &hop.to_string(),
             "metric",
-            "10",
+            &metric.to_string(),
         ]);
-        lab
     }
 
     fn all(&self) -> [&str; 4] {
@@ -425,18 +430,7 @@ fn follows(change: Change) {
     let _serial = serial();
     let lab = Lab::new();
     if matches!(change, Change::EgressDown) {
-        let dst = format!("{DESTINATION}/32");
-        ip(&[
-            "-n",
-            &lab.gateway,
-            "route",
-            "add",
-            &dst,
-            "via",
-            &HOP_B.to_string(),
-            "metric",
-            "20",
-        ]);
+        lab.route_via(HOP_B, "add", 20);
     }
     let mut d = Daemon::create();
     d.write_config(POLICY);
@@ -457,18 +451,7 @@ fn follows(change: Change) {
     let changed_at = Instant::now();
     match change {
         Change::Route => {
-            let dst = format!("{DESTINATION}/32");
-            ip(&[
-                "-n",
-                &lab.gateway,
-                "route",
-                "replace",
-                &dst,
-                "via",
-                &HOP_B.to_string(),
-                "metric",
-                "10",
-            ]);
+            lab.route_via(HOP_B, "replace", 10);
         }
         Change::NeighbourMac => lab.neighbour(HOP_A, MAC_A_NEW, "ga"),
         Change::EgressDown => ip(&["-n", &lab.gateway, "link", "set", "ga", "down"]),
@@ -539,18 +522,7 @@ fn redirect_failures_are_counted_and_the_daemon_warns() {
     let _serial = serial();
     let lab = Lab::new();
     lab.exec(&lab.hop_b, "ethtool", &["-K", "b0", "gro", "off"]);
-    let dst = format!("{DESTINATION}/32");
-    ip(&[
-        "-n",
-        &lab.gateway,
-        "route",
-        "replace",
-        &dst,
-        "via",
-        &HOP_B.to_string(),
-        "metric",
-        "10",
-    ]);
+    lab.route_via(HOP_B, "replace", 10);
     let mut d = Daemon::create();
     d.write_config(POLICY);
     d.start(&["--netns", &lab.gateway, "--iface", "gc"]);
