@@ -82,6 +82,8 @@ pub struct Daemon {
     file_text: Option<FileDigest>,
     /// A changed text seen in the config file and since when, until it settles.
     pending_file: Option<(FileDigest, Instant)>,
+    /// The config file's metadata when the watcher last read it.
+    file_stamp: Option<FileStamp>,
     /// Set by a full detach: the daemon exits after answering.
     exit: bool,
     /// The policy in force (parsed `state.policy_text`).
@@ -119,6 +121,28 @@ impl FileDigest {
         FileDigest {
             len: text.len(),
             hash: h.finish(),
+        }
+    }
+}
+
+/// What the file watcher checks before reading a config file: size, modification and change
+/// times (nanoseconds) and inode. Any write or replacement moves at least one of them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileStamp {
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(m: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            len: m.len(),
+            modified: (m.mtime(), m.mtime_nsec()),
+            changed: (m.ctime(), m.ctime_nsec()),
+            inode: m.ino(),
         }
     }
 }
@@ -247,6 +271,7 @@ impl Daemon {
             state,
             file_text: cfg.config.as_ref().map(|_| FileDigest::of(&text)),
             pending_file: None,
+            file_stamp: None,
             cfg,
             exit: false,
             policy: None,
@@ -803,6 +828,13 @@ impl Daemon {
         let Some(path) = self.cfg.config.clone() else {
             return;
         };
+        // Unchanged metadata, nothing waiting to settle: no need to read the file (it may be
+        // many MiB, and this runs every watch interval).
+        let stamp = std::fs::metadata(&path).ok().map(|m| FileStamp::of(&m));
+        if self.pending_file.is_none() && stamp.is_some() && stamp == self.file_stamp {
+            return;
+        }
+        self.file_stamp = stamp;
         let current = match read_policy_text(&path) {
             Ok(t) => FileDigest::of(&t),
             // Editors replace files by rename: a moment without the file is not a change.
