@@ -70,12 +70,15 @@ pub fn forward(
     forwardable(meta, dst_mac, &iface.mac)?;
     let tot_len = routable_length(frame, meta)?;
 
-    // Read before the lookup: a change after this read leaves what the lookup stores stale
-    // at once, never the other way round.
-    let route_generation = ROUTE_GENERATION.get(0).copied().unwrap_or(0);
-    // SAFETY: the helper takes no arguments.
-    let now = unsafe { bpf_jiffies64() } as u32;
-    if let Some(flow) = flow {
+    // Only a flow the cache holds reads the route generation and the clock. Read before the
+    // lookup: a change after this read leaves what the lookup stores stale at once, never
+    // the other way round.
+    let cached = flow.map(|flow| {
+        // SAFETY: the helper takes no arguments.
+        let now = unsafe { bpf_jiffies64() } as u32;
+        (flow, ROUTE_GENERATION.get(0).copied().unwrap_or(0), now)
+    });
+    if let Some((flow, route_generation, now)) = cached {
         // SAFETY: the flow entry's pointer, valid for this run (see classify::class_of).
         let hop = unsafe { &(*flow).next_hop };
         if hop.usable(route_generation, now, tos, tot_len) {
@@ -99,7 +102,7 @@ pub fn forward(
     let fib = lookup(ctx, frame, meta, tos, tot_len)?;
     let egress = fib.ifindex;
     let egress_slot = egress_slot(egress)?;
-    if let Some(flow) = flow {
+    if let Some((flow, route_generation, now)) = cached {
         // SAFETY: as above; after a successful lookup the length field holds the MTU.
         unsafe {
             (*flow).next_hop = NextHop {

@@ -834,6 +834,17 @@ fn a_huge_rejected_value_leaves_a_bounded_error() {
     );
 }
 
+/// As [`running_daemon`], with a watch interval of a minute: what the test sees happen in
+/// seconds came from the kernel's rtnetlink announcements, not from polling.
+fn daemon_on_events() -> (std::sync::MutexGuard<'static, ()>, VethNs, Daemon) {
+    let serial = serial();
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    d.start(&["--iface", &net.root_if, "--watch-interval", "60s"]);
+    (serial, net, d)
+}
+
 /// Waits up to 10 s for `ok`, failing with `what` and the daemon's log.
 fn wait_until(d: &Daemon, what: &str, ok: &dyn Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -853,11 +864,7 @@ fn wait_until(d: &Daemon, what: &str, ok: &dyn Fn() -> bool) {
 /// watch interval here).
 #[test]
 fn a_renamed_interface_is_followed_by_name() {
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if, "--watch-interval", "60s"]);
+    let (_serial, net, d) = daemon_on_events();
     let listed = || {
         d.status()["interfaces"]
             .as_array()
@@ -1273,11 +1280,7 @@ fn a_change_that_cannot_be_saved_is_reported_as_in_force() {
 /// interval (a minute here) is only the backstop.
 #[test]
 fn a_deleted_interface_is_reported_and_a_re_created_one_policed_again() {
-    let _serial = serial();
-    let net = VethNs::create();
-    let mut d = Daemon::create();
-    d.write_config(&policy("8Mbit"));
-    d.start(&["--iface", &net.root_if, "--watch-interval", "60s"]);
+    let (_serial, net, d) = daemon_on_events();
     let metrics = d.status_state_metrics_addr();
     let agent = dataplane_tests::exporter::agent();
     let attached_series = |mode: &str, value: u8| {

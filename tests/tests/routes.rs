@@ -17,7 +17,6 @@
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    process::Command,
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
@@ -27,7 +26,10 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData};
-use dataplane::{pins::PinLayout, topology::in_netns};
+use dataplane::{
+    pins::PinLayout,
+    topology::{in_netns, netns_run},
+};
 use dataplane_common::maps::names;
 use dataplane_tests::{
     daemon::Daemon,
@@ -203,17 +205,9 @@ impl Lab {
     }
 
     fn exec(&self, ns: &str, program: &str, args: &[&str]) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, program])
-            .args(args)
-            .output()
-            .expect("ip netns exec");
-        assert!(
-            out.status.success(),
-            "{program} {} in {ns}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = netns_run(ns, program, args) {
+            panic!("{program} {} in {ns}: {e}", args.join(" "));
+        }
     }
 }
 
