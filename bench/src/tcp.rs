@@ -3,10 +3,13 @@
 //! rates and stream counts, through (1) the kernel's HTB shaper at the class rate on kernel
 //! forwarding, (2) the dataplane as configured by default (TCP window control and
 //! retransmission repair), (3) the dataplane with `tcp_window = false` (repair only). Each
-//! run builds its own topology (`dataplane_tests::tcp`).
+//! run builds its own topology (`dataplane_tests::tcp`). A second sweep adds a realistic
+//! round trip to the path and compares (1) with (2).
+
+use std::time::Duration;
 
 use anyhow::Result;
-use dataplane_tests::tcp::{tcp_through_class, Enforcer, TcpRun, MSS};
+use dataplane_tests::tcp::{tcp_through_class, Enforcer, TcpCase, TcpRun, MSS};
 use indicatif::ProgressBar;
 
 use crate::{
@@ -28,41 +31,59 @@ fn enforcers() -> [(&'static str, Enforcer); 3] {
     ]
 }
 
-pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
-    let (rates, streams, ecns, secs): (&[u32], &[u32], &[bool], u32) = match settings.mode {
-        Mode::Full => (&[100, 300, 1000], &[1, 4, 16], &[false, true], 5),
-        Mode::Quick => (&[300, 1000], &[1, 4], &[false], 3),
-        Mode::Smoke => (&[1000], &[1], &[false], 2),
+/// The round trip the second sweep adds to the path (a delay line on the return path).
+const ADDED_RTT: Duration = Duration::from_millis(5);
+
+/// One sweep's settings: every rate × stream count × ECN setting, through `enforcers`, with
+/// `added_rtt` on the path.
+struct Sweep<'a> {
+    rates: &'a [u32],
+    streams: &'a [u32],
+    ecns: &'a [bool],
+    secs: u32,
+    added_rtt: Duration,
+    enforcers: &'a [(&'static str, Enforcer)],
+}
+
+/// What a sweep found: its table, plot bars and how many cases met each target.
+#[derive(Default)]
+struct Tally {
+    cases: usize,
+    goodput_met: usize,
+    retrans_met: usize,
+    latency_met: usize,
+    fair_met: usize,
+    goodput_missed: Vec<String>,
+    retrans_missed: Vec<String>,
+    fair_missed: Vec<String>,
+}
+
+fn sweep(
+    sweep: &Sweep,
+    table: &mut Table,
+    bars: &mut Vec<(String, Figure)>,
+    bar: &ProgressBar,
+) -> Result<Tally> {
+    let mut tally = Tally::default();
+    let rtt_label = if sweep.added_rtt.is_zero() {
+        String::new()
+    } else {
+        format!(" +{} ms", sweep.added_rtt.as_millis())
     };
-    let enforcers = enforcers();
-    bar.set_length((rates.len() * streams.len() * ecns.len() * enforcers.len()) as u64);
-    let mut table = Table::new(
-        "Goodput, retransmitted segments, Jain's fairness over the streams and mean ping RTT \
-         through the loaded class (idle path in brackets), per enforcer",
-        &[
-            "rate",
-            "streams",
-            "ECN",
-            "enforcer",
-            "goodput",
-            "× rate",
-            "× HTB",
-            "retransmits",
-            "Jain",
-            "ping ms",
-        ],
-    );
-    let mut goodput_bars = Vec::new();
-    let (mut cases, mut goodput_met, mut retrans_met, mut latency_met, mut fair_met) =
-        (0, 0, 0, 0, 0);
-    let (mut goodput_missed, mut retrans_missed) = (Vec::new(), Vec::new());
-    for &rate in rates {
-        for &n in streams {
-            for &ecn in ecns {
+    for &rate in sweep.rates {
+        for &n in sweep.streams {
+            for &ecn in sweep.ecns {
                 let mut htb: Option<TcpRun> = None;
-                for (i, (label, enforcer)) in enforcers.iter().enumerate() {
-                    bar.set_message(format!("{rate} Mbit/s ×{n} ecn={ecn} {label}"));
-                    let r = tcp_through_class(rate, n, ecn, enforcer, secs)?;
+                for (i, (label, enforcer)) in sweep.enforcers.iter().enumerate() {
+                    bar.set_message(format!("{rate} Mbit/s ×{n} ecn={ecn}{rtt_label} {label}"));
+                    let case = TcpCase {
+                        rate_mbit: rate,
+                        streams: n,
+                        ecn,
+                        added_rtt: sweep.added_rtt,
+                        secs: sweep.secs,
+                    };
+                    let r = tcp_through_class(case, enforcer)?;
                     bar.inc(1);
                     let rate_bps = f64::from(rate) * 1e6;
                     let vs_htb = htb.as_ref().map(|h| r.goodput_bps / h.goodput_bps);
@@ -78,45 +99,171 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
                         format!("{:.2}", r.jain),
                         format!("{:.2} ({:.2})", r.ping_loaded_ms, r.ping_idle_ms),
                     ]);
-                    goodput_bars.push((
-                        format!("{rate}M ×{n}{} {label}", if ecn { " ECN" } else { "" }),
+                    bars.push((
+                        format!(
+                            "{rate}M ×{n}{}{rtt_label} {label}",
+                            if ecn { " ECN" } else { "" }
+                        ),
                         Figure::of(&[r.goodput_bps / rate_bps]),
                     ));
                     match (i, &htb) {
                         (0, _) => htb = Some(r),
-                        (1, Some(h)) => {
-                            cases += 1;
-                            let goodput = r.goodput_bps >= 0.95 * h.goodput_bps
-                                && r.goodput_bps >= 0.9 * rate_bps;
-                            let retrans = r.retransmit_share <= if ecn { 0.001 } else { 0.01 };
-                            goodput_met += usize::from(goodput);
-                            retrans_met += usize::from(retrans);
-                            latency_met +=
-                                usize::from(r.added_latency_ms() <= 0.1 * h.added_latency_ms());
-                            fair_met += usize::from(r.jain >= 0.9);
-                            let case =
-                                format!("{rate} Mbit/s ×{n}{}", if ecn { " ECN" } else { "" });
-                            if !goodput {
-                                goodput_missed.push(case.clone());
-                            }
-                            if !retrans {
-                                retrans_missed.push(case);
-                            }
-                        }
+                        (1, Some(h)) => tally.add(rate, n, ecn, &r, h),
                         _ => {}
                     }
                 }
             }
         }
     }
+    Ok(tally)
+}
+
+impl Tally {
+    /// Scores the dataplane defaults' run `r` against HTB's `h` in the same case.
+    fn add(&mut self, rate: u32, n: u32, ecn: bool, r: &TcpRun, h: &TcpRun) {
+        let rate_bps = f64::from(rate) * 1e6;
+        self.cases += 1;
+        let goodput = r.goodput_bps >= 0.95 * h.goodput_bps && r.goodput_bps >= 0.9 * rate_bps;
+        let retrans = r.retransmit_share <= if ecn { 0.001 } else { 0.01 };
+        let fair = r.jain >= 0.9;
+        self.goodput_met += usize::from(goodput);
+        self.retrans_met += usize::from(retrans);
+        self.latency_met += usize::from(r.added_latency_ms() <= 0.1 * h.added_latency_ms());
+        self.fair_met += usize::from(fair);
+        let case = format!("{rate} Mbit/s ×{n}{}", if ecn { " ECN" } else { "" });
+        for (met, missed) in [
+            (goodput, &mut self.goodput_missed),
+            (retrans, &mut self.retrans_missed),
+            (fair, &mut self.fair_missed),
+        ] {
+            if !met {
+                missed.push(case.clone());
+            }
+        }
+    }
+
+    /// The four targets, named with `scope` ("" or " over a 5 ms round trip"); `limits`
+    /// says what limits goodput and retransmits where they miss.
+    fn targets(&self, scope: &str, limits: &str) -> Vec<Target> {
+        let of = |met: usize| format!("{met} of {} cases", self.cases);
+        let all = |met: usize| Verdict::of(self.cases > 0 && met == self.cases);
+        let missed = |cases: &[String], why: &str| {
+            if cases.is_empty() {
+                String::new()
+            } else {
+                format!("missed in: {}. {why}", cases.join(", "))
+            }
+        };
+        vec![
+            Target {
+                name: format!("TCP goodput (dataplane defaults{scope})"),
+                goal: "≥ 0.95 × HTB and ≥ 0.9 × rate".into(),
+                measured: of(self.goodput_met),
+                verdict: all(self.goodput_met),
+                note: missed(&self.goodput_missed, limits),
+            },
+            Target {
+                name: format!("Retransmitted segments (dataplane defaults{scope})"),
+                goal: "≤ 1% (ECN off), ≤ 0.1% (ECN on)".into(),
+                measured: of(self.retrans_met),
+                verdict: all(self.retrans_met),
+                note: missed(&self.retrans_missed, limits),
+            },
+            Target {
+                name: format!("Jain's fairness over the streams (dataplane defaults{scope})"),
+                goal: "≥ 0.9".into(),
+                measured: of(self.fair_met),
+                verdict: all(self.fair_met),
+                note: missed(
+                    &self.fair_missed,
+                    "one window for all flows of a class: equal round trips give equal rates, \
+                     but where the policer's drops hold the class, they fall on whichever flow \
+                     sends into an empty bucket",
+                ),
+            },
+            Target {
+                name: format!("Added ping latency (dataplane defaults{scope})"),
+                goal: "≤ 0.1 × HTB's".into(),
+                measured: of(self.latency_met),
+                verdict: all(self.latency_met),
+                note: "a policer holds no packet".into(),
+            },
+        ]
+    }
+}
+
+fn results_table(title: &str) -> Table {
+    Table::new(
+        title,
+        &[
+            "rate",
+            "streams",
+            "ECN",
+            "enforcer",
+            "goodput",
+            "× rate",
+            "× HTB",
+            "retransmits",
+            "Jain",
+            "ping ms",
+        ],
+    )
+}
+
+pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
+    let (rates, streams, ecns, secs): (&[u32], &[u32], &[bool], u32) = match settings.mode {
+        Mode::Full => (&[100, 300, 1000], &[1, 4, 16], &[false, true], 5),
+        Mode::Quick => (&[300, 1000], &[1, 4], &[false], 3),
+        Mode::Smoke => (&[1000], &[1], &[false], 2),
+    };
+    let (far_rates, far_streams, far_ecns): (&[u32], &[u32], &[bool]) = match settings.mode {
+        Mode::Full => (&[100, 300, 1000], &[1, 4, 16], &[false, true]),
+        Mode::Quick => (&[100, 300], &[1, 4], &[false]),
+        Mode::Smoke => (&[100], &[1], &[false]),
+    };
+    let enforcers = enforcers();
+    let near = Sweep {
+        rates,
+        streams,
+        ecns,
+        secs,
+        added_rtt: Duration::ZERO,
+        enforcers: &enforcers,
+    };
+    // Over a longer round trip: HTB against the defaults only.
+    let far = Sweep {
+        rates: far_rates,
+        streams: far_streams,
+        ecns: far_ecns,
+        secs: secs.max(5),
+        added_rtt: ADDED_RTT,
+        enforcers: &enforcers[..2],
+    };
+    let runs = |s: &Sweep| s.rates.len() * s.streams.len() * s.ecns.len() * s.enforcers.len();
+    bar.set_length((runs(&near) + runs(&far)) as u64);
+    let mut near_table = results_table(
+        "Veth path (tens of microseconds): goodput, retransmitted segments, Jain's fairness \
+         over the streams and mean ping RTT through the loaded class (idle path in brackets), \
+         per enforcer",
+    );
+    let mut far_table = results_table(&format!(
+        "Over a {} ms round trip (a delay line on the server's return path): the same figures",
+        ADDED_RTT.as_millis()
+    ));
+    let mut near_bars = Vec::new();
+    let mut far_bars = Vec::new();
+    let near_tally = sweep(&near, &mut near_table, &mut near_bars, bar)?;
+    let far_tally = sweep(&far, &mut far_table, &mut far_bars, bar)?;
     let mut section = Section::new("TCP through a class");
     section.method = vec![
         format!(
-            "iperf3 (cubic) for {secs} s from a client through the gateway to a server, one fresh \
-             namespace topology per run; ECN set on both hosts (`net.ipv4.tcp_ecn`). Goodput and \
-             fairness from the receiver's per-stream figures; retransmits from the sender, as a \
-             share of the segments sent (bytes / {MSS} B). Ping every 10 ms from the client to the \
-             server through the same class while the streams run."
+            "iperf3 (cubic) for {secs} s ({} s over the longer round trip) from a client \
+             through the gateway to a server, one fresh namespace topology per run; ECN set on \
+             both hosts (`net.ipv4.tcp_ecn`). Goodput and fairness from the receiver's \
+             per-stream figures; retransmits from the sender, as a share of the segments sent \
+             (bytes / {MSS} B). Ping every 10 ms from the client to the server through the \
+             same class while the streams run.",
+            far.secs
         ),
         "HTB: kernel forwarding with `tc qdisc htb` at the class rate on the gateway's \
          server-facing interface. Dataplane: forwarding in XDP, one class of that rate \
@@ -124,60 +271,45 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
          control narrows the windows of the returning ACKs and retransmissions see a second \
          burst."
             .into(),
+        format!(
+            "The longer round trip: this kernel has no netem, so a thread holds every packet \
+             the server sends for {} ms (a TUN device in the server's namespace, sent on to the \
+             gateway through a packet socket; `dataplane_tests::delay`). Both enforcers see the \
+             same path.",
+            ADDED_RTT.as_millis()
+        ),
     ];
-    section.tables.push(table);
+    section.tables.push(near_table);
+    section.tables.push(far_table);
     section.plots.push(Plot::Bars {
         file: "tcp.svg".into(),
-        title: "TCP goodput as a share of the class rate".into(),
+        title: "TCP goodput as a share of the class rate (veth path)".into(),
         unit: "× class rate".into(),
-        bars: goodput_bars,
+        bars: near_bars,
     });
-    let of = |met: usize| format!("{met} of {cases} cases");
-    let missed = |cases: &[String]| {
-        if cases.is_empty() {
-            String::new()
-        } else {
-            format!("missed in: {}. ", cases.join(", "))
-        }
-    };
+    section.plots.push(Plot::Bars {
+        file: "tcp_rtt.svg".into(),
+        title: format!(
+            "TCP goodput as a share of the class rate, {} ms round trip",
+            ADDED_RTT.as_millis()
+        ),
+        unit: "× class rate".into(),
+        bars: far_bars,
+    });
     let floor = "Window control cannot hold a flow below two segments per round trip \
                  (a smaller window stalls TCP on delayed ACKs); on a veth path of tens of \
                  microseconds that is several hundred Mbit/s per flow, so there the policer's \
                  drops hold the rest";
-    section.targets = vec![
-        Target {
-            name: "TCP goodput (dataplane defaults)".into(),
-            goal: "≥ 0.95 × HTB and ≥ 0.9 × rate".into(),
-            measured: of(goodput_met),
-            verdict: Verdict::of(cases > 0 && goodput_met == cases),
-            note: format!("{}{floor}", missed(&goodput_missed)),
-        },
-        Target {
-            name: "Retransmitted segments (dataplane defaults)".into(),
-            goal: "≤ 1% (ECN off), ≤ 0.1% (ECN on)".into(),
-            measured: of(retrans_met),
-            verdict: Verdict::of(cases > 0 && retrans_met == cases),
-            note: format!("{}as above", missed(&retrans_missed)),
-        },
-        Target {
-            name: "Jain's fairness over the streams (dataplane defaults)".into(),
-            goal: "≥ 0.9".into(),
-            measured: of(fair_met),
-            verdict: Verdict::of(cases > 0 && fair_met == cases),
-            note: "one window for all flows of a class".into(),
-        },
-        Target {
-            name: "Added ping latency (dataplane defaults)".into(),
-            goal: "≤ 0.1 × HTB's".into(),
-            measured: of(latency_met),
-            verdict: Verdict::of(cases > 0 && latency_met == cases),
-            note: "a policer holds no packet".into(),
-        },
-    ];
+    section.targets = near_tally.targets("", floor);
+    section.targets.extend(far_tally.targets(
+        &format!(", {} ms round trip", ADDED_RTT.as_millis()),
+        "see the table",
+    ));
     section.caveats = vec![
-        "A veth path's RTT is tens of microseconds and the two CPUs also run both TCP ends; a \
-         shaper's queue is then most of the RTT, which is why HTB's goodput holds at low \
-         rates per flow. The kernel here has no netem to give the path a realistic RTT."
+        "On the veth path the round trip is tens of microseconds and the two CPUs also run \
+         both TCP ends; a shaper's queue is then most of the RTT, which is why HTB's goodput \
+         holds at low rates per flow. The second table gives the path a realistic round trip \
+         with a user-space delay line, which also takes CPU from both ends."
             .into(),
     ];
     Ok(section)

@@ -382,7 +382,10 @@ pub struct ReturnEntry {
     /// The window scale of this direction's sender (from its SYN-ACK).
     pub window_scale: u8,
     /// Padding, always zero.
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// When the connection's SYN passed (µs of the kernel clock, wrapping; 0 when not seen
+    /// or once its round trip was sampled): see [`crate::window::rtt_sample_us`].
+    pub syn_us: u32,
 }
 
 /// A cached classification, in the flow cache under its key's [`FlowKey::hash`].
@@ -403,7 +406,7 @@ const _: () = {
     assert!(core::mem::size_of::<PolicySlot>() == 56);
     assert!(core::mem::size_of::<BucketParams>() == 16);
     assert!(core::mem::size_of::<ClassConfig>() == 96);
-    assert!(core::mem::size_of::<PolicerState>() == 48);
+    assert!(core::mem::size_of::<PolicerState>() == 56);
     assert!(core::mem::size_of::<IfaceConfig>() == 32);
     assert!(core::mem::size_of::<LinkState>() == 8);
     assert!(core::mem::size_of::<ClassCounters>() == 112);

@@ -135,6 +135,12 @@ impl TcpMeta {
     /// Offset of the checksum in the TCP header.
     pub const CHECKSUM_OFFSET: usize = 16;
 
+    /// A SYN without ACK: a connection's first segment.
+    #[inline(always)]
+    pub const fn is_syn(&self) -> bool {
+        self.flags & (Self::SYN | Self::ACK) == Self::SYN
+    }
+
     /// A SYN-ACK: the segment that carries its sender's window scale.
     #[inline(always)]
     pub const fn is_syn_ack(&self) -> bool {

@@ -26,7 +26,8 @@ pub struct WindowControl {
     pub interval_ns: u64,
     /// Largest window (bytes): the window that no longer limits flows of interest.
     pub max_bytes: u32,
-    /// The window (bytes) the class starts from when it first runs above its target.
+    /// The window (bytes) the class starts from when it first runs above its target: the
+    /// rate times [`START_RTT_US`].
     pub start_bytes: u32,
     /// Padding.
     pub _pad: u32,
@@ -66,16 +67,63 @@ impl WindowControl {
 pub struct WindowState {
     /// When (ns) the next adjustment may come.
     pub next_update_ns: u64,
+    /// The smallest phantom backlog (ns) seen since the last adjustment: the standing part
+    /// of the queue a shaper would hold, without the bursts that come and go within a
+    /// round trip.
+    pub min_backlog_ns: u64,
     /// The window (bytes) advertised to the class's flows; 0 until the class first runs
     /// above its target (no clamp).
     pub window_bytes: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// The round trip of the class's flows (µs, a moving average of handshake samples, see
+    /// [`rtt_sample_us`]); 0 until a first sample.
+    pub rtt_us: u32,
 }
 
-/// Adjusts the class's window for a phantom backlog of `backlog_ns` (the bucket's burst is
-/// `burst_ns`) seen at `now_ns`; a change waits an interval after the last one. Returns
-/// whether it changed.
+/// The longest handshake-to-data time taken as a round trip sample: a connection that idles
+/// before its first data tells nothing about its path.
+pub const MAX_RTT_SAMPLE_US: u32 = 1_000_000;
+
+/// The round trip a connection's first data segment shows: the time since its SYN passed
+/// the gateway (`syn_us`, 0 when the SYN was not seen), SYN to data being one round trip
+/// through the gateway (SYN, SYN-ACK, the handshake's ACK and the first data back to back).
+/// `None` without a SYN or when the connection idled.
+#[inline(always)]
+pub const fn rtt_sample_us(syn_us: u32, now_us: u32) -> Option<u32> {
+    if syn_us == 0 {
+        return None;
+    }
+    let rtt = now_us.wrapping_sub(syn_us);
+    if rtt == 0 || rtt > MAX_RTT_SAMPLE_US {
+        None
+    } else {
+        Some(rtt)
+    }
+}
+
+/// The class's round trip after a new sample: an eighth of the way towards it (the first
+/// sample is taken as it is).
+#[inline(always)]
+pub const fn rtt_average_us(average_us: u32, sample_us: u32) -> u32 {
+    if average_us == 0 {
+        sample_us
+    } else {
+        ((average_us as u64 * 7 + sample_us as u64) / 8) as u32
+    }
+}
+
+/// Follows the phantom backlog `backlog_ns` of one packet of the class seen at `now_ns` (the
+/// bucket's burst is `burst_ns`), and adjusts the class's window.
+///
+/// The first packet over the target clamps: the window starts from the start window, scaled
+/// to the class's round trip when that is longer than the data-centre one it assumes. From
+/// then on the window moves once per period: an interval, or the class's round trip when
+/// that is longer (senders need a round trip to follow a window; a controller that moves
+/// again before they did overshoots). It follows the smallest backlog of the period, the
+/// standing queue: a window-limited sender sends its window in one burst per round trip, so
+/// the backlog peaks at a window's worth each round trip even when the class is not
+/// overloaded. Above the target the window shrinks (halves above half the burst, where drops
+/// are near), below half the target it grows. Returns whether the state changed (to be
+/// written back).
 #[inline(always)]
 pub fn window_update(
     ctl: &WindowControl,
@@ -84,34 +132,75 @@ pub fn window_update(
     burst_ns: u64,
     now_ns: u64,
 ) -> bool {
-    if (now_ns.wrapping_sub(state.next_update_ns) as i64) < 0 {
-        return false;
-    }
     let w = state.window_bytes;
-    let next = if backlog_ns > ctl.target_ns {
-        // Start from the start window, then shrink: fast while the bucket is nearly full
-        // (drops are near), gently above the target.
-        let from = if w == 0 { ctl.start_bytes } else { w };
-        let shrunk = if backlog_ns > burst_ns / 2 {
+    let standing = if w == 0 {
+        // Unclamped, no period runs: the first packet over the target starts the window.
+        if backlog_ns <= ctl.target_ns {
+            return false;
+        }
+        backlog_ns
+    } else {
+        let standing = if backlog_ns < state.min_backlog_ns {
+            backlog_ns
+        } else {
+            state.min_backlog_ns
+        };
+        if (now_ns.wrapping_sub(state.next_update_ns) as i64) < 0 {
+            if standing == state.min_backlog_ns {
+                return false;
+            }
+            state.min_backlog_ns = standing;
+            return true;
+        }
+        standing
+    };
+    state.window_bytes = if standing > ctl.target_ns {
+        let from = if w == 0 {
+            start_window(ctl, state.rtt_us)
+        } else {
+            w
+        };
+        let shrunk = if standing > burst_ns / 2 {
             from / 2
         } else {
             from - from / 8
         };
         max(shrunk, MIN_WINDOW_BYTES)
-    } else if w != 0 && backlog_ns < ctl.target_ns / 2 {
+    } else if standing < ctl.target_ns / 2 {
         min(w.saturating_add(w / 16 + 1), ctl.max_bytes)
     } else {
         w
     };
-    if next == w {
-        // Nothing changed: the next packet may adjust (the class may just now have crossed
-        // its target).
-        return false;
-    }
-    state.window_bytes = next;
-    state.next_update_ns = now_ns.wrapping_add(ctl.interval_ns);
+    // A new period: its minimum starts over.
+    state.min_backlog_ns = u64::MAX;
+    let rtt_ns = state.rtt_us as u64 * 1_000;
+    let period = if rtt_ns > ctl.interval_ns {
+        rtt_ns
+    } else {
+        ctl.interval_ns
+    };
+    state.next_update_ns = now_ns.wrapping_add(period);
     true
 }
+
+/// The window a class starts from: its start window is the rate times a data-centre round
+/// trip ([`START_RTT_US`]); a class whose flows have a longer one starts from the rate times
+/// theirs, at most the largest window.
+#[inline(always)]
+fn start_window(ctl: &WindowControl, rtt_us: u32) -> u32 {
+    if rtt_us <= START_RTT_US {
+        return ctl.start_bytes;
+    }
+    let scaled = ctl.start_bytes as u64 * rtt_us as u64 / START_RTT_US as u64;
+    if scaled > ctl.max_bytes as u64 {
+        ctl.max_bytes
+    } else {
+        scaled as u32
+    }
+}
+
+/// The round trip (µs) the start window ([`WindowControl::start_bytes`]) is made for.
+pub const START_RTT_US: u32 = 1_000;
 
 /// The window field to write into an ACK that advertises `field` in units of
 /// 2^`scale` bytes, under a class window of `window_bytes`; `None` when the ACK already
@@ -165,57 +254,89 @@ mod tests {
         }
     }
 
+    /// Feeds one period: `backlogs` seen during it, then a packet with `last` at `at` (the
+    /// period's end), which decides.
+    fn period(s: &mut WindowState, backlogs: &[u64], last: u64, at: u64) -> bool {
+        for &b in backlogs {
+            window_update(&ctl(), s, b, 10 * MS, at - 1);
+        }
+        window_update(&ctl(), s, last, 10 * MS, at)
+    }
+
+    fn clamped(window_bytes: u32) -> WindowState {
+        WindowState {
+            window_bytes,
+            next_update_ns: MS,
+            min_backlog_ns: u64::MAX,
+            ..WindowState::default()
+        }
+    }
+
     #[test]
     fn no_clamp_until_the_class_runs_over_its_target() {
         let mut s = WindowState::default();
         assert!(!window_update(&ctl(), &mut s, 0, 10 * MS, 0));
-        assert!(!window_update(&ctl(), &mut s, MS / 2, 10 * MS, 2 * MS));
-        assert_eq!(s.window_bytes, 0);
-        assert!(window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 4 * MS));
-        assert_eq!(s.window_bytes, (1 << 16) - (1 << 13));
-    }
-
-    #[test]
-    fn shrinks_fast_near_the_limit_and_grows_below_half_the_target() {
-        let mut s = WindowState {
-            window_bytes: 64_000,
-            ..WindowState::default()
-        };
-        window_update(&ctl(), &mut s, 6 * MS, 10 * MS, 0);
-        assert_eq!(s.window_bytes, 32_000, "halved above half the burst");
-        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, MS);
-        assert_eq!(s.window_bytes, 28_000, "an eighth off above the target");
-        window_update(&ctl(), &mut s, MS * 3 / 4, 10 * MS, 2 * MS);
-        assert_eq!(
-            s.window_bytes, 28_000,
-            "held between half the target and the target"
+        assert!(
+            !window_update(&ctl(), &mut s, MS, 10 * MS, MS),
+            "at the target"
         );
-        window_update(&ctl(), &mut s, 0, 10 * MS, 3 * MS);
+        assert_eq!(s, WindowState::default(), "nothing written while unclamped");
+        assert!(window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 2 * MS));
         assert_eq!(
             s.window_bytes,
-            28_000 + 1750 + 1,
-            "a sixteenth more below half"
+            (1 << 16) - (1 << 13),
+            "the start window less an eighth"
         );
+        assert_eq!(s.next_update_ns, 3 * MS, "a period starts");
+        s = WindowState::default();
+        window_update(&ctl(), &mut s, 6 * MS, 10 * MS, 0);
+        assert_eq!(s.window_bytes, 1 << 15, "halved above half the burst");
     }
 
     #[test]
-    fn adjusts_once_per_interval_and_stays_in_bounds() {
-        let mut s = WindowState {
-            window_bytes: MIN_WINDOW_BYTES,
-            ..WindowState::default()
-        };
-        assert!(!window_update(&ctl(), &mut s, 9 * MS, 10 * MS, 0));
+    fn the_standing_backlog_decides_not_the_bursts() {
+        // A window's burst each round trip: the backlog peaks high, then drains.
+        let mut s = clamped(64_000);
+        period(&mut s, &[4 * MS, 2 * MS, MS / 4], 3 * MS, MS);
+        assert_eq!(
+            s.window_bytes,
+            64_000 + 4000 + 1,
+            "drained: a sixteenth more"
+        );
+        s = clamped(64_000);
+        period(&mut s, &[4 * MS, 2 * MS, MS * 3 / 4], 3 * MS, MS);
+        assert_eq!(
+            s.window_bytes, 64_000,
+            "held between half the target and the target"
+        );
+        s = clamped(64_000);
+        period(&mut s, &[4 * MS, 2 * MS], 3 * MS, MS);
+        assert_eq!(s.window_bytes, 56_000, "a standing queue: an eighth off");
+        s = clamped(64_000);
+        period(&mut s, &[8 * MS, 6 * MS], 7 * MS, MS);
+        assert_eq!(
+            s.window_bytes, 32_000,
+            "standing above half the burst: halved"
+        );
+        assert_eq!(s.min_backlog_ns, u64::MAX, "the next period starts over");
+    }
+
+    #[test]
+    fn adjusts_once_per_period_and_stays_in_bounds() {
+        let mut s = clamped(MIN_WINDOW_BYTES);
+        period(&mut s, &[9 * MS], 9 * MS, MS);
         assert_eq!(s.window_bytes, MIN_WINDOW_BYTES, "never below two segments");
-        assert_eq!(s.next_update_ns, 0, "no change starts no interval");
-        s.window_bytes = 100_000;
-        assert!(window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS / 2));
+        s = clamped(100_000);
+        assert!(window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS));
+        assert_eq!(s.window_bytes, 50_000);
+        assert!(window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS + 1));
         assert!(
-            !window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS),
-            "too soon"
+            !window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS + 2),
+            "too soon, and no new minimum: nothing to write"
         );
         assert_eq!(s.window_bytes, 50_000);
-        s.window_bytes = (1 << 20) - 1;
-        window_update(&ctl(), &mut s, 0, 10 * MS, 5 * MS);
+        s = clamped((1 << 20) - 1);
+        period(&mut s, &[0], 0, MS);
         assert_eq!(s.window_bytes, 1 << 20, "never above the largest window");
     }
 
@@ -232,5 +353,60 @@ mod tests {
             Some(2),
             "scale capped at 14 (RFC 7323)"
         );
+    }
+    #[test]
+    fn a_long_round_trip_spaces_adjustments_and_scales_the_start_window() {
+        let mut s = WindowState {
+            rtt_us: 5_000,
+            min_backlog_ns: u64::MAX,
+            ..WindowState::default()
+        };
+        assert!(window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0));
+        let start = (1u32 << 16) * 5;
+        assert_eq!(
+            s.window_bytes,
+            start - start / 8,
+            "five data-centre windows"
+        );
+        assert_eq!(s.next_update_ns, 5 * MS, "the next one a round trip later");
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 4 * MS);
+        assert_eq!(s.window_bytes, start - start / 8, "too soon");
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 5 * MS);
+        assert!(s.window_bytes < start - start / 8);
+        s = WindowState {
+            rtt_us: 900_000,
+            min_backlog_ns: u64::MAX,
+            ..WindowState::default()
+        };
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0);
+        assert_eq!(s.window_bytes, (1 << 20) - (1 << 17), "the start is capped");
+        s = WindowState {
+            rtt_us: 200,
+            ..WindowState::default()
+        };
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0);
+        assert_eq!(
+            s.next_update_ns, MS,
+            "a short round trip keeps the interval"
+        );
+    }
+
+    #[test]
+    fn round_trips_come_from_handshakes_and_average_slowly() {
+        assert_eq!(rtt_sample_us(0, 500), None, "no SYN seen");
+        assert_eq!(rtt_sample_us(1_000, 6_000), Some(5_000));
+        assert_eq!(
+            rtt_sample_us(u32::MAX - 99, 100),
+            Some(200),
+            "the clock wraps"
+        );
+        assert_eq!(
+            rtt_sample_us(1, MAX_RTT_SAMPLE_US + 2),
+            None,
+            "an idle connection"
+        );
+        assert_eq!(rtt_average_us(0, 5_000), 5_000, "the first sample as it is");
+        assert_eq!(rtt_average_us(8_000, 0), 7_000);
+        assert_eq!(rtt_average_us(u32::MAX, u32::MAX), u32::MAX, "no overflow");
     }
 }

@@ -307,9 +307,12 @@ pub fn police(
 /// Lets the class's window follow its phantom queue (at most once per interval; written
 /// back only when it changes, so the shared line stays clean between adjustments).
 ///
+/// A call of its own: inlined, its branches multiply the verifier's paths through the
+/// pipeline past its limit.
+///
 /// # Safety
 /// `state` and `tat` point into the class's policer state.
-#[inline(always)]
+#[inline(never)]
 unsafe fn steer_window(
     ctl: &WindowControl,
     state: *mut WindowState,
@@ -327,8 +330,7 @@ unsafe fn steer_window(
     let mut new = old;
     let backlog = backlog_ns(tat, ns_to_ticks(now_ns));
     let burst_ns = bucket.burst_ticks / TICKS_PER_NS;
-    window_update(ctl, &mut new, backlog, burst_ns, now_ns);
-    if new != old {
+    if window_update(ctl, &mut new, backlog, burst_ns, now_ns) {
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile(state, new) };
     }

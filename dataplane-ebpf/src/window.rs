@@ -9,8 +9,10 @@ use dataplane_common::{
     maps::{FlowKey, PolicySlot, ReturnEntry},
     packet::{tcp_window_scale, PacketBytes, PacketMeta, TcpMeta, TCP_MIN_HLEN},
     reason::Reason,
-    window::clamp_window,
+    window::{clamp_window, rtt_average_us, rtt_sample_us},
 };
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::{
     frame::Frame,
@@ -18,7 +20,8 @@ use crate::{
 };
 
 /// Names `class` in the return table entry of the reply direction of a data-carrying flow
-/// (once per flow entry).
+/// (once per flow entry), and takes the connection's round trip into the class's average
+/// when its SYN was seen.
 #[inline(always)]
 pub fn register(meta: &PacketMeta, flow: &mut FlowState, class: u32, generation: u32) {
     if flow.flags & FlowState::RETURN_REGISTERED != 0 {
@@ -27,18 +30,51 @@ pub fn register(meta: &PacketMeta, flow: &mut FlowState, class: u32, generation:
     // Whether or not the handshake was seen: a connection without an entry stays without.
     flow.flags |= FlowState::RETURN_REGISTERED;
     let key = FlowKey::reply(meta);
-    if let Some(entry) = TCP_RETURNS.get_ptr_mut(key.hash()) {
-        // SAFETY: LRU hash value pointer, valid for this run; plain data.
-        let entry = unsafe { &mut *entry };
-        if entry.key.same_flow(&key) {
-            entry.class = class;
-            entry.generation = generation;
-        }
+    let Some(entry) = TCP_RETURNS.get_ptr_mut(key.hash()) else {
+        return;
+    };
+    // SAFETY: LRU hash value pointer, valid for this run; plain data.
+    let entry = unsafe { &mut *entry };
+    if !entry.key.same_flow(&key) {
+        return;
+    }
+    entry.class = class;
+    entry.generation = generation;
+    if entry.syn_us != 0 {
+        let syn_us = entry.syn_us;
+        entry.syn_us = 0;
+        sample_rtt(syn_us, class);
     }
 }
 
-/// On every TCP packet of a policy with window control: a SYN-ACK records its window scale;
-/// a pure ACK whose direction is registered gets its class's window when that is narrower.
+/// Takes the round trip since a connection's SYN into its class's average. A call of its
+/// own (as are the other handshake steps) keeps the verifier's paths through the pipeline
+/// few.
+#[inline(never)]
+fn sample_rtt(syn_us: u32, class: u32) {
+    let (Some(sample), Some(state)) =
+        (rtt_sample_us(syn_us, now_us()), POLICERS.get_ptr_mut(class))
+    else {
+        return;
+    };
+    // SAFETY: map value pointer; one aligned word that another CPU may rewrite (a lost
+    // sample only slows the average).
+    unsafe {
+        let rtt = core::ptr::addr_of_mut!((*state).window.rtt_us);
+        core::ptr::write_volatile(rtt, rtt_average_us(core::ptr::read_volatile(rtt), sample));
+    }
+}
+
+/// The kernel clock in µs, wrapping (handshake times only: never on the data path).
+#[inline(always)]
+fn now_us() -> u32 {
+    // SAFETY: a helper without arguments.
+    (unsafe { bpf_ktime_get_ns() } / 1_000) as u32
+}
+
+/// On every TCP packet of a policy with window control: a SYN opens its reply direction's
+/// entry with its time; a SYN-ACK records its window scale there; a pure ACK whose direction
+/// is registered gets its class's window when that is narrower.
 #[inline(always)]
 pub fn on_tcp(
     frame: &Frame,
@@ -46,18 +82,12 @@ pub fn on_tcp(
     tcp: &TcpMeta,
     policy: &PolicySlot,
 ) -> Result<(), Reason> {
+    if tcp.is_syn() {
+        on_syn(meta);
+        return Ok(());
+    }
     if tcp.is_syn_ack() {
-        if let Some(window_scale) = window_scale(frame, tcp) {
-            let key = FlowKey::connection(meta);
-            let entry = ReturnEntry {
-                key,
-                window_scale,
-                ..ReturnEntry::default()
-            };
-            // A full table evicts the least recently used connection; a failed insert only
-            // leaves this one without window control.
-            let _ = TCP_RETURNS.insert(key.hash(), entry, 0);
-        }
+        on_syn_ack(frame, meta, tcp);
         return Ok(());
     }
     // Data segments (the policed direction, the hot path) stop here, before any key is built.
@@ -79,6 +109,45 @@ pub fn on_tcp(
     let window =
         unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*state).window.window_bytes)) };
     narrow(frame, tcp, entry.window_scale, window)
+}
+
+/// A SYN opens the entry of its reply direction with its time.
+#[inline(never)]
+fn on_syn(meta: &PacketMeta) {
+    let key = FlowKey::reply(meta);
+    let entry = ReturnEntry {
+        key,
+        syn_us: now_us(),
+        ..ReturnEntry::default()
+    };
+    // As for a SYN-ACK: a failed insert only leaves the connection without a sample.
+    let _ = TCP_RETURNS.insert(key.hash(), entry, 0);
+}
+
+/// A SYN-ACK records its direction's window scale: in the entry its SYN opened, else in a
+/// new one.
+#[inline(always)]
+fn on_syn_ack(frame: &Frame, meta: &PacketMeta, tcp: &TcpMeta) {
+    let Some(window_scale) = window_scale(frame, tcp) else {
+        return;
+    };
+    let key = FlowKey::connection(meta);
+    if let Some(entry) = TCP_RETURNS.get_ptr_mut(key.hash()) {
+        // SAFETY: LRU hash value pointer, valid for this run; plain data.
+        let entry = unsafe { &mut *entry };
+        if entry.key.same_flow(&key) {
+            entry.window_scale = window_scale;
+            return;
+        }
+    }
+    let entry = ReturnEntry {
+        key,
+        window_scale,
+        ..ReturnEntry::default()
+    };
+    // A full table evicts the least recently used connection; a failed insert only
+    // leaves this one without window control.
+    let _ = TCP_RETURNS.insert(key.hash(), entry, 0);
 }
 
 /// The window scale a SYN-ACK announces (0 without the option: this side does not scale,

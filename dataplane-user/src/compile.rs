@@ -14,7 +14,7 @@ use dataplane_common::{
     maps::{ClassConfig, PolicySlot},
     packet::{Family, PacketMeta},
     policer::{Aqm, BucketParams, TrTcm},
-    window::{WindowControl, MIN_WINDOW_BYTES},
+    window::{WindowControl, MIN_WINDOW_BYTES, START_RTT_US},
     MAX_RULES,
 };
 
@@ -219,9 +219,6 @@ fn class_aqm(c: &ClassSpec) -> Aqm {
 /// The longest round trip the window control serves without limiting a lone flow: its
 /// largest window is the class's rate times this.
 const WINDOW_CONTROL_MAX_RTT_NS: u64 = 250_000_000;
-/// The window control's first window is the class's rate times this: a data-centre round
-/// trip (the window then grows or shrinks to what the flows' round trips need).
-const WINDOW_CONTROL_START_RTT_NS: u64 = 1_000_000;
 
 /// The TCP window control on the class's enforcing bucket, with the AQM's target (or its
 /// default) and one adjustment per AQM interval.
@@ -247,7 +244,8 @@ fn class_window(c: &ClassSpec) -> WindowControl {
         target_ns,
         interval_ns,
         max_bytes: window(WINDOW_CONTROL_MAX_RTT_NS),
-        start_bytes: window(WINDOW_CONTROL_START_RTT_NS),
+        // A data-centre round trip; the kernel scales it to the class's measured one.
+        start_bytes: window(u64::from(START_RTT_US) * 1_000),
         _pad: 0,
         bucket,
     }

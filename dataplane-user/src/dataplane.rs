@@ -24,6 +24,7 @@ use dataplane_common::{
         IfaceCounters, LinkState, PolicerState, PolicySlot,
     },
     policer::BucketParams,
+    window::WindowState,
     GENERATION_SLOTS, MAX_CLASSES, MAX_IFACES, MAX_RULES,
 };
 
@@ -797,17 +798,13 @@ impl Dataplane {
             .collect())
     }
 
-    /// The class's current TCP window (bytes; 0 while it has none), see
-    /// `dataplane_common::window`.
-    pub fn class_window(&self, class: u32) -> Result<u32, DataplaneError> {
+    /// The class's TCP window control: its window (bytes; 0 while it has none) and the round
+    /// trip measured from its connections' handshakes, see `dataplane_common::window`.
+    pub fn class_window(&self, class: u32) -> Result<WindowState, DataplaneError> {
         let name = names::POLICERS;
         let policers: Array<&MapData, PolicerState> =
             Array::try_from(self.map(name)?).map_err(map_err(name))?;
-        Ok(policers
-            .get(&class, 0)
-            .map_err(map_err(name))?
-            .window
-            .window_bytes)
+        Ok(policers.get(&class, 0).map_err(map_err(name))?.window)
     }
 
     /// Counters of interface slot `iface_slot`, summed over CPUs.

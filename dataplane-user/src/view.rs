@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use dataplane_common::{
     maps::{ClassCounters, FlowEntry, FlowKey, IfaceCounters},
     reason::Reason,
+    window::WindowState,
 };
 use serde::Serialize;
 
@@ -456,11 +457,14 @@ pub struct ClassFlows {
     pub bytes_per_sec: f64,
     /// The class's TCP window (bytes), 0 while it narrows none.
     pub tcp_window_bytes: u32,
+    /// The round trip of the class's TCP connections as the window control measured it from
+    /// their handshakes (µs), 0 before a first one.
+    pub round_trip_us: u32,
     /// The heaviest flows by rate over the interval, then by bytes.
     pub top: Vec<FlowRow>,
 }
 
-/// What `dataplane top` shows: per class of `classes` (name, id), its `limit` heaviest flows
+/// What `dataplane top` shows: per class of `classes` (name, id, window control state), its `limit` heaviest flows
 /// between two reads of the flow cache `secs` apart. Entries of other generations than
 /// `generation` belong to an older policy's classes and are left out.
 pub fn top_flows(
@@ -468,7 +472,7 @@ pub fn top_flows(
     after: &[FlowEntry],
     secs: f64,
     generation: u32,
-    classes: &[(String, u32, u32)],
+    classes: &[(String, u32, WindowState)],
     ifaces: &[(String, u32)],
     limit: usize,
 ) -> Vec<ClassFlows> {
@@ -509,7 +513,8 @@ pub fn top_flows(
                 class: name.clone(),
                 flows,
                 bytes_per_sec: total,
-                tcp_window_bytes: *window,
+                tcp_window_bytes: window.window_bytes,
+                round_trip_us: window.rtt_us,
                 top: rows,
             }
         })
@@ -592,12 +597,20 @@ mod tests {
             flow(4, 0, 2, 9_000_000), // another class
             flow(5, 1, 1, 9_000_000), // an older policy's class 1
         ];
-        let classes = [("bulk".to_string(), 1, 2896)];
+        let window = WindowState {
+            window_bytes: 2896,
+            rtt_us: 5_000,
+            ..WindowState::default()
+        };
+        let classes = [("bulk".to_string(), 1, window)];
         let ifaces = [("g0".to_string(), 1)];
         let top = top_flows(&before, &after, 2.0, 2, &classes, &ifaces, 2);
         assert_eq!(top.len(), 1);
         let bulk = &top[0];
-        assert_eq!((bulk.flows, bulk.tcp_window_bytes), (3, 2896));
+        assert_eq!(
+            (bulk.flows, bulk.tcp_window_bytes, bulk.round_trip_us),
+            (3, 2896, 5_000)
+        );
         assert_eq!(bulk.bytes_per_sec, 250_000.0);
         let rows: Vec<(&str, f64, f64)> = bulk
             .top

@@ -1,4 +1,5 @@
 pub mod daemon;
+pub mod delay;
 pub mod differential;
 pub mod exporter;
 pub mod frames;

@@ -3,9 +3,9 @@
 //! by the kernel's HTB shaper on kernel forwarding or by the dataplane forwarding in XDP, and
 //! pings through the loaded class. Shared by the TCP tests and `cargo xtask bench`.
 
-use std::{process::Stdio, time::Duration};
+use std::{process::Stdio, sync::atomic::Ordering, time::Duration};
 
-use crate::net::forwarding_interfaces;
+use crate::{delay::ReturnDelay, net::forwarding_interfaces};
 use anyhow::{bail, Context, Result};
 use aya::programs::XdpMode;
 use dataplane::{
@@ -14,9 +14,12 @@ use dataplane::{
     dataplane::Dataplane,
     topology::{netns_command, netns_run, Topology},
 };
+use dataplane_common::window::WindowState;
 
 /// Payload of a full segment on a 1500-byte MTU with timestamps.
 pub const MSS: f64 = 1448.0;
+/// The id of the class the runs police (the policy's second class).
+const BULK_CLASS: u32 = 1;
 /// The iperf3 port the class's rule matches.
 pub const IPERF_PORT: u16 = 5201;
 
@@ -44,6 +47,11 @@ pub struct TcpRun {
     pub ping_loaded_ms: f64,
     /// Mean ping RTT of the idle path, ms.
     pub ping_idle_ms: f64,
+    /// The class's round trip as the dataplane's window control measured it (µs; 0 under
+    /// HTB or before a handshake was seen).
+    pub measured_rtt_us: u32,
+    /// The class's TCP window at the end of the run (bytes; 0 under HTB or while none).
+    pub window_bytes: u32,
 }
 
 impl TcpRun {
@@ -74,16 +82,38 @@ fn ping_mean_ms(output: &str) -> Result<f64> {
         .with_context(|| format!("no ping summary in {output:?}"))
 }
 
-/// `streams` iperf3 streams for `secs` seconds through a class of `rate_mbit` enforced by
-/// `enforcer`, with ECN on both hosts when `ecn`.
-pub fn tcp_through_class(
-    rate_mbit: u32,
-    streams: u32,
-    ecn: bool,
-    enforcer: &Enforcer,
-    secs: u32,
-) -> Result<TcpRun> {
+/// One TCP run's setting.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpCase {
+    /// The class rate, Mbit/s.
+    pub rate_mbit: u32,
+    /// iperf3 streams.
+    pub streams: u32,
+    /// ECN on both hosts.
+    pub ecn: bool,
+    /// Round trip added to the path (a delay line on the server's return path), on top of the
+    /// veths' tens of microseconds.
+    pub added_rtt: Duration,
+    /// iperf3's run time, s.
+    pub secs: u32,
+}
+
+/// `case.streams` iperf3 streams for `case.secs` seconds through a class of `case.rate_mbit`
+/// enforced by `enforcer`.
+pub fn tcp_through_class(case: TcpCase, enforcer: &Enforcer) -> Result<TcpRun> {
+    let TcpCase {
+        rate_mbit,
+        streams,
+        ecn,
+        added_rtt,
+        secs,
+    } = case;
     let topo = Topology::new(1)?;
+    let delay = if added_rtt.is_zero() {
+        None
+    } else {
+        Some(ReturnDelay::start(&topo, added_rtt)?)
+    };
     let (client, server) = (&topo.clients[0], &topo.server);
     for ns in [&client.netns, &server.netns] {
         netns_run(
@@ -155,7 +185,18 @@ pub fn tcp_through_class(
     });
     let _ = iperf_server.kill();
     let _ = iperf_server.wait();
+    let window = match &dp {
+        Some(dp) => dp.class_window(BULK_CLASS)?,
+        None => WindowState::default(),
+    };
     drop(dp);
+    if let Some(delay) = delay {
+        let delayed = delay.counts().delayed.load(Ordering::Relaxed);
+        delay.stop()?;
+        if delayed == 0 {
+            bail!("the delay line carried no packet");
+        }
+    }
     let iperf = iperf.context("iperf3 client")?;
     let json: serde_json::Value = serde_json::from_slice(&iperf.stdout)
         .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&iperf.stdout)))?;
@@ -190,5 +231,7 @@ pub fn tcp_through_class(
         // it as the idle path's, since nothing was held.
         ping_loaded_ms: ping_mean_ms(&pinged).unwrap_or(ping_idle_ms),
         ping_idle_ms,
+        measured_rtt_us: window.rtt_us,
+        window_bytes: window.window_bytes,
     })
 }

@@ -432,8 +432,13 @@ pub fn top(running: &Running, o: &TopOptions) -> Result<()> {
         } else {
             format_bytes(u64::from(c.tcp_window_bytes))
         };
+        let round_trip = if c.round_trip_us == 0 {
+            String::new()
+        } else {
+            format!(", round trip {:.2} ms", f64::from(c.round_trip_us) / 1e3)
+        };
         println!(
-            "{}: {} flows, {} offered, TCP window {window}",
+            "{}: {} flows, {} offered, TCP window {window}{round_trip}",
             c.class,
             c.flows,
             format_rate(c.bytes_per_sec as u64)
