@@ -5,7 +5,7 @@ use crate::{
     action::ColourAction,
     classify::FIELD_COUNT,
     packet::{Family, PacketMeta},
-    policer::{Aqm, AqmState, BucketParams, TrTcm, COLOURS},
+    policer::{Aqm, AqmState, BucketParams, LeaseParams, TrTcm, COLOURS},
     reason::REASON_COUNT,
     window::{WindowControl, WindowState},
 };
@@ -50,6 +50,8 @@ pub struct ClassConfig {
     pub aqm: Aqm,
     /// TCP window control on the enforcing bucket's phantom queue.
     pub window: WindowControl,
+    /// Per-CPU token leases of green traffic.
+    pub lease: LeaseParams,
     /// Action per colour (green, yellow, red).
     pub actions: [ColourAction; COLOURS],
     /// Strict priority 0 (lowest) ..= 7 on the link budget.
@@ -405,7 +407,7 @@ pub struct FlowEntry {
 const _: () = {
     assert!(core::mem::size_of::<PolicySlot>() == 56);
     assert!(core::mem::size_of::<BucketParams>() == 16);
-    assert!(core::mem::size_of::<ClassConfig>() == 96);
+    assert!(core::mem::size_of::<ClassConfig>() == 120);
     assert!(core::mem::size_of::<PolicerState>() == 56);
     assert!(core::mem::size_of::<IfaceConfig>() == 32);
     assert!(core::mem::size_of::<LinkState>() == 8);
@@ -467,6 +469,9 @@ pub mod names {
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
     /// `LruHashMap<u64 FlowKey::hash, ReturnEntry>`: reply directions under window control.
     pub const TCP_RETURNS: &str = "TCP_RETURNS";
+    /// `PerCpuArray<u32, MAX_CLASSES>`: bytes left of each CPU's green lease per class
+    /// (see `policer::LeaseParams`).
+    pub const CLASS_LEASES: &str = "CLASS_LEASES";
     /// `PerCpuArray<ClassCounters, MAX_IFACES * MAX_CLASSES>`.
     pub const CLASS_COUNTERS: &str = "CLASS_COUNTERS";
     /// `PerCpuArray<IfaceCounters, MAX_IFACES>`.
@@ -486,7 +491,7 @@ pub mod names {
     pub const PACKET_SCRATCH: &str = "PACKET_SCRATCH";
 
     /// Every map, for checks that the object and the pins hold them all.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 21] = [
         ACTIVE_SLOT,
         POLICY_SLOTS,
         CLASSES,
@@ -495,9 +500,11 @@ pub mod names {
         PREFIXES,
         VECTOR_POOL,
         POLICERS,
+        CLASS_LEASES,
         IFACES,
         LINKS,
         FLOW_CACHE,
+        TCP_RETURNS,
         CLASS_COUNTERS,
         IFACE_COUNTERS,
         LOG_LEVEL,

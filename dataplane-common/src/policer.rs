@@ -218,6 +218,104 @@ pub struct TrTcm {
     pub peak: BucketParams,
 }
 
+/// Token leases: a CPU takes a slice of a class's green budget from the shared buckets with
+/// one compare-and-swap per bucket and spends it on its own, without reading the clock or
+/// touching the shared line again until the slice runs out.
+///
+/// Accuracy: a lease is reserved in the shared buckets before any of it is spent, so a
+/// class never admits more than its buckets allow (no over-admission, on any number of
+/// CPUs). What a CPU holds unspent when its traffic moves elsewhere is admitted later or not
+/// at all: the class may fall short of its rate by at most one lease per CPU (`bytes` × CPUs)
+/// per such move. Leases are only taken while a bucket's phantom backlog stays under its
+/// `*_limit_ticks` (a quarter of its burst, and half its AQM or window target), so a class
+/// running near its rate, where the marks, early drops and window decisions fall, takes
+/// every packet through the exact per-packet path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseParams {
+    /// Bytes per lease; 0: no leases (the class has no committed rate, or its limits leave
+    /// no room for a lease worth taking).
+    pub bytes: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// Largest committed backlog (ticks) a lease may leave behind.
+    pub committed_limit_ticks: u64,
+    /// Largest peak backlog (ticks) a lease may leave behind (unused without a peak rate).
+    pub peak_limit_ticks: u64,
+}
+
+impl LeaseParams {
+    /// No leases: every packet takes the exact path.
+    pub const OFF: LeaseParams = LeaseParams {
+        bytes: 0,
+        _pad: 0,
+        committed_limit_ticks: 0,
+        peak_limit_ticks: 0,
+    };
+    /// The largest lease: what one CPU may hold unspent.
+    pub const MAX_BYTES: u32 = 64 * 1024;
+    /// The smallest lease worth taking: three full frames per clock read.
+    pub const MIN_BYTES: u32 = 3 * 1514;
+
+    /// Leases for a class of `committed` bucket (holding `committed_burst_bytes`) and `peak`
+    /// bucket, whose phantom queues are watched with targets `targets_ns` (committed, peak;
+    /// `u64::MAX` where nothing watches): a sixteenth of the committed burst, at most
+    /// [`Self::MAX_BYTES`], and small enough that a lease fits twice under each limit.
+    pub fn for_class(
+        committed: &BucketParams,
+        committed_burst_bytes: u64,
+        peak: &BucketParams,
+        targets_ns: [u64; 2],
+    ) -> LeaseParams {
+        if !committed.is_limited() {
+            return LeaseParams::OFF;
+        }
+        let limit = |bucket: &BucketParams, target_ns: u64| {
+            let target = target_ns.saturating_mul(TICKS_PER_NS) / 2;
+            (bucket.burst_ticks / 4).min(target)
+        };
+        let committed_limit_ticks = limit(committed, targets_ns[0]);
+        let peak_limit_ticks = limit(peak, targets_ns[1]);
+        // The bytes whose cost is half of `limit` on `bucket`.
+        let fitting = |bucket: &BucketParams, limit: u64| {
+            let bytes = (u128::from(limit / 2) << 32) / u128::from(bucket.ticks_per_byte.max(1));
+            u64::try_from(bytes).unwrap_or(u64::MAX)
+        };
+        let mut bytes = (committed_burst_bytes / 16)
+            .min(u64::from(Self::MAX_BYTES))
+            .min(fitting(committed, committed_limit_ticks));
+        if peak.is_limited() {
+            bytes = bytes.min(fitting(peak, peak_limit_ticks));
+        }
+        if bytes < u64::from(Self::MIN_BYTES) {
+            return LeaseParams::OFF;
+        }
+        LeaseParams {
+            bytes: bytes as u32,
+            _pad: 0,
+            committed_limit_ticks,
+            peak_limit_ticks,
+        }
+    }
+
+    /// Whether the class takes leases.
+    #[inline(always)]
+    pub const fn is_on(&self) -> bool {
+        self.bytes != 0
+    }
+}
+
+/// Spends `bytes` of a CPU's lease holding `left`: the bytes left after, or `None` when the
+/// lease cannot cover the packet (the packet takes the exact path).
+#[inline(always)]
+pub const fn lease_spend(left: u32, bytes: u32) -> Option<u32> {
+    if left >= bytes {
+        Some(left - bytes)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,5 +476,50 @@ mod tests {
         assert_eq!(limits[0], 100);
         assert_eq!(limits[7], 800);
         assert!(limits.windows(2).all(|w| w[0] < w[1]));
+    }
+    #[test]
+    fn leases_are_a_sixteenth_of_the_burst_under_the_limits() {
+        let none = [u64::MAX, u64::MAX];
+        // 1 Gbit/s, 1.25 MB burst: capped at 64 KiB.
+        let c = BucketParams::new(125_000_000, 1_250_000);
+        let l = LeaseParams::for_class(&c, 1_250_000, &BucketParams::UNLIMITED, none);
+        assert_eq!(l.bytes, LeaseParams::MAX_BYTES);
+        assert_eq!(l.committed_limit_ticks, c.burst_ticks / 4);
+        assert!(2 * c.cost(l.bytes) <= l.committed_limit_ticks, "fits twice");
+        // 10 Gbit/s with a 1 ms AQM target: half the target holds 0.5 ms = 625 000 B.
+        let c = BucketParams::new(1_250_000_000, 12_500_000);
+        let l = LeaseParams::for_class(
+            &c,
+            12_500_000,
+            &BucketParams::UNLIMITED,
+            [1_000_000, u64::MAX],
+        );
+        assert_eq!(l.committed_limit_ticks, 500_000 * TICKS_PER_NS);
+        assert_eq!(l.bytes, LeaseParams::MAX_BYTES);
+        // 100 Mbit/s with the 1 ms target: a lease would be 3 125 B, too small to take.
+        let c = BucketParams::new(12_500_000, 125_000);
+        let l =
+            LeaseParams::for_class(&c, 125_000, &BucketParams::UNLIMITED, [1_000_000, u64::MAX]);
+        assert_eq!(l, LeaseParams::OFF);
+        // Without a target it is a sixteenth of the burst.
+        let l = LeaseParams::for_class(&c, 125_000, &BucketParams::UNLIMITED, none);
+        assert_eq!(l.bytes, 125_000 / 16);
+        // A narrow peak bucket shrinks it.
+        let p = BucketParams::new(12_500_000, 40_000);
+        let l = LeaseParams::for_class(&c, 125_000, &p, none);
+        assert_eq!(l.peak_limit_ticks, p.burst_ticks / 4);
+        assert!(2 * p.cost(l.bytes) <= l.peak_limit_ticks);
+        assert!(l.bytes < 125_000 / 16);
+        // No committed rate: never green, no leases.
+        let l = LeaseParams::for_class(&BucketParams::UNLIMITED, 0, &p, none);
+        assert!(!l.is_on());
+    }
+
+    #[test]
+    fn a_lease_covers_whole_packets_only() {
+        assert_eq!(lease_spend(3000, 1500), Some(1500));
+        assert_eq!(lease_spend(1500, 1500), Some(0));
+        assert_eq!(lease_spend(1499, 1500), None);
+        assert_eq!(lease_spend(0, 64), None);
     }
 }

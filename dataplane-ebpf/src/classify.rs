@@ -10,10 +10,12 @@ use dataplane_common::{
     maps::{FlowEntry, FlowKey, IfaceCounters, PolicySlot},
     packet::PacketMeta,
     reason::Reason,
-    MAX_RULES,
+    GENERATION_SLOTS, MAX_RULES,
 };
 
-use crate::maps::{FIELD_TABLE, FLOW_CACHE, PREFIXES, RULE_CLASSES, VECTOR_POOL};
+use crate::maps::{
+    FIELD_TABLE, FLOW_CACHE, PACKET_SCRATCH, POLICY_SLOTS, PREFIXES, RULE_CLASSES, VECTOR_POOL,
+};
 
 /// The class of `meta`, from the flow cache when it holds an entry of this generation, and
 /// the flow's state when it does (a new flow's first packet, and the first of each flow
@@ -28,7 +30,7 @@ pub fn class_of(
 ) -> Result<(u32, Option<*mut FlowState>), Reason> {
     if policy.flags & PolicySlot::FLOW_CACHE == 0 {
         bump(counters, |c| c.flow_cache_misses += 1);
-        return Ok((classify(meta, iface_slot, slot, policy)?, None));
+        return Ok((rule_class(iface_slot, slot)?, None));
     }
     let key = FlowKey::of(meta, iface_slot as u8);
     let hash = key.hash();
@@ -42,7 +44,7 @@ pub fn class_of(
         }
     }
     bump(counters, |c| c.flow_cache_misses += 1);
-    let class = classify(meta, iface_slot, slot, policy)?;
+    let class = rule_class(iface_slot, slot)?;
     let entry = FlowEntry {
         key,
         generation: policy.generation,
@@ -60,6 +62,35 @@ fn bump(counters: Option<*mut IfaceCounters>, f: impl FnOnce(&mut IfaceCounters)
     if let Some(c) = counters {
         // SAFETY: per-CPU value; XDP does not nest on one CPU.
         f(unsafe { &mut *c });
+    }
+}
+
+/// The class the rule tables of generation slot `slot` give the parsed packet.
+#[inline(always)]
+fn rule_class(iface_slot: u32, slot: u32) -> Result<u32, Reason> {
+    let class = dataplane_classify(iface_slot, slot);
+    u32::try_from(class).map_err(|_| Reason::ClassifierMiss)
+}
+
+/// The rule tables as a global BPF function, which the verifier checks once on its own
+/// rather than along every path that reaches it: a static one's field lookups and its loop
+/// over the rule words, walked again for every parse path and every path after it, take
+/// the program past the verifier's budget. It reads the parsed packet from the parser's
+/// scratch space and the policy from its slot; it returns the class, or -1 when a table
+/// lookup fails (`Reason::ClassifierMiss`).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dataplane_classify(iface_slot: u32, slot: u32) -> i64 {
+    let slot = slot % GENERATION_SLOTS as u32;
+    let (Some(meta), Some(policy)) = (PACKET_SCRATCH.get_ptr(0), POLICY_SLOTS.get(slot)) else {
+        return -1;
+    };
+    // SAFETY: the per-CPU scratch the parser filled for this packet (see main::pipeline);
+    // XDP does not nest on one CPU.
+    let meta = unsafe { &*meta.cast::<PacketMeta>() };
+    match classify(meta, iface_slot, slot, policy) {
+        Ok(class) => i64::from(class),
+        Err(_) => -1,
     }
 }
 

@@ -113,8 +113,10 @@ fn pipeline(
     let bytes = frame.frame_len() as u32;
     let policed = police::police(
         class,
+        slot,
         cfg,
         iface,
+        ctx.ingress_ifindex() as u32,
         iface_slot,
         bytes,
         is_ecn_capable(meta.tos),

@@ -41,6 +41,9 @@ pub static VECTOR_POOL: Array<RuleVector, VECTOR_POOL_ENTRIES> = Array::new();
 /// Per class id: shared trTCM state, updated with compare-and-swap.
 #[btf_map]
 pub static POLICERS: Array<PolicerState, MAX_CLASSES> = Array::new();
+/// Per CPU and class id: bytes left of the CPU's green lease (`policer::LeaseParams`).
+#[btf_map]
+pub static CLASS_LEASES: PerCpuArray<u32, MAX_CLASSES> = PerCpuArray::new();
 /// Registered interfaces by ifindex: counter slot and link budget.
 #[btf_map]
 pub static IFACES: HashMap<u32, IfaceConfig, MAX_IFACES> = HashMap::new();

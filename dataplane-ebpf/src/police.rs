@@ -1,20 +1,23 @@
 //! Police: the class's two-rate three-colour marker, then the interface's link budget with
 //! priority watermarks. Shared state is updated with compare-and-swap so the rates hold
-//! exactly across CPUs (per-CPU buckets would over-admit by the number of CPUs).
+//! exactly across CPUs (per-CPU buckets would over-admit by the number of CPUs). Green
+//! traffic of a class well under its rate spends per-CPU leases reserved in the shared
+//! buckets beforehand (`policer::LeaseParams`): no clock read and no shared line per packet.
 
 use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{
-    maps::{ClassConfig, IfaceConfig},
+    maps::{ClassConfig, IfaceConfig, PolicerState},
     policer::{
-        aqm_due, aqm_signalled, backlog_ns, gcra_admit, gcra_force, ns_to_ticks, priority_limit,
-        repair_limit, Aqm, AqmState, BucketParams, Colour, TICKS_PER_NS,
+        aqm_due, aqm_signalled, backlog_ns, gcra_admit, gcra_force, lease_spend, ns_to_ticks,
+        priority_limit, repair_limit, Aqm, AqmState, BucketParams, Colour, TICKS_PER_NS,
     },
     window::{window_update, WindowControl, WindowState},
+    GENERATION_SLOTS, MAX_CLASSES,
 };
 
-use crate::maps::{LINKS, POLICERS};
+use crate::maps::{CLASSES, CLASS_LEASES, IFACES, LINKS, POLICERS};
 
 /// Compare-and-swap attempts before a bucket update counts as non-conforming. Each failed
 /// attempt means another CPU just updated the bucket; the bound keeps the verifier happy and
@@ -106,6 +109,34 @@ pub struct Policed {
 }
 
 impl Policed {
+    /// Bits 0-1 the colour, 2-3 the signal, 4 repaired.
+    #[inline(always)]
+    fn pack(&self) -> u32 {
+        let signal = match self.signal {
+            Signal::None => 0,
+            Signal::Mark => 1,
+            Signal::Drop => 2,
+        };
+        self.colour as u32 | signal << 2 | u32::from(self.repaired) << 4
+    }
+
+    #[inline(always)]
+    fn unpack(word: u32) -> Policed {
+        Policed {
+            colour: match word & 3 {
+                0 => Colour::Green,
+                1 => Colour::Yellow,
+                _ => Colour::Red,
+            },
+            signal: match word >> 2 & 3 {
+                0 => Signal::None,
+                1 => Signal::Mark,
+                _ => Signal::Drop,
+            },
+            repaired: word >> 4 & 1 != 0,
+        }
+    }
+
     const fn plain(colour: Colour) -> Policed {
         Policed {
             colour,
@@ -190,22 +221,103 @@ fn take(
     admission
 }
 
-/// The colour and early signal of a packet of `bytes` in class `class`, after the link budget
-/// of `iface`.
+/// The colour and early signal of a packet of `bytes` in class `class` of generation slot
+/// `slot`, after the link budget of `iface`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn police(
     class: u32,
+    slot: u32,
     cfg: &ClassConfig,
     iface: Option<&IfaceConfig>,
+    ifindex: u32,
+    iface_slot: u32,
+    bytes: u32,
+    ecn_capable: bool,
+    kind: Kind,
+) -> Policed {
+    let limited_link = iface.is_some_and(|i| i.link.is_limited());
+    // A class without rates on an interface without a link budget pays no call.
+    let tcm = &cfg.policer;
+    if !tcm.peak.is_limited() && !tcm.committed.is_limited() && !limited_link {
+        return Policed::plain(Colour::Yellow);
+    }
+    let ids = u64::from(class) | u64::from(slot) << 16 | u64::from(iface_slot) << 32;
+    let packet = u64::from(bytes)
+        | u64::from(ecn_capable) << 32
+        | u64::from(kind == Kind::Repair) << 33
+        | u64::from(limited_link) << 34;
+    Policed::unpack(dataplane_police(ids, u64::from(ifindex), packet))
+}
+
+/// The policer as a global BPF function, which the verifier checks once on its own rather
+/// than along every path that reaches it (its compare-and-swap loops and branches, walked
+/// again for each, take the program past the verifier's budget). Arguments and result are
+/// packed words: `ids` the class (bits 0-15), the generation slot (16-23) and the interface
+/// slot (32-63); `packet` its bytes (0-31), ECN-capable (32), a TCP retransmission (33),
+/// and whether the interface has a link budget (34, looked up by `ifindex` only then); the
+/// result is [`Policed::pack`].
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dataplane_police(ids: u64, ifindex: u64, packet: u64) -> u32 {
+    let class = (ids & 0xffff) as u32 % MAX_CLASSES as u32;
+    let slot = (ids >> 16 & 0xff) as u32 % GENERATION_SLOTS as u32;
+    let Some(cfg) = CLASSES.get(slot * MAX_CLASSES as u32 + class) else {
+        return Policed::plain(Colour::Yellow).pack();
+    };
+    let link = if packet >> 34 & 1 != 0 {
+        // SAFETY: hash values are plain data, replaced whole by user space.
+        unsafe { IFACES.get(ifindex as u32) }
+            .map(|i| &i.link)
+            .filter(|l| l.is_limited())
+    } else {
+        None
+    };
+    let kind = if packet >> 33 & 1 != 0 {
+        Kind::Repair
+    } else {
+        Kind::Plain
+    };
+    police_unpacked(
+        class,
+        cfg,
+        link,
+        (ids >> 32) as u32,
+        packet as u32,
+        packet >> 32 & 1 != 0,
+        kind,
+    )
+    .pack()
+}
+
+#[inline(always)]
+fn police_unpacked(
+    class: u32,
+    cfg: &ClassConfig,
+    link: Option<&BucketParams>,
     iface_slot: u32,
     bytes: u32,
     ecn_capable: bool,
     kind: Kind,
 ) -> Policed {
     let tcm = &cfg.policer;
-    let link = iface.map(|i| &i.link).filter(|l| l.is_limited());
     if !tcm.peak.is_limited() && !tcm.committed.is_limited() && link.is_none() {
         return Policed::plain(Colour::Yellow);
+    }
+    // Green from this CPU's lease: no clock, no shared line. Retransmissions and interfaces
+    // with a link budget take the exact path.
+    let lease = if cfg.lease.is_on() && kind == Kind::Plain && link.is_none() {
+        CLASS_LEASES.get_ptr_mut(class)
+    } else {
+        None
+    };
+    if let Some(left) = lease {
+        // SAFETY: per-CPU value; XDP does not nest on one CPU.
+        if let Some(rest) = lease_spend(unsafe { *left }, bytes) {
+            // SAFETY: as above.
+            unsafe { *left = rest };
+            return Policed::plain(Colour::Green);
+        }
     }
     // SAFETY: helper without preconditions.
     let now_ns = unsafe { bpf_ktime_get_ns() };
@@ -297,6 +409,12 @@ pub fn police(
         Some(link) => link_budget(colour, link, iface_slot, cfg.priority, now, bytes),
         None => colour,
     };
+    if let Some(left) = lease {
+        if colour == Colour::Green && signal == Signal::None {
+            // SAFETY: the per-CPU lease and the class's policer state.
+            unsafe { take_lease(left, cfg, state, now) };
+        }
+    }
     Policed {
         colour,
         signal,
@@ -304,15 +422,50 @@ pub fn police(
     }
 }
 
+/// Reserves a lease in the class's buckets (peak first, then committed; the peak's share is
+/// given back when the committed bucket refuses) and adds it to this CPU's `left`. A bucket
+/// refuses while the lease would leave its backlog above its lease limit.
+///
+/// # Safety
+/// `left` is this CPU's lease of the class; `state` the class's policer state.
+#[inline(always)]
+unsafe fn take_lease(left: *mut u32, cfg: &ClassConfig, state: *mut PolicerState, now: u64) {
+    let (lease, tcm) = (&cfg.lease, &cfg.policer);
+    // SAFETY: the caller's pointer.
+    let (committed_tat, peak_tat) = unsafe {
+        (
+            core::ptr::addr_of_mut!((*state).committed_tat),
+            core::ptr::addr_of_mut!((*state).peak_tat),
+        )
+    };
+    let peak_cost = tcm.peak.cost(lease.bytes);
+    if tcm.peak.is_limited()
+        && !update(peak_tat, |old| {
+            gcra_admit(old, now, peak_cost, lease.peak_limit_ticks)
+        })
+    {
+        return;
+    }
+    let committed_cost = tcm.committed.cost(lease.bytes);
+    if !update(committed_tat, |old| {
+        gcra_admit(old, now, committed_cost, lease.committed_limit_ticks)
+    }) {
+        if tcm.peak.is_limited() {
+            // The reservation moved the peak's TAT to max(TAT, now) + cost: this undoes it.
+            update(peak_tat, |old| Some(old.wrapping_sub(peak_cost)));
+        }
+        return;
+    }
+    // SAFETY: the caller's per-CPU pointer.
+    unsafe { *left += lease.bytes };
+}
+
 /// Lets the class's window follow its phantom queue (at most once per interval; written
 /// back only when it changes, so the shared line stays clean between adjustments).
 ///
-/// A call of its own: inlined, its branches multiply the verifier's paths through the
-/// pipeline past its limit.
-///
 /// # Safety
 /// `state` and `tat` point into the class's policer state.
-#[inline(never)]
+#[inline(always)]
 unsafe fn steer_window(
     ctl: &WindowControl,
     state: *mut WindowState,

@@ -13,7 +13,7 @@ use dataplane_common::{
     },
     maps::{ClassConfig, PolicySlot},
     packet::{Family, PacketMeta},
-    policer::{Aqm, BucketParams, TrTcm},
+    policer::{Aqm, BucketParams, LeaseParams, TrTcm},
     window::{WindowControl, MIN_WINDOW_BYTES, START_RTT_US},
     MAX_RULES,
 };
@@ -264,10 +264,25 @@ pub fn class_config(c: &ClassSpec) -> ClassConfig {
     };
     let actions: [ColourAction; 3] = [c.conform, c.exceed, c.violate];
     let aqm = class_aqm(c);
+    let window = class_window(c);
+    // The lowest target watching each bucket's phantom queue (committed, peak).
+    let mut targets_ns = [u64::MAX; 2];
+    for (bucket, target_ns) in [
+        (aqm.bucket, aqm.target_ns),
+        (window.bucket, window.target_ns),
+    ] {
+        let at = match bucket {
+            Aqm::COMMITTED => 0,
+            Aqm::PEAK => 1,
+            _ => continue,
+        };
+        targets_ns[at] = targets_ns[at].min(target_ns);
+    }
     ClassConfig {
         policer: TrTcm { committed, peak },
         aqm,
-        window: class_window(c),
+        window,
+        lease: LeaseParams::for_class(&committed, c.burst_bytes, &peak, targets_ns),
         actions,
         priority: c.priority,
         _pad: 0,

@@ -24,7 +24,6 @@ use dataplane_common::{
         IfaceCounters, LinkState, PolicerState, PolicySlot,
     },
     policer::BucketParams,
-    window::WindowState,
     GENERATION_SLOTS, MAX_CLASSES, MAX_IFACES, MAX_RULES,
 };
 
@@ -798,13 +797,14 @@ impl Dataplane {
             .collect())
     }
 
-    /// The class's TCP window control: its window (bytes; 0 while it has none) and the round
-    /// trip measured from its connections' handshakes, see `dataplane_common::window`.
-    pub fn class_window(&self, class: u32) -> Result<WindowState, DataplaneError> {
+    /// The class's shared policer state: both buckets' TATs, the AQM's and the TCP window
+    /// control's (its window and the round trip measured from its connections' handshakes,
+    /// see `dataplane_common::window`).
+    pub fn policer_state(&self, class: u32) -> Result<PolicerState, DataplaneError> {
         let name = names::POLICERS;
         let policers: Array<&MapData, PolicerState> =
             Array::try_from(self.map(name)?).map_err(map_err(name))?;
-        Ok(policers.get(&class, 0).map_err(map_err(name))?.window)
+        policers.get(&class, 0).map_err(map_err(name))
     }
 
     /// Counters of interface slot `iface_slot`, summed over CPUs.

@@ -186,7 +186,7 @@ pub fn tcp_through_class(case: TcpCase, enforcer: &Enforcer) -> Result<TcpRun> {
     let _ = iperf_server.kill();
     let _ = iperf_server.wait();
     let window = match &dp {
-        Some(dp) => dp.class_window(BULK_CLASS)?,
+        Some(dp) => dp.policer_state(BULK_CLASS)?.window,
         None => WindowState::default(),
     };
     drop(dp);

@@ -12,14 +12,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane::dataplane::Dataplane;
-use dataplane_common::policer::Colour;
+use dataplane::{compile::CompiledPolicy, dataplane::Dataplane};
+use dataplane_common::policer::{Colour, LeaseParams, TICKS_PER_NS};
 use dataplane_tests::{
     frames::Frame,
-    kernel::{load_policy, pin_to_cpu, run_until_stopped, SenderEnd},
+    kernel::{load_policy, pin_to_cpu, run_once, run_repeated, run_until_stopped, SenderEnd},
 };
 
 const FRAME_BYTES: usize = 1000;
+const XDP_PASS: u32 = 2;
 /// Time the senders run before the first sample, so the buckets are in steady state.
 const WARM_UP: Duration = Duration::from_millis(150);
 /// Time over which the counters are sampled, in this many windows (an odd number: the median
@@ -429,4 +430,130 @@ dst_port = {dport}
             "{what}: the flood still overflows the bucket"
         );
     }
+}
+
+/// The kernel clock the policer reads (`bpf_ktime_get_ns`), in ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the timespec it is given.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Leases (`policer::LeaseParams`): a class well under its rate takes green traffic from a
+/// per-CPU lease reserved in the shared bucket beforehand; packets the lease covers leave the
+/// shared state untouched, and the next lease is reserved when it runs out.
+#[test]
+fn green_traffic_spends_per_cpu_leases_reserved_in_the_shared_bucket() {
+    let _serial = serial();
+    let (dp, p) = load(&policy("10Gbit"));
+    let class = p.class_id("limited").expect("class");
+    let config = CompiledPolicy::new(&p).classes[class as usize];
+    let lease = config.lease.bytes;
+    assert_eq!(lease, LeaseParams::MAX_BYTES, "10 Gbit/s leases 64 KiB");
+    let prog = dp.program().expect("program");
+    let frame = udp_frame(5001);
+    let tat = || {
+        dp.policer_state(class)
+            .expect("policer state")
+            .committed_tat
+    };
+    let cost_ns = |bytes: u32| config.policer.committed.cost(bytes) / TICKS_PER_NS;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // One CPU: the lease is this CPU's.
+            pin_to_cpu(0);
+            let before = monotonic_ns();
+            assert_eq!(run_once(prog, &frame).action, XDP_PASS);
+            let first = tat();
+            let after = monotonic_ns();
+            // The bucket was idle: the TAT is the run's moment (between `before` and `after`)
+            // plus the packet and a lease, 53 µs at 10 Gbit/s.
+            let ahead_ns = (first / TICKS_PER_NS).saturating_sub(before);
+            let reserved = cost_ns(FRAME_BYTES as u32 + lease);
+            assert!(
+                (reserved..=reserved + (after - before)).contains(&ahead_ns),
+                "the first packet reserves a lease: the TAT is {ahead_ns} ns ahead, the packet \
+                 and a lease cost {reserved} ns"
+            );
+            let covered = lease as usize / FRAME_BYTES;
+            for _ in 0..covered {
+                assert_eq!(run_once(prog, &frame).action, XDP_PASS);
+            }
+            assert_eq!(tat(), first, "{covered} packets spent the lease alone");
+            assert_eq!(run_once(prog, &frame).action, XDP_PASS);
+            assert!(
+                tat() >= first + config.policer.committed.cost(lease),
+                "the next packet reserved the next lease"
+            );
+        })
+        .join()
+        .expect("the pinned thread");
+    });
+    let c = dp.class_counters(0, class).expect("counters");
+    assert_eq!(
+        c.colour_packets[Colour::Green as usize],
+        lease as u64 / FRAME_BYTES as u64 + 2
+    );
+}
+
+/// The accuracy bound of leases, on both CPUs at once: a class never admits more than its
+/// bucket allows (leases are reserved before they are spent), and falls short by at most one
+/// lease per CPU. Both CPUs offer far more than the rate from a full bucket; the green bytes
+/// must lie between the burst less two leases and the burst plus what the rate adds over the
+/// whole run.
+#[test]
+fn leases_never_admit_more_than_the_bucket_across_cpus() {
+    let _serial = serial();
+    const RATE: f64 = 100e6 / 8.0;
+    const BURST_BYTES: f64 = 4.0 * 1024.0 * 1024.0;
+    let (dp, p) = load(
+        "[[class]]\nname = \"default\"\n[[class]]\nname = \"limited\"\nrate = \"100Mbit\"\n\
+         burst = \"4MiB\"\nexceed = \"drop\"\ntcp_window = false\n\
+         [[rule]]\nclass = \"limited\"\nprotocol = \"udp\"\ndst_port = 5001\n",
+    );
+    let class = p.class_id("limited").expect("class");
+    let lease = f64::from(CompiledPolicy::new(&p).classes[class as usize].lease.bytes);
+    assert_eq!(lease, f64::from(LeaseParams::MAX_BYTES));
+    let prog = dp.program().expect("program");
+    let frame = udp_frame(5001);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for cpu in [0, 1] {
+            let frame = &frame;
+            s.spawn(move || {
+                pin_to_cpu(cpu);
+                // 20 MB offered per CPU, five times the burst.
+                let _ = run_repeated(prog, frame, 20_000);
+            });
+        }
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let c = dp.class_counters(0, class).expect("counters");
+    let green = (c.colour_packets[Colour::Green as usize] * FRAME_BYTES as u64) as f64;
+    let offered = (c.packets * FRAME_BYTES as u64) as f64;
+    eprintln!(
+        "green {green:.0} B of {offered:.0} offered in {:.1} ms; burst {BURST_BYTES:.0}, \
+         lease {lease:.0}",
+        elapsed * 1e3
+    );
+    assert!(
+        offered > 4.0 * BURST_BYTES,
+        "the senders offered {offered:.0} B"
+    );
+    assert!(
+        green <= BURST_BYTES + RATE * elapsed + FRAME_BYTES as f64,
+        "over-admitted: {green:.0} B green, at most {:.0}",
+        BURST_BYTES + RATE * elapsed
+    );
+    assert!(
+        green >= BURST_BYTES - 2.0 * lease - FRAME_BYTES as f64,
+        "more than a lease per CPU lost: {green:.0} B green of a {BURST_BYTES:.0} B burst"
+    );
 }

@@ -122,7 +122,10 @@ fn returning_acks_advertise_at_most_the_class_window() {
     let mut seq = 1;
     send_data(&dp, &mut seq, 50);
     assert_eq!(
-        dp.class_window(1).expect("window").window_bytes,
+        dp.policer_state(1)
+            .expect("policer state")
+            .window
+            .window_bytes,
         dataplane_common::window::MIN_WINDOW_BYTES
     );
     // 2896 bytes in units of 2^7, rounded up.
@@ -179,7 +182,13 @@ fn tcp_window_off_leaves_acks_alone() {
     run_once(prog, &syn_ack(7));
     let mut seq = 1;
     send_data(&dp, &mut seq, 50);
-    assert_eq!(dp.class_window(1).expect("window").window_bytes, 0);
+    assert_eq!(
+        dp.policer_state(1)
+            .expect("policer state")
+            .window
+            .window_bytes,
+        0
+    );
     let ack = segment(false, 1, 0x2000, false, &[], 0);
     assert_eq!(window_of(&run_once(prog, &ack).output), 0x2000);
 }

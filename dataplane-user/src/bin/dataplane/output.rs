@@ -391,7 +391,7 @@ pub fn top(running: &Running, o: &TopOptions) -> Result<()> {
     let mut classes = Vec::new();
     for (name, id) in running.classes() {
         if o.class.as_ref().is_none_or(|c| c == &name) {
-            let window = running.dp.class_window(id)?;
+            let window = running.dp.policer_state(id)?.window;
             classes.push((name, id, window));
         }
     }
