@@ -502,8 +502,10 @@ fn hit_budget_note<'a>(find: &impl Fn(&str) -> Option<&'a Case<'a>>) -> String {
     };
     format!(
         "parse + interface lookup + counting alone cost floor + {} ns (row \"{NO_POLICY}\"); \
-         a cache hit of an unpoliced class floor + {} ns (10-rule row); the policer adds its \
-         clock read (`bpf_ktime_get_ns`, section 3) and two compare-and-swaps",
+         a cache hit of an unpoliced class floor + {} ns (10-rule row); a green packet of a \
+         class under its rate then spends its CPU's lease (no clock read, no shared line), \
+         and the pipeline's calls into the policer and the rule tables (global BPF functions, \
+         verified once) cost a call each",
         at(NO_POLICY),
         at(UNPOLICED_HIT)
     )
