@@ -27,6 +27,7 @@
 //! | `dataplane_class_priority` | class | 0 ..= 7 |
 //! | `dataplane_class_phantom_backlog_seconds` | class | the enforcing bucket's backlog: how long a shaper at its rate would hold the next packet; 0 within rate |
 //! | `dataplane_class_tcp_window_bytes` | class | the window the class's TCP window control advertises to its flows; 0 while it narrows none |
+//! | `dataplane_class_tcp_round_trip_seconds` | class | the round trip of the class's TCP connections, measured from their handshakes; 0 before one |
 //! | `dataplane_xdp_attached` | iface, mode (`native`/`generic`, `none` when detached) | 1 while attached |
 //! | `dataplane_config_generation` | | policy generation in force |
 //! | `dataplane_config_reloads_total` | result (`ok`/`error`) | |
@@ -46,6 +47,7 @@ use dataplane_common::{
     },
     policer::{backlog_ns, ns_to_ticks, Colour, COLOURS},
     reason::Reason,
+    window::WindowState,
 };
 use prometheus_client::{
     collector::Collector,
@@ -81,6 +83,9 @@ pub struct MetricsSnapshot {
     pub phantom_backlog_seconds: Vec<f64>,
     /// TCP window of each class (bytes; 0 = none), in the order of `classes`.
     pub tcp_window_bytes: Vec<u64>,
+    /// Round trip of each class's TCP connections (seconds; 0 before one), in the order of
+    /// `classes`.
+    pub tcp_round_trip_seconds: Vec<f64>,
     /// Interfaces and their counters.
     pub ifaces: Vec<IfaceSample>,
 }
@@ -232,13 +237,14 @@ impl CounterReader {
         Ok(backlog_ns(tat, ns_to_ticks(now_ns)) as f64 / 1e9)
     }
 
-    /// The window (bytes) class id `class` advertises to its TCP flows; 0 while none.
-    pub fn tcp_window(&self, class: u32) -> Result<u64, DataplaneError> {
+    /// The TCP window control of class id `class`: the window it advertises to its flows (0
+    /// while none) and their measured round trip.
+    pub fn tcp_window(&self, class: u32) -> Result<WindowState, DataplaneError> {
         let state = self
             .policers
             .get(&class, 0)
             .map_err(map_err(names::POLICERS))?;
-        Ok(u64::from(state.window.window_bytes))
+        Ok(state.window)
     }
 
     /// Counters of interface slot `iface_slot`, summed over CPUs.
@@ -334,17 +340,18 @@ pub fn snapshot(
         .iter()
         .map(|(info, class)| reader.phantom_backlog(*class, info))
         .collect::<Result<_, DataplaneError>>()?;
-    let tcp_window_bytes = view
+    let windows = view
         .classes
         .iter()
         .map(|(_, class)| reader.tcp_window(*class))
-        .collect::<Result<_, DataplaneError>>()?;
+        .collect::<Result<Vec<_>, DataplaneError>>()?;
     Ok(MetricsSnapshot {
         generation: view.generation,
         reloads: view.reloads,
         classes: view.classes.iter().map(|(c, _)| c.clone()).collect(),
         phantom_backlog_seconds,
-        tcp_window_bytes,
+        tcp_window_bytes: windows.iter().map(|w| u64::from(w.window_bytes)).collect(),
+        tcp_round_trip_seconds: windows.iter().map(|w| f64::from(w.rtt_us) / 1e6).collect(),
         ifaces,
     })
 }
@@ -604,6 +611,17 @@ impl Collector for Exposition {
         }
 
         let mut family = encoder.encode_descriptor(
+            "dataplane_class_tcp_round_trip_seconds",
+            "The round trip of the class's TCP connections as its window control measures it (SYN to first data at the gateway, averaged; 0 before one).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (class, rtt) in s.classes.iter().zip(&s.tcp_round_trip_seconds) {
+            let labels = [("class", class.name.as_str())];
+            ConstGauge::new(*rtt).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
             "dataplane_xdp_attached",
             "1 while the XDP program is attached to the interface, in the labelled mode.",
             None,
@@ -669,6 +687,7 @@ mod tests {
             classes: vec![class("bulk", Some(2000)), class("default", None)],
             phantom_backlog_seconds: vec![0.0025, 0.0],
             tcp_window_bytes: vec![2896, 0],
+            tcp_round_trip_seconds: vec![0.005, 0.0],
             ifaces: vec![IfaceSample {
                 name: "eth0".into(),
                 attached: Some(AttachMode::Generic),
@@ -704,6 +723,7 @@ mod tests {
             r#"dataplane_class_priority{class="default"} 3"#,
             r#"dataplane_class_phantom_backlog_seconds{class="bulk"} 0.0025"#,
             r#"dataplane_class_tcp_window_bytes{class="bulk"} 2896"#,
+            r#"dataplane_class_tcp_round_trip_seconds{class="bulk"} 0.005"#,
             r#"dataplane_class_repaired_packets_total{iface="eth0",class="bulk"} 2"#,
             r#"dataplane_xdp_attached{iface="eth0",mode="generic"} 1"#,
             "dataplane_config_generation 3",
