@@ -37,16 +37,7 @@ pub mod af {
     pub const INET6: u8 = 10;
 }
 
-/// Length of a MAC address.
-pub const MAC_LEN: usize = 6;
-/// Ethernet header length: only untagged frames are forwarded.
-pub const ETH_HLEN: usize = 14;
-/// Offset of the TTL in the IPv4 header (the protocol follows it in the same 16-bit word).
-pub const IPV4_TTL_OFFSET: usize = 8;
-/// Offset of the header checksum in the IPv4 header.
-pub const IPV4_CHECKSUM_OFFSET: usize = 10;
-/// Offset of the hop limit in the IPv6 header.
-pub const IPV6_HOP_LIMIT_OFFSET: usize = 7;
+use crate::wire::{ETH_HLEN, MAC_LEN};
 
 /// `Ok` when the route lookup found a next hop to forward to; else why the kernel gets the
 /// packet. Negative values are errors of the helper itself.
@@ -152,6 +143,7 @@ pub const fn ipv6_decrement_hop_limit(hop_limit: u8) -> Result<u8, Reason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::IPV4_TTL_OFFSET;
 
     /// Full RFC 1071 checksum of a header whose checksum field is zero.
     fn full(header: &[u8; 20]) -> u16 {

@@ -13,8 +13,10 @@ pub mod forward;
 pub mod maps;
 pub mod packet;
 pub mod policer;
+pub mod programs;
 pub mod reason;
 pub mod window;
+pub mod wire;
 
 /// Most rules a policy may hold: one bit each in a [`classify::RuleVector`].
 pub const MAX_RULES: usize = 16384;

@@ -516,6 +516,18 @@ pub mod names {
     ];
 }
 
+/// Index of class `class`'s config in generation slot `slot` (`CLASSES`).
+#[inline(always)]
+pub const fn class_config_index(slot: u32, class: u32) -> u32 {
+    slot * crate::MAX_CLASSES as u32 + class
+}
+
+/// Index of rule `rule`'s class in generation slot `slot` (`RULE_CLASSES`).
+#[inline(always)]
+pub const fn rule_class_index(slot: u32, rule: u32) -> u32 {
+    slot * crate::MAX_RULES as u32 + rule
+}
+
 /// Index of the counters of class `class` on interface slot `iface_slot` (`CLASS_COUNTERS`,
 /// and `FORWARD_COUNTERS` by egress slot).
 #[inline(always)]

@@ -59,15 +59,9 @@ pub mod ipproto {
     pub const DSTOPTS: u8 = 60;
 }
 
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const IPV4_MIN_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
-/// Length of a TCP header without options.
-pub const TCP_MIN_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
-const ICMP_HLEN: usize = 8;
-const ICMPV6_HLEN: usize = 4;
+use crate::wire::{
+    ETH_HLEN, ICMPV6_HLEN, ICMP_HLEN, IPV4_MIN_HLEN, IPV6_HLEN, TCP_MIN_HLEN, UDP_HLEN, VLAN_HLEN,
+};
 const ROCE_BTH_LEN: usize = 12;
 const IPV6_FRAGMENT_HLEN: usize = 8;
 

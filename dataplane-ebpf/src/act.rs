@@ -5,10 +5,10 @@ use dataplane_common::{
     action::{apply, mark_ce, Outcome},
     checksum::replace_word,
     flow::FlowState,
-    forward::IPV4_CHECKSUM_OFFSET,
     maps::{ClassConfig, ClassCounters},
     packet::{Family, PacketMeta},
     reason::Reason,
+    wire::IPV4_CHECKSUM_OFFSET,
 };
 
 use crate::{

@@ -25,6 +25,7 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
+use dataplane_common::wire::{self, ETH_HLEN, IPV4_MIN_HLEN, IPV6_HLEN, UDP_HLEN};
 
 /// Slot 0: where `bench_redirect` and `bench_generate` send frames.
 #[btf_map]
@@ -60,20 +61,20 @@ pub struct SinkCounters {
 }
 
 /// Ethernet + IPv6 + UDP headers: the most `bench_generate` restores.
-const TEMPLATE_BYTES: usize = 14 + 40 + 8;
+const TEMPLATE_BYTES: usize = ETH_HLEN + IPV6_HLEN + UDP_HLEN;
 /// Ethernet + IPv4 + UDP headers.
-const IPV4_HEADERS: usize = 14 + 20 + 8;
+const IPV4_HEADERS: usize = ETH_HLEN + IPV4_MIN_HLEN + UDP_HLEN;
 /// Where a generated IPv4 frame's flow number goes: the low half of the source address
 /// (with the header checksum updated), and the UDP source port.
-const IPV4_SRC_LOW_OFFSET: usize = 14 + 14;
-const IPV4_CHECKSUM_OFFSET: usize = 14 + 10;
+const IPV4_SRC_LOW_OFFSET: usize = ETH_HLEN + wire::IPV4_SRC_OFFSET + 2;
+const IPV4_CHECKSUM_OFFSET: usize = ETH_HLEN + wire::IPV4_CHECKSUM_OFFSET;
 /// A generated IPv6 frame's flow number: the source address's last four bytes.
-const IPV6_SRC_LOW_OFFSET: usize = 14 + 8 + 12;
+const IPV6_SRC_LOW_OFFSET: usize = ETH_HLEN + wire::IPV6_SRC_OFFSET + 12;
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
 /// Ethernet + IPv4 (no options) + UDP: where `bench_vary` writes the flow.
-const IPV4_SRC_OFFSET: usize = 14 + 12;
-const UDP_SRC_PORT_OFFSET: usize = 14 + 20;
+const IPV4_SRC_OFFSET: usize = ETH_HLEN + wire::IPV4_SRC_OFFSET;
+const UDP_SRC_PORT_OFFSET: usize = ETH_HLEN + IPV4_MIN_HLEN;
 /// Flow `i` gets source 198.18.0.0 + (i mod 2^17) (all of 198.18.0.0/15) and source port
 /// BASE_SRC_PORT + i / 2^17.
 const ADDR_BITS: u32 = 17;

@@ -7,10 +7,10 @@ use dataplane_common::{
         ALL_RULES_VECTOR, FIELD_COUNT, PREFIX_KEY_HEADER_BITS,
     },
     flow::FlowState,
-    maps::{FlowEntry, FlowKey, IfaceCounters, PolicySlot},
+    maps::{rule_class_index, FlowEntry, FlowKey, IfaceCounters, PolicySlot},
     packet::PacketMeta,
     reason::Reason,
-    GENERATION_SLOTS, MAX_RULES,
+    GENERATION_SLOTS,
 };
 
 use crate::maps::{
@@ -160,7 +160,7 @@ fn classify(
     ];
     match lowest_common_rule(&vectors, policy.rule_words) {
         Some(rule) => RULE_CLASSES
-            .get(slot * MAX_RULES as u32 + rule)
+            .get(rule_class_index(slot, rule))
             .copied()
             .ok_or(Reason::ClassifierMiss),
         None => Ok(policy.default_class),

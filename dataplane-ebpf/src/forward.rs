@@ -16,12 +16,16 @@ use dataplane_common::{
     flow::{FlowState, NextHop},
     forward::{
         af, fib_verdict, forwardable, ipv4_decrement_ttl, ipv6_decrement_hop_limit, routable_v4,
-        routable_v6, ETH_HLEN, IPV4_CHECKSUM_OFFSET, IPV4_TTL_OFFSET, IPV6_HOP_LIMIT_OFFSET,
-        MAC_LEN,
+        routable_v6,
     },
     maps::{class_counter_index, IfaceConfig},
     packet::{Family, PacketMeta},
     reason::Reason,
+    wire::{
+        ETH_HLEN, IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_MIN_HLEN, IPV4_SRC_OFFSET,
+        IPV4_TTL_OFFSET, IPV6_DST_OFFSET, IPV6_HLEN, IPV6_HOP_LIMIT_OFFSET, IPV6_SRC_OFFSET,
+        MAC_LEN,
+    },
 };
 
 use crate::{
@@ -33,14 +37,8 @@ use crate::{
 
 /// IPv4 header bytes we write: up to and including the checksum.
 const IPV4_HEAD: usize = IPV4_CHECKSUM_OFFSET + 2;
-const IPV4_MIN_HLEN: usize = 20;
-const IPV4_SRC_OFFSET: usize = 12;
-const IPV4_DST_OFFSET: usize = 16;
 /// IPv6 header bytes we write: up to and including the hop limit.
 const IPV6_HEAD: usize = IPV6_HOP_LIMIT_OFFSET + 1;
-const IPV6_HLEN: usize = 40;
-const IPV6_SRC_OFFSET: usize = 8;
-const IPV6_DST_OFFSET: usize = 24;
 /// Traffic class and flow label bits of the first IPv6 header word (without the version).
 const IPV6_FLOWINFO_MASK: u32 = 0x0fff_ffff;
 

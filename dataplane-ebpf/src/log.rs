@@ -8,13 +8,12 @@
 
 use aya_ebpf::{bindings::xdp_md, maps::ring_buf::RingBufBytes, programs::XdpContext};
 use aya_log_common::{ArgumentKind, DisplayHint, Level, LogValueLength, RecordFieldKind};
-use dataplane_common::reason::Reason;
+use dataplane_common::{programs::KernelLogLevel, reason::Reason};
 
 use crate::maps::{AYA_LOGS, LOG_LEVEL};
 
-/// Levels as user space writes them (dataplane::kernel_log::KernelLogLevel).
-const LEVEL_ERROR: u32 = 1;
-const LEVEL_DEBUG: u32 = 4;
+const LEVEL_ERROR: u32 = KernelLogLevel::Error as u32;
+const LEVEL_DEBUG: u32 = KernelLogLevel::Debug as u32;
 /// Ring-buffer room reserved per record (a power of two, as aya-log does).
 const RECORD_CAPACITY: usize = 256;
 /// Target of every record (the daemon's `tracing` target for kernel lines).

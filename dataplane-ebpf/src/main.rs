@@ -20,8 +20,10 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use dataplane_common::{
     action::is_ecn_capable,
     flow::FlowState,
-    maps::ClassConfig,
-    maps::{class_counter_index, IfaceConfig, IfaceCounters, PolicySlot},
+    maps::{
+        class_config_index, class_counter_index, ClassConfig, IfaceConfig, IfaceCounters,
+        PolicySlot,
+    },
     packet::{parse_into, PacketBytes, PacketMeta, TcpMeta},
     reason::Reason,
     GENERATION_SLOTS, MAX_CLASSES,
@@ -103,7 +105,7 @@ fn pipeline(
         return Err(Reason::ClassifierMiss);
     }
     let cfg = CLASSES
-        .get(slot * MAX_CLASSES as u32 + class)
+        .get(class_config_index(slot, class))
         .ok_or(Reason::ClassifierMiss)?;
 
     let kind = match meta.tcp {

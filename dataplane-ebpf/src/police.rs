@@ -8,7 +8,7 @@ use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{
-    maps::{ClassConfig, IfaceConfig, PolicerState},
+    maps::{class_config_index, ClassConfig, IfaceConfig, PolicerState},
     policer::{
         aqm_due, aqm_signalled, backlog_ns, gcra_admit, gcra_force, lease_spend, ns_to_ticks,
         priority_limit, repair_limit, Aqm, AqmState, BucketParams, Colour, TICKS_PER_NS,
@@ -262,7 +262,7 @@ pub fn police(
 pub extern "C" fn dataplane_police(ids: u64, ifindex: u64, packet: u64) -> u32 {
     let class = (ids & 0xffff) as u32 % MAX_CLASSES as u32;
     let slot = (ids >> 16 & 0xff) as u32 % GENERATION_SLOTS as u32;
-    let Some(cfg) = CLASSES.get(slot * MAX_CLASSES as u32 + class) else {
+    let Some(cfg) = CLASSES.get(class_config_index(slot, class)) else {
         return Policed::plain(Colour::Yellow).pack();
     };
     let link = if packet >> 34 & 1 != 0 {

@@ -7,9 +7,10 @@ use dataplane_common::{
     checksum::replace_word,
     flow::FlowState,
     maps::{FlowKey, PolicySlot, ReturnEntry},
-    packet::{tcp_window_scale, PacketBytes, PacketMeta, TcpMeta, TCP_MIN_HLEN},
+    packet::{tcp_window_scale, PacketBytes, PacketMeta, TcpMeta},
     reason::Reason,
     window::{clamp_window, rtt_average_us, rtt_sample_us},
+    wire::TCP_MIN_HLEN,
 };
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;

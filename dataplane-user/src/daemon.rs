@@ -786,7 +786,9 @@ impl Daemon {
                     }
                     Err(e) => ApplyError::Failed(e.to_string()).response(self.state.generation),
                 },
-                Err(e) => ApplyError::Rejected(e).response(self.state.generation),
+                Err(e) => {
+                    ApplyError::Rejected(format!("{level:?}: {e}")).response(self.state.generation)
+                }
             },
             Request::Detach { ifaces } if ifaces.is_empty() => {
                 match self.cfg.layout.remove_version(crate::pins::LAYOUT_VERSION) {

@@ -20,10 +20,11 @@ use dataplane_common::{
         VECTORS_PER_SLOT,
     },
     maps::{
-        class_counter_index, names, ClassConfig, ClassCounters, FlowEntry, IfaceConfig,
-        IfaceCounters, LinkState, PolicerState, PolicySlot,
+        class_config_index, class_counter_index, names, rule_class_index, ClassConfig,
+        ClassCounters, FlowEntry, IfaceConfig, IfaceCounters, LinkState, PolicerState, PolicySlot,
     },
     policer::BucketParams,
+    programs::KernelLogLevel,
     GENERATION_SLOTS, MAX_CLASSES, MAX_IFACES, MAX_RULES,
 };
 
@@ -51,15 +52,9 @@ pub static EBPF_OBJECT: &[u8] =
 pub static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.bpf.o"));
 
-/// Name of the XDP program in the object.
-pub const PROGRAM_NAME: &str = "dataplane";
-/// Name of the pass-everything XDP program in the object.
-pub const PASS_PROGRAM_NAME: &str = "xdp_pass";
-/// The tracepoint programs that count redirect failures, and the `xdp:` event each watches.
-pub const REDIRECT_WATCHERS: [(&str, &str); 2] = [
-    ("redirect_error", "xdp_redirect_err"),
-    ("devmap_drops", "xdp_devmap_xmit"),
-];
+pub use dataplane_common::programs::{
+    DATAPLANE as PROGRAM_NAME, PASS as PASS_PROGRAM_NAME, REDIRECT_WATCHERS,
+};
 
 /// What can go wrong with the kernel side.
 #[derive(Debug, thiserror::Error)]
@@ -538,13 +533,13 @@ impl Dataplane {
         let mut rules = self.array::<u32>(names::RULE_CLASSES)?;
         for (i, class) in tables.rule_classes.iter().enumerate() {
             rules
-                .set(slot * MAX_RULES as u32 + i as u32, class, 0)
+                .set(rule_class_index(slot, i as u32), class, 0)
                 .map_err(map_err(names::RULE_CLASSES))?;
         }
         let mut classes = self.array::<ClassConfig>(names::CLASSES)?;
         for (id, c) in policy.classes.iter().enumerate() {
             classes
-                .set(slot * MAX_CLASSES as u32 + id as u32, c, 0)
+                .set(class_config_index(slot, id as u32), c, 0)
                 .map_err(map_err(names::CLASSES))?;
         }
         let header = PolicySlot {
@@ -700,10 +695,7 @@ impl Dataplane {
     }
 
     /// Sets the kernel log level; takes effect on the next packet.
-    pub fn set_kernel_log_level(
-        &mut self,
-        level: crate::kernel_log::KernelLogLevel,
-    ) -> Result<(), DataplaneError> {
+    pub fn set_kernel_log_level(&mut self, level: KernelLogLevel) -> Result<(), DataplaneError> {
         self.array::<u32>(names::LOG_LEVEL)?
             .set(0, level as u32, 0)
             .map_err(map_err(names::LOG_LEVEL))

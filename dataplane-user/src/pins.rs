@@ -162,7 +162,7 @@ impl PinLayout {
     /// Whether a dataplane of this layout is pinned (its program pin is the marker: it is
     /// written last on a fresh load).
     pub fn is_pinned(&self) -> bool {
-        self.program(crate::dataplane::PROGRAM_NAME).exists()
+        self.program(dataplane_common::programs::DATAPLANE).exists()
     }
 
     /// Refuses pin roots holding other layout versions or foreign entries.
