@@ -31,6 +31,7 @@ use dataplane_common::{
 use crate::{
     compile::{CompiledPolicy, RuleTables},
     config::Policy,
+    counters::CounterReader,
     pins::{open_failure, PinError, PinLayout},
 };
 
@@ -112,19 +113,6 @@ pub(crate) fn map_err(map: &str) -> impl Fn(MapError) -> DataplaneError + '_ {
         map: map.to_string(),
         source,
     }
-}
-
-/// Entry `index` of per-CPU map `map` (named `name`), summed over CPUs with `add`.
-pub(crate) fn sum_over_cpus<T: std::borrow::Borrow<MapData>, V: aya::Pod + Default>(
-    map: &PerCpuArray<T, V>,
-    name: &str,
-    index: u32,
-    add: fn(&mut V, &V),
-) -> Result<V, DataplaneError> {
-    let values = map.get(&index, 0).map_err(map_err(name))?;
-    let mut sum = V::default();
-    values.iter().for_each(|v| add(&mut sum, v));
-    Ok(sum)
 }
 
 /// How long a generation slot stays untouched after it stopped being live. A packet that
@@ -432,13 +420,6 @@ impl Dataplane {
         name: &'static str,
     ) -> Result<Array<&mut MapData, V>, DataplaneError> {
         Array::try_from(self.map_mut(name)?).map_err(map_err(name))
-    }
-
-    fn per_cpu<V: aya::Pod>(
-        &self,
-        name: &'static str,
-    ) -> Result<PerCpuArray<&MapData, V>, DataplaneError> {
-        PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))
     }
 
     fn array_ro<V: aya::Pod>(
@@ -769,12 +750,7 @@ impl Dataplane {
         iface_slot: u32,
         class: u32,
     ) -> Result<ClassCounters, DataplaneError> {
-        sum_over_cpus(
-            &self.per_cpu(names::CLASS_COUNTERS)?,
-            names::CLASS_COUNTERS,
-            class_counter_index(iface_slot, class),
-            ClassCounters::add,
-        )
+        CounterReader::borrowed(self)?.class_counters(iface_slot, class)
     }
 
     /// Every flow the flow cache holds, with what it did (read one entry at a time: a flow
@@ -789,24 +765,14 @@ impl Dataplane {
             .collect())
     }
 
-    /// The class's shared policer state: both buckets' TATs, the AQM's and the TCP window
-    /// control's (its window and the round trip measured from its connections' handshakes,
-    /// see `dataplane_common::window`).
+    /// The class's shared policer state (see [`CounterReader::policer_state`]).
     pub fn policer_state(&self, class: u32) -> Result<PolicerState, DataplaneError> {
-        let name = names::POLICERS;
-        let policers: Array<&MapData, PolicerState> =
-            Array::try_from(self.map(name)?).map_err(map_err(name))?;
-        policers.get(&class, 0).map_err(map_err(name))
+        CounterReader::borrowed(self)?.policer_state(class)
     }
 
     /// Counters of interface slot `iface_slot`, summed over CPUs.
     pub fn iface_counters(&self, iface_slot: u32) -> Result<IfaceCounters, DataplaneError> {
-        sum_over_cpus(
-            &self.per_cpu(names::IFACE_COUNTERS)?,
-            names::IFACE_COUNTERS,
-            iface_slot,
-            IfaceCounters::add,
-        )
+        CounterReader::borrowed(self)?.iface_counters(iface_slot)
     }
 }
 

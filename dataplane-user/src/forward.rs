@@ -3,10 +3,13 @@
 //! `forward = true` get the FORWARD flag and their MAC in `IFACES`. Also the forwarded-traffic
 //! counters.
 
-use aya::maps::{xdp::XdpMapError, DevMapHash, HashMap, MapData, PerCpuArray};
-use dataplane_common::maps::{class_counter_index, names, ForwardCounters, IfaceConfig};
+use aya::maps::{xdp::XdpMapError, DevMapHash, HashMap, MapData};
+use dataplane_common::maps::{names, ForwardCounters, IfaceConfig};
 
-use crate::dataplane::{map_err, sum_over_cpus, Dataplane, DataplaneError};
+use crate::{
+    counters::CounterReader,
+    dataplane::{map_err, Dataplane, DataplaneError},
+};
 
 impl Dataplane {
     /// Makes registered interface `name` (`ifindex`) a redirect target and sets its
@@ -51,15 +54,7 @@ impl Dataplane {
         egress_slot: u32,
         class: u32,
     ) -> Result<ForwardCounters, DataplaneError> {
-        let name = names::FORWARD_COUNTERS;
-        let map = PerCpuArray::<&MapData, ForwardCounters>::try_from(self.map(name)?)
-            .map_err(map_err(name))?;
-        sum_over_cpus(
-            &map,
-            name,
-            class_counter_index(egress_slot, class),
-            ForwardCounters::add,
-        )
+        CounterReader::borrowed(self)?.forward_counters(egress_slot, class)
     }
 }
 

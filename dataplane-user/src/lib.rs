@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod config;
 pub mod control;
+pub mod counters;
 pub mod daemon;
 pub mod dataplane;
 pub mod edit;

@@ -37,17 +37,10 @@ pub mod http;
 
 use std::fmt;
 
-use aya::{
-    maps::{Array, IterableMap, Map, MapData, PerCpuArray},
-    Pod,
-};
 use dataplane_common::{
-    maps::{
-        class_counter_index, names, ClassCounters, ForwardCounters, IfaceCounters, PolicerState,
-    },
-    policer::{backlog_ns, ns_to_ticks, Colour, COLOURS},
+    maps::{ClassCounters, IfaceCounters},
+    policer::{Colour, COLOURS},
     reason::Reason,
-    window::WindowState,
 };
 use prometheus_client::{
     collector::Collector,
@@ -59,8 +52,10 @@ use prometheus_client::{
 pub use crate::state::AttachMode;
 use crate::{
     config::{ClassSpec, Policy},
-    dataplane::{map_err, sum_over_cpus, Dataplane, DataplaneError},
+    dataplane::DataplaneError,
 };
+
+pub use crate::counters::CounterReader;
 
 /// Where `dataplane run` serves metrics unless told otherwise: loopback only, on a port
 /// outside the Prometheus exporter allocations (9100 and up, which are all taken) and below
@@ -160,117 +155,6 @@ pub struct Iface {
     pub attached: Option<AttachMode>,
 }
 
-/// Reads the counter maps through file descriptors of its own, so a scrape needs neither
-/// the [`Dataplane`] nor any lock its owner holds (a reload can run meanwhile).
-pub struct CounterReader {
-    policers: Array<MapData, PolicerState>,
-    classes: PerCpuArray<MapData, ClassCounters>,
-    ifaces: PerCpuArray<MapData, IfaceCounters>,
-    forwarded: PerCpuArray<MapData, ForwardCounters>,
-}
-
-impl CounterReader {
-    /// Opens the counter maps of `dp`.
-    pub fn new(dp: &Dataplane) -> Result<CounterReader, DataplaneError> {
-        let name = names::POLICERS;
-        let shared: Array<&MapData, PolicerState> =
-            Array::try_from(dp.map(name)?).map_err(map_err(name))?;
-        let id = shared.map().info().map_err(map_err(name))?.id();
-        let policers = Array::try_from(Map::Array(MapData::from_id(id).map_err(map_err(name))?))
-            .map_err(map_err(name))?;
-        Ok(CounterReader {
-            policers,
-            classes: own_handle(dp, names::CLASS_COUNTERS)?,
-            ifaces: own_handle(dp, names::IFACE_COUNTERS)?,
-            forwarded: own_handle(dp, names::FORWARD_COUNTERS)?,
-        })
-    }
-
-    /// Packets of class id `class` forwarded out of interface slot `egress_slot`.
-    pub fn forwarded_packets(&self, egress_slot: u32, class: u32) -> Result<u64, DataplaneError> {
-        Ok(sum_over_cpus(
-            &self.forwarded,
-            names::FORWARD_COUNTERS,
-            class_counter_index(egress_slot, class),
-            ForwardCounters::add,
-        )?
-        .packets)
-    }
-
-    /// Counters of class id `class` on interface slot `iface_slot`, summed over CPUs.
-    pub fn class_counters(
-        &self,
-        iface_slot: u32,
-        class: u32,
-    ) -> Result<ClassCounters, DataplaneError> {
-        sum_over_cpus(
-            &self.classes,
-            names::CLASS_COUNTERS,
-            class_counter_index(iface_slot, class),
-            ClassCounters::add,
-        )
-    }
-
-    /// The phantom backlog (seconds) of class id `class`: how far its enforcing bucket's
-    /// theoretical arrival time runs ahead of now (the committed bucket when the class has a
-    /// rate, else the peak one; 0 without either).
-    pub fn phantom_backlog(&self, class: u32, info: &ClassInfo) -> Result<f64, DataplaneError> {
-        let state = self
-            .policers
-            .get(&class, 0)
-            .map_err(map_err(names::POLICERS))?;
-        let tat = if info.rate_bytes_per_sec > 0 {
-            state.committed_tat
-        } else if info.ceil_bytes_per_sec.is_some() {
-            state.peak_tat
-        } else {
-            return Ok(0.0);
-        };
-        // The kernel's clock for the buckets is bpf_ktime_get_ns, i.e. CLOCK_MONOTONIC.
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes the timespec we pass.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-        let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
-        Ok(backlog_ns(tat, ns_to_ticks(now_ns)) as f64 / 1e9)
-    }
-
-    /// The TCP window control of class id `class`: the window it advertises to its flows (0
-    /// while none) and their measured round trip.
-    pub fn tcp_window(&self, class: u32) -> Result<WindowState, DataplaneError> {
-        let state = self
-            .policers
-            .get(&class, 0)
-            .map_err(map_err(names::POLICERS))?;
-        Ok(state.window)
-    }
-
-    /// Counters of interface slot `iface_slot`, summed over CPUs.
-    pub fn iface_counters(&self, iface_slot: u32) -> Result<IfaceCounters, DataplaneError> {
-        sum_over_cpus(
-            &self.ifaces,
-            names::IFACE_COUNTERS,
-            iface_slot,
-            IfaceCounters::add,
-        )
-    }
-}
-
-/// A second handle on map `name` of `dp` (same kernel map, new file descriptor).
-fn own_handle<V: Pod>(
-    dp: &Dataplane,
-    name: &'static str,
-) -> Result<PerCpuArray<MapData, V>, DataplaneError> {
-    // Checks the map's type and value size before the copy is opened.
-    let shared: PerCpuArray<&MapData, V> =
-        PerCpuArray::try_from(dp.map(name)?).map_err(map_err(name))?;
-    let id = shared.map().info().map_err(map_err(name))?.id();
-    let data = MapData::from_id(id).map_err(map_err(name))?;
-    PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err(name))
-}
-
 /// The configuration a scrape reports against: the classes in force with their kernel ids
 /// (stable across reloads, see [`crate::ids`]), the interfaces, generation and reloads.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -323,7 +207,7 @@ pub fn snapshot(
                     Ok(ClassSample {
                         counters: reader.class_counters(iface.slot, *class)?,
                         // Counted by egress interface: what left through this one.
-                        forwarded_packets: reader.forwarded_packets(iface.slot, *class)?,
+                        forwarded_packets: reader.forward_counters(iface.slot, *class)?.packets,
                     })
                 })
                 .collect::<Result<_, DataplaneError>>()?;
@@ -338,12 +222,21 @@ pub fn snapshot(
     let phantom_backlog_seconds = view
         .classes
         .iter()
-        .map(|(info, class)| reader.phantom_backlog(*class, info))
+        .map(|(info, class)| {
+            // The enforcing bucket: the committed one with a rate, else the peak one.
+            if info.rate_bytes_per_sec > 0 {
+                reader.phantom_backlog(*class, true)
+            } else if info.ceil_bytes_per_sec.is_some() {
+                reader.phantom_backlog(*class, false)
+            } else {
+                Ok(0.0)
+            }
+        })
         .collect::<Result<_, DataplaneError>>()?;
     let windows = view
         .classes
         .iter()
-        .map(|(_, class)| reader.tcp_window(*class))
+        .map(|(_, class)| reader.policer_state(*class).map(|s| s.window))
         .collect::<Result<Vec<_>, DataplaneError>>()?;
     Ok(MetricsSnapshot {
         generation: view.generation,
