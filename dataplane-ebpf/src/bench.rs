@@ -15,6 +15,8 @@
 #![no_std]
 #![no_main]
 
+mod runtime;
+
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
     bindings::xdp_action,
@@ -334,13 +336,3 @@ pub fn bench_clock_coarse(_ctx: XdpContext) -> u32 {
 pub fn bench_clock_boot(_ctx: XdpContext) -> u32 {
     read_clock(bpf_ktime_get_boot_ns)
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

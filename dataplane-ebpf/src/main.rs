@@ -14,6 +14,7 @@ mod log;
 mod maps;
 mod police;
 mod redirect;
+mod runtime;
 mod window;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -169,13 +170,3 @@ fn tcp_steps(
         Kind::Plain
     })
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

@@ -44,7 +44,7 @@ use dataplane_common::{
 };
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric},
     metrics::{counter::ConstCounter, gauge::ConstGauge, info::Info, MetricType},
     registry::Registry,
 };
@@ -346,6 +346,22 @@ const CLASS_COUNTERS: [ClassCounterDef; 10] = [
     ),
 ];
 
+/// A gauge family with one value per class (`values` in the order of `classes`).
+fn class_gauge<V: EncodeGaugeValue + Copy>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    classes: &[ClassInfo],
+    values: &[V],
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (class, value) in classes.iter().zip(values) {
+        let labels = [("class", class.name.as_str())];
+        ConstGauge::new(*value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 /// Colour label values, by [`Colour`] index.
 const COLOUR_LABELS: [(Colour, &str); COLOURS] = [
     (Colour::Green, "green"),
@@ -481,38 +497,27 @@ impl Collector for Exposition {
             }
         }
 
-        let mut family = encoder.encode_descriptor(
+        class_gauge(
+            &mut encoder,
             "dataplane_class_phantom_backlog_seconds",
             "Backlog of the class's enforcing bucket: how long a shaper at its rate would hold the next packet (0 within rate); the AQM signals while it stays above aqm_target.",
-            None,
-            MetricType::Gauge,
+            &s.classes,
+            &s.phantom_backlog_seconds,
         )?;
-        for (class, backlog) in s.classes.iter().zip(&s.phantom_backlog_seconds) {
-            let labels = [("class", class.name.as_str())];
-            ConstGauge::new(*backlog).encode(family.encode_family(&labels)?)?;
-        }
-
-        let mut family = encoder.encode_descriptor(
+        class_gauge(
+            &mut encoder,
             "dataplane_class_tcp_window_bytes",
             "The receive window the class's TCP window control advertises to its flows on their returning ACKs (0 while it narrows none).",
-            None,
-            MetricType::Gauge,
+            &s.classes,
+            &s.tcp_window_bytes,
         )?;
-        for (class, window) in s.classes.iter().zip(&s.tcp_window_bytes) {
-            let labels = [("class", class.name.as_str())];
-            ConstGauge::new(*window).encode(family.encode_family(&labels)?)?;
-        }
-
-        let mut family = encoder.encode_descriptor(
+        class_gauge(
+            &mut encoder,
             "dataplane_class_tcp_round_trip_seconds",
             "The round trip of the class's TCP connections as its window control measures it (SYN to first data at the gateway, averaged; 0 before one).",
-            None,
-            MetricType::Gauge,
+            &s.classes,
+            &s.tcp_round_trip_seconds,
         )?;
-        for (class, rtt) in s.classes.iter().zip(&s.tcp_round_trip_seconds) {
-            let labels = [("class", class.name.as_str())];
-            ConstGauge::new(*rtt).encode(family.encode_family(&labels)?)?;
-        }
 
         let mut family = encoder.encode_descriptor(
             "dataplane_xdp_attached",
