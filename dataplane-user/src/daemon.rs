@@ -32,6 +32,7 @@ use crate::{
     },
     netdev::XdpFeatures,
     pins::PinLayout,
+    routes::FollowError,
     state::{AttachMode, RunDir, State},
 };
 
@@ -953,7 +954,7 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
             _ = watch.tick() => {
                 let mut daemon = daemon.lock().await;
                 if routes.is_finished() {
-                    let again = daemon.dp.route_generation().map_err(anyhow::Error::from);
+                    let again = daemon.dp.route_generation().map_err(FollowError::Generation);
                     match again.and_then(|g| crate::routes::follow(g, links.clone())) {
                         Ok(task) => routes = task,
                         Err(e) => warn!("following routing changes again: {e:#}"),

@@ -8,13 +8,23 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use rtnetlink::{new_multicast_connection, MulticastGroup};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::dataplane::RouteGeneration;
+use crate::dataplane::{DataplaneError, RouteGeneration};
+
+/// Why following the routing announcements could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// The rtnetlink subscription failed.
+    #[error("subscribing to rtnetlink announcements: {0}")]
+    Subscribe(#[source] std::io::Error),
+    /// The route generation could not be moved on.
+    #[error("moving the route generation on: {0}")]
+    Generation(#[source] DataplaneError),
+}
 
 /// The announcements that can change what a route lookup answers.
 const GROUPS: [MulticastGroup; 9] = [
@@ -40,12 +50,10 @@ const LINK_MESSAGES: [u16; 2] = [16, 17];
 pub fn follow(
     mut generation: RouteGeneration,
     links: Arc<Notify>,
-) -> Result<tokio::task::JoinHandle<()>> {
+) -> Result<tokio::task::JoinHandle<()>, FollowError> {
     let (connection, _handle, mut messages) =
-        new_multicast_connection(&GROUPS).context("subscribing to rtnetlink announcements")?;
-    generation
-        .bump()
-        .context("moving the route generation on")?;
+        new_multicast_connection(&GROUPS).map_err(FollowError::Subscribe)?;
+    generation.bump().map_err(FollowError::Generation)?;
     let socket = tokio::spawn(connection);
     Ok(tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
