@@ -36,10 +36,17 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // ping through a loaded class (bench part 5); setpriv (util-linux) runs a CLI test as nobody.
     "iputils-ping",
     "util-linux",
+    // The Kubernetes manifests' offline schema check runs in a virtual environment of its own.
+    "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz, which drives the fuzz targets in `fuzz/` (libFuzzer, coverage-guided).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// Python tools the tests use, installed from PyPI into [`PYTHON_TOOLS`] (never into the
+/// system's Python): the Kubernetes schema validator of the manifests in deploy/kubernetes.
+const PYTHON_PACKAGES: &[&str] = &["kubernetes-validate==1.37.0"];
+/// The virtual environment of [`PYTHON_PACKAGES`] (the tests find its tools there).
+const PYTHON_TOOLS: &str = "/opt/dataplane-tools";
 /// Fuzz targets and what the test command's short run of each does (libFuzzer flags).
 const FUZZ_TARGETS: [(&str, &[&str]); 2] = [
     ("packet_parse", &["-runs=500000", "-max_len=512"]),
@@ -156,6 +163,18 @@ fn setup() -> Result<()> {
             .args(["install", "bpf-linker", "--locked", "--no-default-features"])
             .args(["--version", BPF_LINKER_VERSION, "--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    let pip = Path::new(PYTHON_TOOLS).join("bin/pip");
+    let frozen = Command::new(&pip).arg("freeze").output();
+    let have = frozen.map_or(String::new(), |o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if PYTHON_PACKAGES.iter().all(|p| have.lines().any(|l| l == *p)) {
+        eprintln!("Python tools in {PYTHON_TOOLS}: present");
+    } else {
+        eprintln!("Python tools in {PYTHON_TOOLS}: installing {}", PYTHON_PACKAGES.join(" "));
+        run(Command::new("/usr/bin/python3").args(["-m", "venv", PYTHON_TOOLS]))?;
+        run(Command::new(&pip)
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .args(PYTHON_PACKAGES))?;
     }
     let fuzz = Command::new("cargo").args(["fuzz", "--version"]).output();
     if fuzz.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION)) {
