@@ -67,12 +67,40 @@ impl Prometheus {
     /// and evaluates `rule_files`, and waits until it is ready. Panics with the server's
     /// log if it does not come up.
     pub fn start(targets: &[SocketAddr], rule_files: &[&Path]) -> Prometheus {
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        Prometheus::start_with(
+            &format!(
+                "  - job_name: dataplane\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+            rule_files,
+        )
+    }
+
+    /// Starts a server that federates `leaf`: it takes the leaf's series matching
+    /// `matchers` from its `/federate` endpoint, with their own labels (job, instance), and
+    /// evaluates `rule_files` on them, as a global server over per-site ones does.
+    pub fn federating(leaf: &Prometheus, matchers: &[&str], rule_files: &[&Path]) -> Prometheus {
+        let leaf_addr = leaf.base.trim_start_matches("http://");
+        let matchers: Vec<String> = matchers.iter().map(|m| format!("'{m}'")).collect();
+        Prometheus::start_with(
+            &format!(
+                "  - job_name: federate\n    honor_labels: true\n    metrics_path: /federate\n    \
+                 params:\n      'match[]': [{}]\n    static_configs:\n      - targets: ['{leaf_addr}']\n",
+                matchers.join(", ")
+            ),
+            rule_files,
+        )
+    }
+
+    /// Starts a server with `scrape_configs` (the YAML list's items) and `rule_files`.
+    fn start_with(scrape_configs: &str, rule_files: &[&Path]) -> Prometheus {
         let dir = tempfile::Builder::new()
             .prefix("dataplane-prometheus-")
             .tempdir()
             .expect("temporary directory for Prometheus");
         let config = dir.path().join("prometheus.yml");
-        fs::write(&config, config_yaml(targets, rule_files)).expect("write prometheus.yml");
+        fs::write(&config, config_yaml(scrape_configs, rule_files)).expect("write prometheus.yml");
         let log_path = dir.path().join("prometheus.log");
         let agent = agent();
         let mut log = String::new();
@@ -231,23 +259,20 @@ fn parse_sample(metric: &Value, value: &Value) -> Result<Sample, String> {
     Ok(Sample { labels, value })
 }
 
-fn config_yaml(targets: &[SocketAddr], rule_files: &[&Path]) -> String {
+fn config_yaml(scrape_configs: &str, rule_files: &[&Path]) -> String {
     let secs = SCRAPE_INTERVAL.as_secs();
-    let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
     let rules: Vec<String> = rule_files
         .iter()
         .map(|p| format!("  - '{}'\n", absolute(p).display()))
         .collect();
     format!(
         "global:\n  scrape_interval: {secs}s\n  scrape_timeout: {secs}s\n  \
-         evaluation_interval: {secs}s\nrule_files:\n{}scrape_configs:\n  - job_name: dataplane\n    \
-         static_configs:\n      - targets: [{}]\n",
+         evaluation_interval: {secs}s\nrule_files:\n{}scrape_configs:\n{scrape_configs}",
         if rules.is_empty() {
             "  []\n".to_owned()
         } else {
             rules.concat()
         },
-        targets.join(", ")
     )
 }
 

@@ -98,8 +98,11 @@ fn the_manifests_pass_the_kubernetes_schemas() {
     let broken = std::env::temp_dir().join(format!("dp-k8s-{}.yaml", std::process::id()));
     let yaml = std::fs::read_to_string(&path).expect("manifest");
     assert!(yaml.contains("hostNetwork: true"));
-    std::fs::write(&broken, yaml.replace("hostNetwork: true", "hostNetwork: \"yes\""))
-        .expect("write");
+    std::fs::write(
+        &broken,
+        yaml.replace("hostNetwork: true", "hostNetwork: \"yes\""),
+    )
+    .expect("write");
     let (ok, text) = validate(&broken);
     let _ = std::fs::remove_file(&broken);
     assert!(!ok, "a broken DaemonSet passed: {text}");
@@ -174,7 +177,10 @@ fn the_daemonset_runs_unprivileged_and_its_scrapers_find_it() {
         .map(|a| {
             a.as_str()
                 .expect("string")
-                .replace("$(DATAPLANE_IFACE)", config["data"]["iface"].as_str().expect("iface"))
+                .replace(
+                    "$(DATAPLANE_IFACE)",
+                    config["data"]["iface"].as_str().expect("iface"),
+                )
                 .replace("$(NODE_IP)", "198.18.0.1")
         })
         .collect();
@@ -218,11 +224,8 @@ impl ConfigMapVolume {
             version: 0,
         };
         volume.update(text);
-        std::os::unix::fs::symlink(
-            Path::new("..data").join(key),
-            volume.dir.join(&volume.key),
-        )
-        .expect("key symlink");
+        std::os::unix::fs::symlink(Path::new("..data").join(key), volume.dir.join(&volume.key))
+            .expect("key symlink");
         volume
     }
 
@@ -231,8 +234,12 @@ impl ConfigMapVolume {
     /// atomic step), then removes the old directory.
     fn update(&mut self, text: &str) {
         self.version += 1;
-        let old = self.dir.join(format!("..2026_11_30_00_00_0{}", self.version - 1));
-        let new = self.dir.join(format!("..2026_11_30_00_00_0{}", self.version));
+        let old = self
+            .dir
+            .join(format!("..2026_11_30_00_00_0{}", self.version - 1));
+        let new = self
+            .dir
+            .join(format!("..2026_11_30_00_00_0{}", self.version));
         std::fs::create_dir(&new).expect("data dir");
         std::fs::write(new.join(&self.key), text).expect("data");
         let tmp = self.dir.join("..data_tmp");
@@ -269,9 +276,11 @@ fn a_configmap_update_is_applied_once_and_a_bad_one_refused() {
     assert!(rate(&d).contains(" 8Mbit "), "{}", rate(&d));
 
     volume.update(&policy("16Mbit"));
-    eventually("the updated ConfigMap applied", Duration::from_secs(10), || {
-        generation(&d) > before
-    });
+    eventually(
+        "the updated ConfigMap applied",
+        Duration::from_secs(10),
+        || generation(&d) > before,
+    );
     // Several watch intervals (200 ms) later: applied once, not once per symlink step.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(generation(&d), before + 1, "applied once: {}", d.log());

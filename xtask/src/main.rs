@@ -166,11 +166,19 @@ fn setup() -> Result<()> {
     }
     let pip = Path::new(PYTHON_TOOLS).join("bin/pip");
     let frozen = Command::new(&pip).arg("freeze").output();
-    let have = frozen.map_or(String::new(), |o| String::from_utf8_lossy(&o.stdout).into_owned());
-    if PYTHON_PACKAGES.iter().all(|p| have.lines().any(|l| l == *p)) {
+    let have = frozen.map_or(String::new(), |o| {
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    });
+    if PYTHON_PACKAGES
+        .iter()
+        .all(|p| have.lines().any(|l| l == *p))
+    {
         eprintln!("Python tools in {PYTHON_TOOLS}: present");
     } else {
-        eprintln!("Python tools in {PYTHON_TOOLS}: installing {}", PYTHON_PACKAGES.join(" "));
+        eprintln!(
+            "Python tools in {PYTHON_TOOLS}: installing {}",
+            PYTHON_PACKAGES.join(" ")
+        );
         run(Command::new("/usr/bin/python3").args(["-m", "venv", PYTHON_TOOLS]))?;
         run(Command::new(&pip)
             .args(["install", "-q", "--disable-pip-version-check"])
