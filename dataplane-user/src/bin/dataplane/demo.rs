@@ -26,9 +26,12 @@ use dataplane::{
     dataplane::Dataplane,
     pins::{PinLayout, LAYOUT_VERSION},
     state::RunDir,
-    topology::{in_netns, Topology},
     units::{format_bytes, format_pps, format_rate, parse_rate},
     view::{rows, ClassRow, Running},
+};
+use dataplane_netns::{
+    in_netns,
+    topology::{Host, Topology},
 };
 
 /// The catalogue is written for a 100 Gbit/s gateway; the demo's veths carry Mbit/s.
@@ -121,7 +124,12 @@ pub fn run(options: &DemoOptions) -> Result<()> {
     let server = topology.server.clone();
     // The hosts' veths accept redirected frames only with an XDP program of their own.
     let mut pass = Dataplane::load().context("loading the XDP object for the hosts' veths")?;
-    topology.attach_pass_to_hosts(&mut pass, XdpMode::Driver)?;
+    for host in topology.hosts() {
+        in_netns(&host.netns, || {
+            pass.attach_pass(&host.iface, XdpMode::Driver)
+        })?
+        .with_context(|| format!("dataplane in namespace {}", host.netns))?;
+    }
     demo.pass = Some(pass);
 
     let policy_path = demo.dir.join("policy.toml");
@@ -343,7 +351,7 @@ struct Traffic {
 
 impl Traffic {
     fn start(
-        clients: &[dataplane::topology::Host],
+        clients: &[Host],
         server: Ipv4Addr,
         server_ns: &str,
         stop: &Arc<AtomicBool>,
