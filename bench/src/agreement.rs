@@ -1,13 +1,13 @@
 //! Host and kernel agreement: the same frames (every corpus frame truncated at every byte,
 //! mutations of the corpus, random bytes) through the host parser and first-match classifier
 //! and through the real program; verdict, class and reason must be identical
-//! (`dataplane_tests::differential`, also run on 100 000 frames by the test command).
+//! (`dataplane_lab::differential`, also run on 100 000 frames by the test command).
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use dataplane::{compile::CompiledPolicy, config::Policy, dataplane::Dataplane};
-use dataplane_tests::differential::{check, frames, POLICY};
+use dataplane_lab::differential::{check, frames, POLICY};
 use indicatif::ProgressBar;
 
 use crate::{

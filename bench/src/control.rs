@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use dataplane::{compile::CompiledPolicy, config::Policy, dataplane::Dataplane};
 use dataplane_common::{maps::names, FLOW_CACHE_ENTRIES, MAX_RULES};
-use dataplane_tests::{daemon::Daemon, frames::Frame, kernel::run_repeated, netns::VethNs};
+use dataplane_lab::{daemon::Daemon, frames::Frame, kernel::run_repeated, netns::VethNs};
 use indicatif::ProgressBar;
 
 use crate::{

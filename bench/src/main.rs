@@ -161,7 +161,7 @@ fn main() -> ExitCode {
 }
 
 fn benchmark(cli: &Cli) -> Result<()> {
-    dataplane_tests::kernel::require_root();
+    dataplane_lab::kernel::require_root();
     // The control-plane section runs the real daemon: the `dataplane` binary built next to
     // this one (cargo xtask bench and cargo xtask test build it), unless DATAPLANE_BIN says.
     if std::env::var_os("DATAPLANE_BIN").is_none() {

@@ -2,14 +2,13 @@
 //! and running code inside one.
 
 use std::{
-    fs::File,
     io::Write,
-    os::fd::AsRawFd,
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
 
 use anyhow::{bail, Context, Result};
+use dataplane_lab::netns::in_netns;
 
 /// Runs `ip`/`tc`/... and fails with its stderr.
 pub fn run(program: &str, args: &[&str]) -> Result<()> {
@@ -98,28 +97,9 @@ impl Netns {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Moves the calling thread into this namespace (only this thread: CLONE_NEWNET is
-    /// per thread).
-    pub fn enter(&self) -> Result<()> {
-        let path = format!("/run/netns/{}", self.name);
-        let f = File::open(&path).with_context(|| format!("open {path}"))?;
-        // SAFETY: a valid namespace fd; affects only the calling thread.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {path}: {}", std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
     /// Runs `f` on a thread inside this namespace.
     pub fn within<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                self.enter()?;
-                f()
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
-        })
+        in_netns(&self.name, f)?
     }
 }
 

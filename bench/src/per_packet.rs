@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use aya::programs::Xdp;
 use dataplane::{compile::CompiledPolicy, config::Policy, dataplane::Dataplane};
 use dataplane_common::policer::Colour;
-use dataplane_tests::{
+use dataplane_lab::{
     frames::Frame,
     kernel::{pin_to_cpu, run_repeated},
 };

@@ -10,7 +10,7 @@ use anyhow::{ensure, Result};
 use aya::programs::Xdp;
 use dataplane::dataplane::Dataplane;
 use dataplane_common::policer::Colour;
-use dataplane_tests::{
+use dataplane_lab::{
     frames::Frame,
     kernel::{load_policy, pin_to_cpu, run_repeated, run_until_stopped, SenderEnd},
 };

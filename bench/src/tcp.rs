@@ -3,13 +3,13 @@
 //! rates and stream counts, through (1) the kernel's HTB shaper at the class rate on kernel
 //! forwarding, (2) the dataplane as configured by default (TCP window control and
 //! retransmission repair), (3) the dataplane with `tcp_window = false` (repair only). Each
-//! run builds its own topology (`dataplane_tests::tcp`). A second sweep adds a realistic
+//! run builds its own topology (`dataplane_lab::tcp`). A second sweep adds a realistic
 //! round trip to the path and compares (1) with (2).
 
 use std::time::Duration;
 
 use anyhow::Result;
-use dataplane_tests::tcp::{tcp_through_class, Enforcer, TcpCase, TcpRun, MSS};
+use dataplane_lab::tcp::{tcp_through_class, Enforcer, TcpCase, TcpRun, MSS};
 use indicatif::ProgressBar;
 
 use crate::{
@@ -274,7 +274,7 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
         format!(
             "The longer round trip: this kernel has no netem, so a thread holds every packet \
              the server sends for {} ms (a TUN device in the server's namespace, sent on to the \
-             gateway through a packet socket; `dataplane_tests::delay`). Both enforcers see the \
+             gateway through a packet socket; `dataplane_lab::delay`). Both enforcers see the \
              same path.",
             ADDED_RTT.as_millis()
         ),

@@ -12,7 +12,7 @@ use dataplane::{
     config::Policy,
     dataplane::{ifindex, Dataplane},
 };
-use dataplane_tests::{frames::Frame, kernel::pin_to_cpu};
+use dataplane_lab::{frames::Frame, kernel::pin_to_cpu};
 use indicatif::ProgressBar;
 
 use crate::{

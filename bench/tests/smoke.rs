@@ -32,7 +32,7 @@ impl Drop for Scratch {
 
 #[test]
 fn smoke_run_writes_every_section_and_plot() {
-    dataplane_tests::kernel::require_root();
+    dataplane_lab::kernel::require_root();
     let dir =
         Scratch(std::env::temp_dir().join(format!("dataplane-bench-smoke-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);

@@ -1047,18 +1047,7 @@ async fn serve(
 /// `name` (as `ip netns` names it). Mounts are untouched, so the pins stay on the host's
 /// bpffs, unlike under `ip netns exec`.
 pub fn enter_netns(name: &str) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let path = std::path::Path::new("/run/netns").join(name);
-    let handle = std::fs::File::open(&path)
-        .with_context(|| format!("network namespace {name}: opening {}", path.display()))?;
-    // SAFETY: setns on an open namespace fd; it changes only this thread's network namespace.
-    if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "entering network namespace {name}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
+    Ok(dataplane_netns::enter(name)?)
 }
 
 #[cfg(test)]

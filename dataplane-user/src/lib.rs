@@ -16,6 +16,5 @@ pub mod netdev;
 pub mod pins;
 pub mod routes;
 pub mod state;
-pub mod topology;
 pub mod units;
 pub mod view;

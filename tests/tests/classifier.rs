@@ -19,7 +19,7 @@ use dataplane_common::{
     packet::{ipproto, parse, Family, PacketMeta},
     MAX_RULES, ROCEV2_UDP_PORT, ROCE_OPCODE_CNP,
 };
-use dataplane_tests::{
+use dataplane_lab::{
     frames::Frame,
     kernel::{load_policy, require_root, run_once},
     rng::Rng,

@@ -8,7 +8,7 @@ use std::{
 };
 
 use dataplane::pins::PinLayout;
-use dataplane_tests::{daemon::Daemon, netns::VethNs, traffic};
+use dataplane_lab::{daemon::Daemon, netns::VethNs, traffic};
 
 /// Traffic tests measure rates: on two cores they must not run at the same time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -70,7 +70,7 @@ fn running_daemon() -> (std::sync::MutexGuard<'static, ()>, VethNs, Daemon) {
 fn as_nobody(d: &Daemon, args: &[&str]) -> std::process::Output {
     std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(dataplane_tests::daemon::binary())
+        .arg(dataplane_lab::daemon::binary())
         .args(args)
         .arg("--run-dir")
         .arg(&d.run_dir)
@@ -550,7 +550,7 @@ fn a_real_prometheus_scrapes_the_daemon_and_sees_what_was_sent() {
     let (sent_limited, received_limited) = police_check(&net);
     let dropped = sent_limited - received_limited;
 
-    let prometheus = dataplane_tests::prometheus::Prometheus::start(&[metrics], &[]);
+    let prometheus = dataplane_lab::prometheus::Prometheus::start(&[metrics], &[]);
     let iface = &net.root_if;
     let value = |metric: &str, class: &str, want: u64| {
         let q = format!("{metric}{{iface=\"{iface}\",class=\"{class}\"}}");
@@ -744,7 +744,7 @@ fn a_closed_output_pipe_ends_a_command_quietly() {
     // SAFETY: as above; dropping the read end leaves a pipe nobody reads.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     drop(read);
-    let out = std::process::Command::new(dataplane_tests::daemon::binary())
+    let out = std::process::Command::new(dataplane_lab::daemon::binary())
         .args(["completions", "bash"])
         .stdout(write)
         .output()
@@ -881,7 +881,7 @@ fn a_renamed_interface_is_followed_by_name() {
             ["link", "set", to, "up", "", ""],
         ] {
             let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
-            dataplane_tests::netns::ip(&args);
+            dataplane_lab::netns::ip(&args);
         }
     };
     rename(&net.root_if, &renamed);
@@ -896,7 +896,7 @@ fn a_renamed_interface_is_followed_by_name() {
         "the program left the renamed device: {shown}"
     );
     rename(&renamed, &net.root_if);
-    dataplane_tests::netns::ip(&[
+    dataplane_lab::netns::ip(&[
         "addr",
         "replace",
         &format!("{}/24", net.root_addr),
@@ -1282,7 +1282,7 @@ fn a_change_that_cannot_be_saved_is_reported_as_in_force() {
 fn a_deleted_interface_is_reported_and_a_re_created_one_policed_again() {
     let (_serial, net, d) = daemon_on_events();
     let metrics = d.status_state_metrics_addr();
-    let agent = dataplane_tests::exporter::agent();
+    let agent = dataplane_lab::exporter::agent();
     let attached_series = |mode: &str, value: u8| {
         format!(
             "dataplane_xdp_attached{{iface=\"{}\",mode=\"{mode}\"}} {value}",
@@ -1291,7 +1291,7 @@ fn a_deleted_interface_is_reported_and_a_re_created_one_policed_again() {
     };
     let wait_for = |what: &str, ok: &dyn Fn() -> bool| wait_until(&d, what, ok);
     let scrape =
-        || dataplane_tests::exporter::get(&agent, &format!("http://{metrics}/metrics"), None).body;
+        || dataplane_lab::exporter::get(&agent, &format!("http://{metrics}/metrics"), None).body;
     let attached_ifindex = || {
         d.status()["interfaces"]
             .as_array()

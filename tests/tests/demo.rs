@@ -8,7 +8,7 @@ use std::{
 };
 
 use dataplane::units::parse_rate;
-use dataplane_tests::{daemon::binary, kernel::require_root};
+use dataplane_lab::{daemon::binary, kernel::require_root};
 
 /// Namespaces, pins and run directories of a demo process that has exited.
 fn leftovers(pid: u32) -> Vec<String> {

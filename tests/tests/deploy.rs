@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use dataplane_tests::daemon::binary;
+use dataplane_lab::daemon::binary;
 
 fn deploy(file: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

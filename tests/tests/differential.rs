@@ -1,7 +1,7 @@
 //! Host and kernel agree on at least 100 000 frames: verdict, class and reason
-//! (`dataplane_tests::differential`; the bench runs a million).
+//! (`dataplane_lab::differential`; the bench runs a million).
 
-use dataplane_tests::{
+use dataplane_lab::{
     differential::{check, frames, POLICY},
     kernel::load_policy,
 };

@@ -1,5 +1,5 @@
 //! Forwarding in XDP with real traffic: client → gateway → server in network namespaces
-//! (`dataplane::topology`), the dataplane attached natively on the gateway's veths.
+//! (`dataplane_lab::topology`), the dataplane attached natively on the gateway's veths.
 //!
 //! Forwarded flows must arrive intact with TTL / hop limit decremented while the gateway's
 //! kernel forwards none of their packets; the policy runs before forwarding (rates at the
@@ -20,16 +20,17 @@ use dataplane::{
     config::Policy,
     dataplane::{ifindex, Dataplane},
     forward::mac_address,
-    topology::{in_netns, netns_run, Topology},
 };
 use dataplane_common::{maps::ForwardCounters, reason::Reason};
-use dataplane_tests::{
+use dataplane_lab::{
     frames::{ipv4_header_checksum_ok, Frame},
     kernel::{pin_to_cpu, require_root},
     net::{
         icmp_error, kernel_forwarded, report_ip_fields, set_int_option, tcp_transfer,
         udp_send_paced, udp_socket, IperfServer,
     },
+    netns::{in_netns, netns_run},
+    topology::{AttachTopology, Topology},
 };
 
 /// Traffic tests share two CPUs: rates and costs are only meaningful one test at a time.
@@ -585,7 +586,7 @@ fn what_the_route_lookup_cannot_finish_goes_to_the_kernel() {
     const ICMP_DEST_UNREACH: u8 = 3;
     const ICMP_TIME_EXCEEDED: u8 = 11;
     const ICMPV6_TIME_EXCEEDED: u8 = 3;
-    let kind = |e: Option<dataplane_tests::net::IcmpError>| e.map(|e| e.kind);
+    let kind = |e: Option<dataplane_lab::net::IcmpError>| e.map(|e| e.kind);
     assert_eq!(
         kind(unreachable),
         Some(ICMP_DEST_UNREACH),

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use dataplane::{dataplane::EBPF_OBJECT, pins::PinLayout};
 use dataplane_common::maps::{class_counter_index, names, ClassCounters};
-use dataplane_tests::{
+use dataplane_lab::{
     frames::Frame,
     kernel::{require_root, run_once},
 };

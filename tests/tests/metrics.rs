@@ -23,7 +23,7 @@ use dataplane::{
     },
 };
 use dataplane_common::reason::Reason;
-use dataplane_tests::{
+use dataplane_lab::{
     exporter::{agent, get, Exporter},
     frames::{Frame, V4_DST, V4_SRC},
     kernel::{load_policy, run_once},

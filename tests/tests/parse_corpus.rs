@@ -1,4 +1,4 @@
-//! Runs the frame corpus (`dataplane_tests::frames::corpus`) through the parser, and
+//! Runs the frame corpus (`dataplane_lab::frames::corpus`) through the parser, and
 //! cross-checks the well-formed frames with an independent parser (etherparse).
 
 use std::collections::HashSet;
@@ -7,10 +7,10 @@ use dataplane_common::{
     packet::{parse, Family},
     reason::Reason,
 };
-use dataplane_tests::frames::{corpus, ipv4_header_checksum_ok, tos_of, Case, Expect};
+use dataplane_lab::frames::{corpus, ipv4_header_checksum_ok, tos_of, Case, Expect};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
-fn parsed(cases: &[Case]) -> impl Iterator<Item = (&Case, &dataplane_tests::frames::ExpectedMeta)> {
+fn parsed(cases: &[Case]) -> impl Iterator<Item = (&Case, &dataplane_lab::frames::ExpectedMeta)> {
     cases.iter().filter_map(|c| match &c.expect {
         Expect::Parsed(e) => Some((c, e)),
         Expect::Rejected(_) => None,

@@ -14,7 +14,7 @@ use std::{
 
 use dataplane::{compile::CompiledPolicy, dataplane::Dataplane};
 use dataplane_common::policer::{Colour, LeaseParams, TICKS_PER_NS};
-use dataplane_tests::{
+use dataplane_lab::{
     frames::Frame,
     kernel::{load_policy, pin_to_cpu, run_once, run_repeated, run_until_stopped, SenderEnd},
 };

@@ -13,13 +13,12 @@ use std::{
 };
 
 use aya::programs::XdpMode;
-use dataplane::{
-    compile::CompiledPolicy, config::Policy, dataplane::Dataplane, topology::Topology,
-};
+use dataplane::{compile::CompiledPolicy, config::Policy, dataplane::Dataplane};
 use dataplane_common::{ROCEV2_UDP_PORT, ROCE_OPCODE_CNP};
-use dataplane_tests::{
+use dataplane_lab::{
     kernel::require_root,
     net::{forwarding_interfaces, recv_datagram, report_ip_fields, set_int_option, udp_socket},
+    topology::{AttachTopology, Topology},
 };
 
 /// The class rate and ceiling, bytes per second (40 and 50 Mbit/s).

@@ -26,15 +26,12 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData};
-use dataplane::{
-    pins::PinLayout,
-    topology::{in_netns, netns_run},
-};
+use dataplane::pins::PinLayout;
 use dataplane_common::maps::names;
-use dataplane_tests::{
+use dataplane_lab::{
     daemon::Daemon,
     kernel::require_root,
-    netns::{ip, ip_quiet, remove_leftovers, PREFIX},
+    netns::{in_netns, ip, ip_quiet, netns_run, remove_leftovers, PREFIX},
 };
 
 /// Tests that send traffic share two CPUs: one at a time.

@@ -7,7 +7,7 @@
 //! And real Linux TCP (iperf3) through a class, against HTB on the same topology.
 
 use dataplane::dataplane::Dataplane;
-use dataplane_tests::{
+use dataplane_lab::{
     kernel::{load_policy, run_once},
     tcp::{tcp_through_class, Enforcer, TcpCase},
 };

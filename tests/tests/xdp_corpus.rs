@@ -11,7 +11,7 @@ use dataplane_common::{
     packet::Family,
     reason::Reason,
 };
-use dataplane_tests::{
+use dataplane_lab::{
     frames::{corpus, ipv4_header_checksum_ok, tos_of, Expect, ExpectedMeta},
     kernel::{load_policy, run_once, try_run_once},
 };
@@ -257,7 +257,7 @@ fn corpus_through_the_kernel() {
 
 #[test]
 fn packets_pass_unclassified_before_a_policy_is_applied() {
-    dataplane_tests::kernel::require_root();
+    dataplane_lab::kernel::require_root();
     let dp = Dataplane::load().expect("load");
     let prog = dp.program().expect("program");
     let case = corpus()

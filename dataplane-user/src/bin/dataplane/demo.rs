@@ -5,13 +5,12 @@
 //! per-class table, prints a summary, and removes everything on exit and on Ctrl-C.
 
 use std::{
-    io::{IsTerminal, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
+    io::{IsTerminal, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
     thread::JoinHandle,
@@ -26,9 +25,14 @@ use dataplane::{
     dataplane::Dataplane,
     pins::{PinLayout, LAYOUT_VERSION},
     state::RunDir,
-    topology::{in_netns, Topology},
     units::{format_bytes, format_pps, format_rate, parse_rate},
     view::{rows, ClassRow, Running},
+};
+use dataplane_common::{ROCEV2_UDP_PORT, ROCE_OPCODE_CNP};
+use dataplane_netns::{
+    in_netns,
+    topology::{Host, Topology},
+    traffic::{pace, roce_bth, tcp_rpcs, tcp_serve, tcp_stream, udp_socket_with_tos, Rpc},
 };
 
 /// The catalogue is written for a 100 Gbit/s gateway; the demo's veths carry Mbit/s.
@@ -43,8 +47,6 @@ const ROCE_BITS_PER_SEC: u64 = 100_000_000;
 const ROCE_PAYLOAD: usize = 1024;
 /// CNPs per second (congestion notifications back to the senders).
 const CNP_PPS: u64 = 200;
-/// IANA port of RoCEv2.
-const ROCE_PORT: u16 = 4791;
 /// torch.distributed's default MASTER_PORT (collectives over TCP).
 const COLLECTIVE_PORT: u16 = 29500;
 /// Triton's gRPC port (inference RPCs).
@@ -52,12 +54,14 @@ const INFERENCE_PORT: u16 = 8001;
 /// NFS (storage bulk flow).
 const STORAGE_PORT: u16 = 2049;
 /// Inference request and response sizes.
-const RPC_REQUEST: usize = 1024;
-const RPC_RESPONSE: usize = 16 * 1024;
+const INFERENCE_RPC: Rpc = Rpc {
+    request: 1024,
+    response: 16 * 1024,
+};
 /// ECT(0) in the IP TOS byte: RoCE traffic is ECN-capable (DCQCN).
 const TOS_ECT0: libc::c_int = 0x02;
-/// Socket timeouts, so every loop sees the stop flag within this.
-const IO_TIMEOUT: Duration = Duration::from_millis(200);
+/// How often the RoCE senders catch up with their rate.
+const PACING_TICK: Duration = Duration::from_micros(500);
 
 /// Options of `dataplane demo`.
 pub struct DemoOptions {
@@ -121,7 +125,12 @@ pub fn run(options: &DemoOptions) -> Result<()> {
     let server = topology.server.clone();
     // The hosts' veths accept redirected frames only with an XDP program of their own.
     let mut pass = Dataplane::load().context("loading the XDP object for the hosts' veths")?;
-    topology.attach_pass_to_hosts(&mut pass, XdpMode::Driver)?;
+    for host in topology.hosts() {
+        in_netns(&host.netns, || {
+            pass.attach_pass(&host.iface, XdpMode::Driver)
+        })?
+        .with_context(|| format!("dataplane in namespace {}", host.netns))?;
+    }
     demo.pass = Some(pass);
 
     let policy_path = demo.dir.join("policy.toml");
@@ -343,7 +352,7 @@ struct Traffic {
 
 impl Traffic {
     fn start(
-        clients: &[dataplane::topology::Host],
+        clients: &[Host],
         server: Ipv4Addr,
         server_ns: &str,
         stop: &Arc<AtomicBool>,
@@ -356,7 +365,10 @@ impl Traffic {
             let stop = stop.clone();
             threads.push((
                 "server",
-                std::thread::spawn(move || serve(listener, port == INFERENCE_PORT, &stop)),
+                std::thread::spawn(move || {
+                    let answer = (port == INFERENCE_PORT).then_some(INFERENCE_RPC);
+                    tcp_serve(listener, answer, &stop)
+                }),
             ));
         }
         let to = move |port| SocketAddr::V4(SocketAddrV4::new(server, port));
@@ -376,29 +388,38 @@ impl Traffic {
         );
         threads.push((
             "RoCEv2 packets",
-            spawn(c0, Box::new(move || roce(to(ROCE_PORT), &s1, deadline))),
+            spawn(
+                c0,
+                Box::new(move || roce(to(ROCEV2_UDP_PORT), &s1, deadline)),
+            ),
         ));
         threads.push((
             "CNPs",
-            spawn(c1, Box::new(move || cnp(to(ROCE_PORT), &s2, deadline))),
+            spawn(
+                c1,
+                Box::new(move || cnp(to(ROCEV2_UDP_PORT), &s2, deadline)),
+            ),
         ));
         threads.push((
             "collective bytes",
             spawn(
                 c0,
-                Box::new(move || stream(to(COLLECTIVE_PORT), &s3, deadline)),
+                Box::new(move || tcp_stream(to(COLLECTIVE_PORT), &s3, deadline)),
             ),
         ));
         threads.push((
             "storage bytes",
             spawn(
                 c1,
-                Box::new(move || stream(to(STORAGE_PORT), &s4, deadline)),
+                Box::new(move || tcp_stream(to(STORAGE_PORT), &s4, deadline)),
             ),
         ));
         threads.push((
             "inference RPCs",
-            spawn(c1, Box::new(move || rpc(to(INFERENCE_PORT), &s5, deadline))),
+            spawn(
+                c1,
+                Box::new(move || tcp_rpcs(to(INFERENCE_PORT), INFERENCE_RPC, &s5, deadline)),
+            ),
         ));
         Ok(Traffic { threads })
     }
@@ -415,197 +436,38 @@ impl Traffic {
     }
 }
 
-fn running(stop: &AtomicBool, deadline: Instant) -> bool {
-    !stop.load(Ordering::Relaxed) && Instant::now() < deadline
-}
-
-/// A RoCEv2 Base Transport Header (IBA 9.2): opcode, flags, P_Key, destination QP, PSN.
-fn bth(opcode: u8, psn: u32) -> [u8; 12] {
-    let qp: u32 = 0x00_00_11;
-    [
-        opcode,
-        0x40, // migration state set, pad 0, transport version 0
-        0xff,
-        0xff, // default P_Key
-        0,
-        (qp >> 16) as u8,
-        (qp >> 8) as u8,
-        qp as u8,
-        0x80, // ack requested
-        (psn >> 16) as u8,
-        (psn >> 8) as u8,
-        psn as u8,
-    ]
-}
-
-/// RC RDMA WRITE ONLY.
-const OPCODE_RDMA_WRITE_ONLY: u8 = 0x0a;
-/// Congestion Notification Packet.
-const OPCODE_CNP: u8 = 0x81;
-
-fn udp_socket(tos: libc::c_int) -> Option<UdpSocket> {
-    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
-    // SAFETY: setsockopt with a valid fd and an int value.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_TOS,
-            (&tos as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-    Some(socket)
-}
-
-/// Paced UDP: `build(n)` is datagram n; sends `pps` per second until stopped.
-fn paced(
-    socket: &UdpSocket,
+/// Paced RoCEv2 datagrams from an ECN-capable socket until stopped or the deadline.
+fn paced_roce(
     to: SocketAddr,
     pps: u64,
     stop: &AtomicBool,
     deadline: Instant,
-    mut build: impl FnMut(u64) -> Vec<u8>,
+    datagram: impl FnMut(u64, &mut Vec<u8>),
 ) -> u64 {
-    let start = Instant::now();
-    let mut sent = 0;
-    while running(stop, deadline) {
-        let due = (start.elapsed().as_secs_f64() * pps as f64) as u64;
-        while sent < due {
-            if socket.send_to(&build(sent), to).is_err() {
-                break;
-            }
-            sent += 1;
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    sent
-}
-
-fn roce(to: SocketAddr, stop: &AtomicBool, deadline: Instant) -> u64 {
-    let Some(socket) = udp_socket(TOS_ECT0) else {
+    let Some(socket) = udp_socket_with_tos(TOS_ECT0) else {
         return 0;
     };
+    let running = |_| !stop.load(Ordering::Relaxed) && Instant::now() < deadline;
+    pace(&socket, to, pps, PACING_TICK, u64::MAX, running, datagram)
+}
+
+/// RC RDMA WRITE ONLY.
+const OPCODE_RDMA_WRITE_ONLY: u8 = 0x0a;
+
+fn roce(to: SocketAddr, stop: &AtomicBool, deadline: Instant) -> u64 {
     let frame_bits = ((12 + ROCE_PAYLOAD + 4 + 42) * 8) as u64;
     let pps = ROCE_BITS_PER_SEC / frame_bits;
-    paced(&socket, to, pps, stop, deadline, |n| {
-        let mut d = bth(OPCODE_RDMA_WRITE_ONLY, n as u32).to_vec();
+    paced_roce(to, pps, stop, deadline, |n, d| {
+        d.clear();
+        d.extend_from_slice(&roce_bth(OPCODE_RDMA_WRITE_ONLY, n as u32));
         d.resize(12 + ROCE_PAYLOAD + 4, 0x5a); // payload and ICRC
-        d
     })
 }
 
 fn cnp(to: SocketAddr, stop: &AtomicBool, deadline: Instant) -> u64 {
-    let Some(socket) = udp_socket(TOS_ECT0) else {
-        return 0;
-    };
-    paced(&socket, to, CNP_PPS, stop, deadline, |n| {
-        let mut d = bth(OPCODE_CNP, n as u32).to_vec();
+    paced_roce(to, CNP_PPS, stop, deadline, |n, d| {
+        d.clear();
+        d.extend_from_slice(&roce_bth(ROCE_OPCODE_CNP, n as u32));
         d.resize(12 + 16 + 4, 0); // reserved bytes and ICRC
-        d
     })
-}
-
-fn connect(to: SocketAddr) -> Option<TcpStream> {
-    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
-    s.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
-    Some(s)
-}
-
-/// A bulk TCP stream (collectives, storage): as fast as the class lets it.
-fn stream(to: SocketAddr, stop: &AtomicBool, deadline: Instant) -> u64 {
-    let Some(mut s) = connect(to) else {
-        return 0;
-    };
-    let chunk = vec![0x5au8; 64 * 1024];
-    let mut sent = 0;
-    while running(stop, deadline) {
-        match s.write(&chunk) {
-            Ok(n) => sent += n as u64,
-            Err(e) if is_timeout(&e) => {}
-            Err(_) => break,
-        }
-    }
-    sent
-}
-
-/// Inference RPCs: a small request, a larger response, one at a time.
-fn rpc(to: SocketAddr, stop: &AtomicBool, deadline: Instant) -> u64 {
-    let Some(mut s) = connect(to) else {
-        return 0;
-    };
-    let request = vec![1u8; RPC_REQUEST];
-    let mut response = vec![0u8; RPC_RESPONSE];
-    let mut done = 0;
-    'rpcs: while running(stop, deadline) {
-        if s.write_all(&request).is_err() {
-            break;
-        }
-        let mut got = 0;
-        while got < RPC_RESPONSE {
-            match s.read(&mut response[got..]) {
-                Ok(0) => break 'rpcs,
-                Ok(n) => got += n,
-                Err(e) if is_timeout(&e) && running(stop, deadline) => {}
-                Err(_) => break 'rpcs,
-            }
-        }
-        done += 1;
-    }
-    done
-}
-
-fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-    )
-}
-
-/// Accepts connections until stopped: discards what arrives, or (RPC) answers each request.
-fn serve(listener: TcpListener, rpc: bool, stop: &Arc<AtomicBool>) -> u64 {
-    if listener.set_nonblocking(true).is_err() {
-        return 0;
-    }
-    let received = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut s, _)) => {
-                let (stop, received) = (stop.clone(), received.clone());
-                workers.push(std::thread::spawn(move || {
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-                    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let answer = vec![2u8; RPC_RESPONSE];
-                    let mut pending = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        match s.read(&mut buf) {
-                            Ok(0) => break,
-                            Ok(n) => {
-                                received.fetch_add(n as u64, Ordering::Relaxed);
-                                pending += n;
-                                while rpc && pending >= RPC_REQUEST {
-                                    pending -= RPC_REQUEST;
-                                    if s.write_all(&answer).is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                            Err(e) if is_timeout(&e) => {}
-                            Err(_) => break,
-                        }
-                    }
-                }));
-            }
-            Err(e) if is_timeout(&e) => std::thread::sleep(Duration::from_millis(20)),
-            Err(_) => break,
-        }
-    }
-    for w in workers {
-        let _ = w.join();
-    }
-    received.load(Ordering::Relaxed)
 }

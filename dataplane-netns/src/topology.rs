@@ -17,27 +17,19 @@
 //! a test panics; [`remove_stale`] deletes those of processes that no longer run.
 //!
 //! The dataplane is attached on the gateway's interfaces from inside the gateway namespace
-//! ([`Topology::attach`]): XDP attach and interface names resolve in the calling thread's
+//! (the lab's `AttachTopology`): XDP attach and interface names resolve in the calling thread's
 //! namespace, so [`in_netns`] runs a closure on a thread that entered it.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::programs::XdpMode;
-
-use crate::{
-    config::Policy,
-    dataplane::{Dataplane, DataplaneError},
-};
+use crate::{in_netns, netns_run, run, NetnsError, NETNS_DIR};
 
 /// First part of every namespace name this module creates.
 pub const NETNS_TAG: &str = "dpt";
-/// Where `ip netns` keeps its namespace handles.
-const NETNS_DIR: &str = "/run/netns";
 /// Longest interface name (IFNAMSIZ less the NUL).
 const MAX_IFACE_NAME: usize = 15;
 /// Most clients: client subnets are 198.18.1.0/24 ..= 198.18.<MAX_CLIENTS>.0/24 and interface
@@ -47,51 +39,15 @@ pub const MAX_CLIENTS: usize = 9;
 /// Instances created by this process, for unique names.
 static INSTANCES: AtomicU32 = AtomicU32::new(0);
 
-/// What can go wrong while building or using a topology.
+/// What can go wrong while building a topology.
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
-    /// A command could not be started.
-    #[error("`{command}` could not start: {source}")]
-    Spawn {
-        /// The command line.
-        command: String,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// A command failed.
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// Its exit status.
-        status: std::process::ExitStatus,
-        /// What it wrote to stderr.
-        stderr: String,
-    },
-    /// Entering a namespace or writing one of its sysctls failed.
-    #[error("network namespace {netns}: {what}: {source}")]
-    Netns {
-        /// The namespace.
-        netns: String,
-        /// The step that failed.
-        what: String,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// A thread running inside a namespace panicked.
-    #[error("the thread inside network namespace {0} panicked")]
-    ThreadPanicked(String),
+    /// A command, or a step inside a namespace, failed.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     /// Too many or too few clients asked for.
     #[error("{0} clients asked for, 1..={MAX_CLIENTS} supported")]
     Clients(usize),
-    /// Attaching or registering the dataplane failed.
-    #[error("dataplane in namespace {netns}: {source}")]
-    Dataplane {
-        /// The namespace.
-        netns: String,
-        /// The cause (boxed: the loader's errors carry a verifier log).
-        source: Box<DataplaneError>,
-    },
 }
 
 /// One end host: its namespace, its interface and addresses, and the gateway's side of the
@@ -211,7 +167,8 @@ impl Topology {
                 ("net/ipv6/conf/all/accept_dad", "0"),
                 ("net/ipv6/conf/default/accept_dad", "0"),
             ],
-        )
+        )?;
+        Ok(())
     }
 
     /// The veth pair between `host` and the gateway, addresses and routes.
@@ -283,51 +240,6 @@ impl Topology {
     pub fn gateway_ifaces(&self) -> Vec<String> {
         self.hosts().map(|h| h.gateway_iface.clone()).collect()
     }
-
-    /// Registers the policy's interfaces and the gateway's with `dp` and attaches it to every
-    /// gateway interface, from inside the gateway namespace, and attaches the pass-everything
-    /// program to the hosts' interfaces (a veth accepts redirected frames only with an XDP
-    /// program on the receiving end). Returns the policy's interfaces missing here.
-    pub fn attach(
-        &self,
-        dp: &mut Dataplane,
-        policy: &Policy,
-        mode: XdpMode,
-    ) -> Result<Vec<String>, TopologyError> {
-        let ifaces = self.gateway_ifaces();
-        let in_gateway = |source| TopologyError::Dataplane {
-            netns: self.gateway.clone(),
-            source: Box::new(source),
-        };
-        let missing = in_netns(&self.gateway, || -> Result<_, DataplaneError> {
-            let missing = dp.register_interfaces(policy, &ifaces)?;
-            for iface in &ifaces {
-                dp.attach(iface, mode)?;
-            }
-            Ok(missing)
-        })?
-        .map_err(in_gateway)?;
-        self.attach_pass_to_hosts(dp, mode)?;
-        Ok(missing)
-    }
-
-    /// Attaches `dp`'s pass-everything program to every host's interface, so the veths accept
-    /// frames the gateway redirects to them (for as long as `dp` lives).
-    pub fn attach_pass_to_hosts(
-        &self,
-        dp: &mut Dataplane,
-        mode: XdpMode,
-    ) -> Result<(), TopologyError> {
-        for host in self.hosts() {
-            in_netns(&host.netns, || dp.attach_pass(&host.iface, mode))?.map_err(|source| {
-                TopologyError::Dataplane {
-                    netns: host.netns.clone(),
-                    source: Box::new(source),
-                }
-            })?;
-        }
-        Ok(())
-    }
 }
 
 impl Drop for Topology {
@@ -340,67 +252,12 @@ impl Drop for Topology {
     }
 }
 
-/// `cmd args...` inside network namespace `netns` (`ip netns exec`), ready to run or spawn.
-/// Note that `ip netns exec` mounts a /sys of the namespace for the command.
-pub fn netns_command(netns: &str, program: &str) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns, program]);
-    cmd
-}
-
-/// Runs `program args...` in `netns` and returns its stdout; an error names the command and
-/// carries its stderr.
-pub fn netns_run(netns: &str, program: &str, args: &[&str]) -> Result<String, TopologyError> {
-    run(netns_command(netns, program).args(args))
-}
-
-/// Runs a command to completion; its stdout, or an error with the command line and stderr.
-pub fn run(cmd: &mut Command) -> Result<String, TopologyError> {
-    let command = format!("{cmd:?}").replace('"', "");
-    let out = cmd.output().map_err(|source| TopologyError::Spawn {
-        command: command.clone(),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(TopologyError::Command {
-            command,
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs `f` on a new thread that entered network namespace `netns`, and returns its result.
-/// Sockets created there stay in that namespace after the thread ends; XDP attach, interface
-/// names and `/proc/thread-self/net` resolve there while it runs.
-pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> Result<T, TopologyError> {
-    let err = |what: &str, source| TopologyError::Netns {
-        netns: netns.to_string(),
-        what: what.to_string(),
-        source,
-    };
-    let handle = std::fs::File::open(std::path::Path::new(NETNS_DIR).join(netns))
-        .map_err(|e| err("opening its handle", e))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on an open namespace fd; it only changes this thread's namespace.
-            if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(err("setns", std::io::Error::last_os_error()));
-            }
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| TopologyError::ThreadPanicked(netns.to_string()))?
-    })
-}
-
 /// Writes `net/...` sysctls of `netns` (paths under /proc/sys, which resolve per thread).
-fn sysctls(netns: &str, settings: &[(&str, &str)]) -> Result<(), TopologyError> {
+fn sysctls(netns: &str, settings: &[(&str, &str)]) -> Result<(), NetnsError> {
     in_netns(netns, || {
         for (key, value) in settings {
             let path = format!("/proc/sys/{key}");
-            std::fs::write(&path, value).map_err(|source| TopologyError::Netns {
+            std::fs::write(&path, value).map_err(|source| NetnsError::Netns {
                 netns: netns.to_string(),
                 what: format!("writing {value} to {path}"),
                 source,
@@ -412,7 +269,7 @@ fn sysctls(netns: &str, settings: &[(&str, &str)]) -> Result<(), TopologyError> 
 
 /// Deletes namespaces (and so their veths) of topologies whose process no longer runs;
 /// returns their names.
-pub fn remove_stale() -> Result<Vec<String>, TopologyError> {
+pub fn remove_stale() -> Result<Vec<String>, NetnsError> {
     let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
         return Ok(Vec::new()); // no namespaces at all
     };

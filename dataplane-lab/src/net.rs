@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane::topology::{in_netns, netns_command};
+use crate::netns::{in_netns, netns_command};
 
 /// Runs `f` inside `netns`, for sockets that must live there.
 fn inside<T: Send>(netns: &str, f: impl FnOnce() -> std::io::Result<T> + Send) -> T {
@@ -462,7 +462,7 @@ impl Drop for IperfServer {
 
 /// The `[[interface]]` tables that make the dataplane forward on every gateway interface of
 /// `topo`.
-pub fn forwarding_interfaces(topo: &dataplane::topology::Topology) -> String {
+pub fn forwarding_interfaces(topo: &crate::topology::Topology) -> String {
     topo.gateway_ifaces()
         .iter()
         .map(|i| format!("[[interface]]\nname = \"{i}\"\nforward = true\n"))

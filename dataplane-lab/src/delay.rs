@@ -18,8 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::{
+    netns::{in_netns, netns_run},
+    topology::Topology,
+};
 use anyhow::{bail, Context, Result};
-use dataplane::topology::{in_netns, netns_run, Topology};
 
 /// The TUN device's name, in the server's own namespace (unique with it).
 const TUN_NAME: &str = "delay0";

@@ -1,5 +1,5 @@
 //! Cost of one Prometheus scrape with 64 classes on 8 interfaces over a real loaded
-//! dataplane. Run as root: `cargo bench -p dataplane-tests --bench scrape`.
+//! dataplane. Run as root: `cargo bench -p dataplane-bench --bench scrape`.
 //!
 //! Method: every figure is the median (and min–max) of `ROUNDS` scrapes after `WARMUP`
 //! unmeasured ones: reading and summing the per-CPU counters (`snapshot`), encoding them
@@ -16,7 +16,7 @@ use dataplane::{
     dataplane::Dataplane,
     metrics::{encode, snapshot, ConfigView, CounterReader, Format, Iface, Reloads},
 };
-use dataplane_tests::{
+use dataplane_lab::{
     exporter::{agent, get, Exporter},
     kernel::require_root,
 };

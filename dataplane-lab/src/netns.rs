@@ -1,6 +1,7 @@
-//! A network namespace joined to the root namespace by a veth pair, for tests that run the
-//! daemon (which attaches in the root namespace, where the pins live) against real traffic
-//! sent from inside the namespace. Names are unique per process and test; everything is
+//! Network namespaces: the plumbing of `dataplane_netns` (re-exported), and a namespace
+//! joined to the root namespace by a veth pair, for tests that run the daemon (which attaches
+//! in the root namespace, where the pins live) against real traffic sent from inside the
+//! namespace. Names are unique per process and test; everything is
 //! removed on drop, and leftovers of crashed runs (dead pids) are removed first.
 
 use std::{
@@ -9,7 +10,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use dataplane::topology::in_netns;
+pub use dataplane_netns::{in_netns, netns_command, netns_run};
 
 /// Prefix of every name this module creates: `dn<pid>x<n>`.
 pub const PREFIX: &str = "dn";

@@ -5,15 +5,15 @@
 
 use std::{process::Stdio, sync::atomic::Ordering, time::Duration};
 
-use crate::{delay::ReturnDelay, net::forwarding_interfaces};
+use crate::{
+    delay::ReturnDelay,
+    net::forwarding_interfaces,
+    netns::{netns_command, netns_run},
+    topology::{AttachTopology, Topology},
+};
 use anyhow::{bail, Context, Result};
 use aya::programs::XdpMode;
-use dataplane::{
-    compile::CompiledPolicy,
-    config::Policy,
-    dataplane::Dataplane,
-    topology::{netns_command, netns_run, Topology},
-};
+use dataplane::{compile::CompiledPolicy, config::Policy, dataplane::Dataplane};
 use dataplane_common::window::WindowState;
 
 /// Payload of a full segment on a 1500-byte MTU with timestamps.
