@@ -1,7 +1,7 @@
 //! Property tests of `packet::parse`: it never panics, it returns exactly the fields of any
 //! well-formed frame, and it never accepts a frame cut short before the end of its L4 header.
 //!
-//! The frame builder here is deliberately tiny and separate from `dataplane-tests`' one
+//! The frame builder here is deliberately tiny and separate from `dataplane-lab`'s one
 //! (which depends on this crate).
 
 use dataplane_common::{

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use dataplane_tests::{daemon::Daemon, netns::VethNs, prometheus::Prometheus, traffic};
+use dataplane_lab::{daemon::Daemon, netns::VethNs, prometheus::Prometheus, traffic};
 
 fn deploy(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

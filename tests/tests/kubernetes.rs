@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_tests::{
+use dataplane_lab::{
     daemon::{binary, Daemon},
     netns::VethNs,
 };
