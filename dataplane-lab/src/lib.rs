@@ -8,6 +8,7 @@
 pub mod daemon;
 pub mod delay;
 pub mod differential;
+pub mod etcd;
 pub mod exporter;
 pub mod frames;
 pub mod kernel;

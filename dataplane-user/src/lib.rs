@@ -8,6 +8,7 @@ pub mod counters;
 pub mod daemon;
 pub mod dataplane;
 pub mod edit;
+pub mod fleet;
 pub mod forward;
 pub mod ids;
 pub mod kernel_log;

@@ -38,6 +38,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     // The Kubernetes manifests' offline schema check runs in a virtual environment of its own.
     "python3-venv",
+    // A fleet's policy and gateway reports live in etcd (the tests run a 3-member cluster on
+    // loopback); the etcd client crate compiles etcd's protobuf definitions with protoc.
+    "etcd-server",
+    "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz, which drives the fuzz targets in `fuzz/` (libFuzzer, coverage-guided).
