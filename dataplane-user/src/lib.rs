@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod detach;
 pub mod edit;
 pub mod forward;
 pub mod ids;
