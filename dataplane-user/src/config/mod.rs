@@ -28,8 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use error::parse_error;
 pub use error::ConfigError;
-use schema::PolicyFile;
+use schema::PolicyText;
+pub use schema::{ActionName, ClassText, RuleText, Scalar};
 use validate::Validator;
+pub use validate::ValueError;
 use write::{Writer, WRITER_ORIGIN};
 
 /// Class unmatched traffic falls into when `default_class` is not set.
@@ -209,7 +211,7 @@ pub struct InterfaceSpec {
 impl Policy {
     /// Parses and validates policy text; `origin` names it in errors (usually the file name).
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Policy, ConfigError> {
-        let file: PolicyFile = toml::from_str(text).map_err(|e| parse_error(origin, text, &e))?;
+        let file: PolicyText = toml::from_str(text).map_err(|e| parse_error(origin, text, &e))?;
         Validator { origin }.policy(&file)
     }
 

@@ -1,6 +1,7 @@
-//! The policy file's schema: what serde reads and writes, before validation.
+//! The policy file's schema: what serde reads and writes, before validation. A class and a
+//! rule are spelled the same way in the file, in runtime changes and on the command line.
 
-use std::fmt;
+use std::{convert::Infallible, fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +10,7 @@ use super::FlowCache;
 /// The policy file.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct PolicyFile {
+pub(super) struct PolicyText {
     /// Name of the class unmatched traffic gets. Default: the class named "default", which
     /// must then exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -17,13 +18,13 @@ pub(super) struct PolicyFile {
     /// Interfaces with a link budget or options. Default: none (rules may still name
     /// interfaces; those are added without a budget).
     #[serde(default, rename = "interface", skip_serializing_if = "Vec::is_empty")]
-    pub(super) interfaces: Vec<InterfaceFile>,
+    pub(super) interfaces: Vec<InterfaceText>,
     /// Traffic classes; at least one is required.
     #[serde(default, rename = "class")]
-    pub(super) classes: Vec<ClassFile>,
+    pub(super) classes: Vec<ClassText>,
     /// Classification rules, first match wins. Default: none (all traffic is default).
     #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
-    pub(super) rules: Vec<RuleFile>,
+    pub(super) rules: Vec<RuleText>,
     /// Cache each flow's class: "auto" (default; on for more than 256 rules, address
     /// prefixes, a policing class or a forwarding interface), "on" or "off".
     #[serde(default)]
@@ -33,7 +34,7 @@ pub(super) struct PolicyFile {
 /// An `[[interface]]` table.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct InterfaceFile {
+pub(super) struct InterfaceText {
     /// Kernel interface name, 1 to 15 characters, unique.
     pub(super) name: String,
     /// Link budget shared by all classes by priority ("100Gbit"). Default: none.
@@ -49,100 +50,136 @@ pub(super) struct InterfaceFile {
     pub(super) forward: bool,
 }
 
-/// A `[[class]]` table.
-#[derive(Debug, Deserialize, Serialize)]
+/// A class as the policy file spells it: a `[[class]]` table, the change `dataplane class
+/// set` sends (keys left out keep their value) and that command's options. The defaults
+/// below are what a file's class without the key gets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(deny_unknown_fields)]
-pub(super) struct ClassFile {
+pub struct ClassText {
     /// Unique name, 1 to 32 of `A-Z a-z 0-9 _ -`.
-    pub(super) name: String,
+    pub name: String,
     /// Strict priority on the link budget, 0 (lowest) to 7. Default: 0.
-    #[serde(default)]
-    pub(super) priority: i64,
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
     /// Committed rate ("40Gbit"). Default: none, no packet is green.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) rate: Option<Scalar>,
+    pub rate: Option<Scalar>,
     /// Peak rate ("50Gbit"), at least `rate`. Default: unlimited, no packet is red.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) ceil: Option<Scalar>,
+    pub ceil: Option<Scalar>,
     /// Committed burst ("4MiB"), at least 1514 bytes. Default: 10 ms of `rate`, at least
     /// 64 KiB.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) burst: Option<Scalar>,
+    pub burst: Option<Scalar>,
     /// Peak burst, at least 1514 bytes. Default: the larger of `burst` and 10 ms of `ceil`
     /// (at least 64 KiB).
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) ceil_burst: Option<Scalar>,
+    pub ceil_burst: Option<Scalar>,
     /// DSCP (0 to 63) written on green packets. Default: none, DSCP is kept.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) dscp: Option<i64>,
-    /// Action for yellow packets. Default: "pass".
-    #[serde(default = "default_exceed")]
-    pub(super) exceed: ActionName,
-    /// Action for red packets. Default: "drop".
-    #[serde(default = "default_violate")]
-    pub(super) violate: ActionName,
+    pub dscp: Option<i64>,
+    /// Action for yellow packets (above the rate). Default: pass.
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exceed: Option<ActionName>,
+    /// Action for red packets (above the ceil). Default: drop.
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violate: Option<ActionName>,
     /// DSCP (0 to 63) written by the "remark" action; required exactly when `exceed` or
     /// `violate` is "remark". Default: none.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) remark_dscp: Option<i64>,
+    pub remark_dscp: Option<i64>,
     /// Early congestion signals (CE, or a sparse drop for packets that are not ECN-capable)
     /// on the phantom queue of the bucket whose overflow is dropped or marked. Default: false.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) aqm: Option<bool>,
+    pub aqm: Option<bool>,
     /// Phantom sojourn above which packets are signalled ("1ms"). Default: 1 ms, or a quarter
     /// of the burst's time at the enforcing rate if that is less.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) aqm_target: Option<String>,
+    pub aqm_target: Option<String>,
     /// Least time between two signals ("1ms"). Default: 1 ms.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) aqm_interval: Option<String>,
+    pub aqm_interval: Option<String>,
     /// Narrow the receive windows of the class's TCP flows on their returning ACKs so they
     /// slow down before the policer drops. Default: true on a class with a bucket whose
     /// overflow is dropped or marked.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) tcp_window: Option<bool>,
+    pub tcp_window: Option<bool>,
 }
 
-/// A `[[rule]]` table. Every key but `class` is optional; an absent key matches anything.
-#[derive(Debug, Deserialize, Serialize)]
+/// Priority of a class that sets none.
+pub(super) const DEFAULT_PRIORITY: i64 = 0;
+/// Action for yellow packets of a class that sets none.
+pub(super) const DEFAULT_EXCEED: ActionName = ActionName::Pass;
+/// Action for red packets of a class that sets none.
+pub(super) const DEFAULT_VIOLATE: ActionName = ActionName::Drop;
+
+/// A rule as the policy file spells it: a `[[rule]]` table, the rule `dataplane rule add`
+/// sends and that command's options. Every key but `class` is optional; an absent key
+/// matches anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(deny_unknown_fields)]
-pub(super) struct RuleFile {
+pub struct RuleText {
     /// Name of the class matching packets get.
-    pub(super) class: String,
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub class: String,
     /// Source prefix, IPv4 or IPv6 ("198.18.0.0/15"); a bare address is a host prefix.
     /// Default: any.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) src: Option<String>,
+    pub src: Option<String>,
     /// Destination prefix, same family as `src`. Default: any.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) dst: Option<String>,
+    pub dst: Option<String>,
     /// IP protocol: "tcp", "udp", "icmp", "icmpv6" or a number 0 to 255. Default: any.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) protocol: Option<Scalar>,
+    pub protocol: Option<Scalar>,
     /// Source port (4791) or range ("8000-8002"); only tcp and udp have ports.
     /// Default: any (packets without ports match too).
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) src_port: Option<Scalar>,
+    pub src_port: Option<Scalar>,
     /// Destination port or range, like `src_port`. Default: any.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) dst_port: Option<Scalar>,
+    pub dst_port: Option<Scalar>,
     /// DSCP, 0 to 63. Default: any.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) dscp: Option<i64>,
+    pub dscp: Option<i64>,
     /// Ingress interface name; added to the interfaces when not listed. Default: any.
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) iface: Option<String>,
+    pub iface: Option<String>,
     /// RoCEv2 BTH opcode: "cnp", "rc", "uc", "rd", "ud", a number (129, "0x81") or a range
     /// ("0x00-0x1f"); only UDP to port 4791 has one. Default: any (packets without one match
     /// too).
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) roce_opcode: Option<Scalar>,
+    pub roce_opcode: Option<Scalar>,
 }
 
-/// An action name in a class.
+/// What a class does with the packets of one colour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
-pub(super) enum ActionName {
+pub enum ActionName {
     /// Pass unchanged.
     Pass,
     /// Drop.
@@ -153,19 +190,9 @@ pub(super) enum ActionName {
     Remark,
 }
 
-/// Default of `exceed`.
-const fn default_exceed() -> ActionName {
-    ActionName::Pass
-}
-
-/// Default of `violate`.
-const fn default_violate() -> ActionName {
-    ActionName::Drop
-}
-
 /// A value that may be written as an integer or a string (ports, sizes, protocols, opcodes).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Scalar {
+pub enum Scalar {
     /// A TOML integer.
     Int(i64),
     /// A TOML string.
@@ -211,5 +238,26 @@ impl fmt::Display for Scalar {
             Scalar::Int(i) => write!(f, "{i}"),
             Scalar::Str(s) => write!(f, "\"{s}\""),
         }
+    }
+}
+
+impl Scalar {
+    /// The value as written, without quotes.
+    pub fn text(&self) -> String {
+        match self {
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Str(s) => s.clone(),
+        }
+    }
+}
+
+/// Reads a value given on the command line as the file would hold it: integers stay integers
+/// ("4791" is a port number), anything else is a string.
+impl FromStr for Scalar {
+    type Err = Infallible;
+
+    fn from_str(s: &str) -> Result<Scalar, Infallible> {
+        Ok(s.parse()
+            .map_or_else(|_| Scalar::Str(s.to_string()), Scalar::Int))
     }
 }

@@ -13,7 +13,10 @@ use dataplane_common::{
 use super::{
     burst_time_ns, default_burst, enforcing_bucket,
     error::is_bare_key_char,
-    schema::{ActionName, ClassFile, InterfaceFile, PolicyFile, RuleFile, Scalar},
+    schema::{
+        ActionName, ClassText, InterfaceText, PolicyText, RuleText, Scalar, DEFAULT_EXCEED,
+        DEFAULT_PRIORITY, DEFAULT_VIOLATE,
+    },
     values::{
         parse_prefix, parse_protocol, parse_range, parse_roce_opcode, protocol_name, MAX_PORT,
     },
@@ -21,7 +24,7 @@ use super::{
     DEFAULT_AQM_TARGET_NS, DEFAULT_CLASS_NAME, MAX_CLASS_NAME_LEN, MAX_DSCP, MAX_IFACE_NAME_LEN,
     MAX_POLICY_IFACES, MAX_PRIORITY, MIN_BURST_BYTES,
 };
-use crate::units::{self, RATE_HELP};
+use crate::units::{self, UnitError, RATE_HELP};
 
 /// Checks a parsed file and builds the policy; knows the origin for errors.
 pub(super) struct Validator<'a> {
@@ -52,7 +55,7 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn policy(&self, file: &PolicyFile) -> Result<Policy, ConfigError> {
+    pub(super) fn policy(&self, file: &PolicyText) -> Result<Policy, ConfigError> {
         if file.classes.is_empty() {
             return Err(self.err(
                 "class",
@@ -151,7 +154,7 @@ impl Validator<'_> {
         })
     }
 
-    fn interface(&self, i: usize, f: &InterfaceFile) -> Result<InterfaceSpec, ConfigError> {
+    fn interface(&self, i: usize, f: &InterfaceText) -> Result<InterfaceSpec, ConfigError> {
         self.iface_name(&iface_field(i, "name"), &f.name)?;
         let rate = f
             .link_rate
@@ -170,7 +173,7 @@ impl Validator<'_> {
         })
     }
 
-    fn class(&self, i: usize, f: &ClassFile) -> Result<ClassSpec, ConfigError> {
+    fn class(&self, i: usize, f: &ClassText) -> Result<ClassSpec, ConfigError> {
         let name_ok = !f.name.is_empty()
             && f.name.len() <= MAX_CLASS_NAME_LEN
             && f.name.chars().all(is_bare_key_char);
@@ -183,13 +186,14 @@ impl Validator<'_> {
                 ),
             ));
         }
-        let priority = u8::try_from(f.priority)
+        let priority = f.priority.unwrap_or(DEFAULT_PRIORITY);
+        let priority = u8::try_from(priority)
             .ok()
             .filter(|p| *p <= MAX_PRIORITY)
             .ok_or_else(|| {
                 self.err(
                     class_field(i, "priority"),
-                    format!("{} is out of range 0..={MAX_PRIORITY}", f.priority),
+                    format!("{priority} is out of range 0..={MAX_PRIORITY}"),
                 )
             })?;
         let rate = f
@@ -227,12 +231,14 @@ impl Validator<'_> {
             Some(d) => ColourAction::remark(self.dscp(&class_field(i, "dscp"), d)?),
             None => ColourAction::PASS,
         };
-        let remark_used = f.exceed == ActionName::Remark || f.violate == ActionName::Remark;
+        let exceed_name = f.exceed.unwrap_or(DEFAULT_EXCEED);
+        let violate_name = f.violate.unwrap_or(DEFAULT_VIOLATE);
+        let remark_used = exceed_name == ActionName::Remark || violate_name == ActionName::Remark;
         let remark_dscp = match (f.remark_dscp, remark_used) {
             (Some(d), true) => Some(self.dscp(&class_field(i, "remark_dscp"), d)?),
             (None, false) => None,
             (None, true) => {
-                let which = if f.exceed == ActionName::Remark {
+                let which = if exceed_name == ActionName::Remark {
                     "exceed"
                 } else {
                     "violate"
@@ -255,7 +261,7 @@ impl Validator<'_> {
             ActionName::Ecn => ColourAction::ECN,
             ActionName::Remark => ColourAction::remark(remark_dscp.unwrap_or(KEEP_DSCP)),
         };
-        let (exceed, violate) = (action(f.exceed), action(f.violate));
+        let (exceed, violate) = (action(exceed_name), action(violate_name));
         let enforcing = enforcing_bucket(rate, burst, ceil, ceil_burst, exceed, violate);
         let aqm = self.aqm(i, f, enforcing)?;
         if f.tcp_window == Some(true) && enforcing.is_none() {
@@ -285,7 +291,7 @@ impl Validator<'_> {
     fn aqm(
         &self,
         i: usize,
-        f: &ClassFile,
+        f: &ClassText,
         enforcing: Option<(u64, u64)>,
     ) -> Result<Option<AqmSpec>, ConfigError> {
         if f.aqm != Some(true) {
@@ -340,7 +346,7 @@ impl Validator<'_> {
     fn rule(
         &self,
         i: usize,
-        f: &RuleFile,
+        f: &RuleText,
         class_ids: &HashMap<&str, u32>,
         interfaces: &mut Vec<InterfaceSpec>,
     ) -> Result<RuleSpec, ConfigError> {
@@ -541,6 +547,51 @@ impl Validator<'_> {
             .ok()
             .filter(|d| *d <= MAX_DSCP)
             .ok_or_else(|| self.err(field, format!("{v} is out of range 0..={MAX_DSCP}")))
+    }
+}
+
+/// A value that is wrong whatever the rest of the policy says.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} = {value:?}: {reason}")]
+pub struct ValueError {
+    /// The key (`ceil_burst`).
+    pub key: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// What is wrong and what would be accepted.
+    pub reason: UnitError,
+}
+
+impl ClassText {
+    /// Checks the rates, sizes and durations on their own, so that a change with a typo is
+    /// refused before it is sent; the validator checks them again with the rest of the policy.
+    pub fn check_units(&self) -> Result<(), ValueError> {
+        type Parser = fn(&str) -> Result<u64, UnitError>;
+        let text = |v: &Option<Scalar>| v.as_ref().map(Scalar::text);
+        let values: [(&'static str, Option<String>, Parser); 6] = [
+            ("rate", text(&self.rate), units::parse_rate),
+            ("ceil", text(&self.ceil), units::parse_rate),
+            ("burst", text(&self.burst), units::parse_size),
+            ("ceil_burst", text(&self.ceil_burst), units::parse_size),
+            (
+                "aqm_target",
+                self.aqm_target.clone(),
+                units::parse_duration_ns,
+            ),
+            (
+                "aqm_interval",
+                self.aqm_interval.clone(),
+                units::parse_duration_ns,
+            ),
+        ];
+        for (key, value, parse) in values {
+            if let Some(value) = value {
+                if let Err(reason) = parse(&value) {
+                    return Err(ValueError { key, value, reason });
+                }
+            }
+        }
+        Ok(())
     }
 }
 

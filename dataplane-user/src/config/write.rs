@@ -7,7 +7,7 @@ use dataplane_common::{
 
 use super::{
     enforcing_bucket,
-    schema::{ActionName, ClassFile, InterfaceFile, PolicyFile, RuleFile, Scalar},
+    schema::{ActionName, ClassText, InterfaceText, PolicyText, RuleText, Scalar},
     validate::{class_field, rule_field},
     values::{prefix_string, protocol_name, PROTOCOL_NAMES, ROCE_OPCODE_NAMES},
     ClassSpec, ConfigError, Policy,
@@ -51,7 +51,7 @@ impl Writer<'_> {
         }
     }
 
-    pub(super) fn policy(&self) -> Result<PolicyFile, ConfigError> {
+    pub(super) fn policy(&self) -> Result<PolicyText, ConfigError> {
         let p = self.policy;
         let default = usize::try_from(p.default_class)
             .ok()
@@ -60,7 +60,7 @@ impl Writer<'_> {
         let interfaces = p
             .interfaces
             .iter()
-            .map(|s| InterfaceFile {
+            .map(|s| InterfaceText {
                 name: s.name.clone(),
                 link_rate: s.link_rate_bytes_per_sec.map(exact_rate),
                 link_burst: Some(exact_size(s.link_burst_bytes)),
@@ -79,7 +79,7 @@ impl Writer<'_> {
             .enumerate()
             .map(|(i, r)| self.rule(i, r))
             .collect::<Result<_, _>>()?;
-        Ok(PolicyFile {
+        Ok(PolicyText {
             default_class: Some(default.name.clone()),
             interfaces,
             classes,
@@ -88,7 +88,7 @@ impl Writer<'_> {
         })
     }
 
-    fn class(&self, i: usize, c: &ClassSpec) -> Result<ClassFile, ConfigError> {
+    fn class(&self, i: usize, c: &ClassSpec) -> Result<ClassText, ConfigError> {
         let dscp = match c.conform {
             ColourAction::PASS => None,
             a if a.verdict == Verdict::Pass as u8 => Some(i64::from(a.dscp)),
@@ -110,16 +110,16 @@ impl Writer<'_> {
             }
             (a, b) => a.or(b).map(i64::from),
         };
-        Ok(ClassFile {
+        Ok(ClassText {
             name: c.name.clone(),
-            priority: i64::from(c.priority),
+            priority: Some(i64::from(c.priority)),
             rate: (c.rate_bytes_per_sec > 0).then(|| exact_rate(c.rate_bytes_per_sec)),
             ceil: c.ceil_bytes_per_sec.map(exact_rate),
             burst: Some(exact_size(c.burst_bytes)),
             ceil_burst: Some(exact_size(c.ceil_burst_bytes)),
             dscp,
-            exceed,
-            violate,
+            exceed: Some(exceed),
+            violate: Some(violate),
             remark_dscp,
             aqm: c.aqm.map(|_| true),
             aqm_target: c.aqm.map(|a| units::format_duration_ns(a.target_ns)),
@@ -154,7 +154,7 @@ impl Writer<'_> {
         }
     }
 
-    fn rule(&self, i: usize, r: &RuleSpec) -> Result<RuleFile, ConfigError> {
+    fn rule(&self, i: usize, r: &RuleSpec) -> Result<RuleText, ConfigError> {
         let p = self.policy;
         let class = usize::try_from(r.class)
             .ok()
@@ -209,7 +209,7 @@ impl Writer<'_> {
                     None => Scalar::Str(format!("{:#04x}-{:#04x}", range.lo, range.hi)),
                 },
             );
-        Ok(RuleFile {
+        Ok(RuleText {
             class: class.name.clone(),
             src: r.src.as_ref().map(prefix_string),
             dst: r.dst.as_ref().map(prefix_string),
