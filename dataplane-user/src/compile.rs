@@ -297,7 +297,7 @@ fn polices(class: &ClassSpec) -> bool {
 /// With `flow_cache = "auto"`, cache when the rules span more words than this (measured: a
 /// cache hit, 32 ns, costs as much as classifying against 10 port rules and less than against
 /// 1000, 51 ns; the margin covers the extra cost of a cache miss).
-const AUTO_CACHE_MIN_WORDS: u32 = 4;
+pub const AUTO_CACHE_MIN_WORDS: u32 = 4;
 
 impl CompiledPolicy {
     /// The policy slot's flags: the flow cache, and window control where a class has it

@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::edit::{ClassChange, RuleText};
+use crate::config::{ClassText, RuleText};
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,7 +22,7 @@ pub enum Request {
     /// Change a class.
     SetClass {
         /// The change.
-        change: ClassChange,
+        change: ClassText,
         /// Write the changed policy back to the config file.
         save: bool,
     },

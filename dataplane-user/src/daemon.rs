@@ -25,6 +25,7 @@ use crate::{
     config::{read_policy_text, Policy},
     control::{Failure, Request, Response, MAX_REQUEST_BYTES, REQUEST_TIMEOUT},
     dataplane::Dataplane,
+    detach::{self, DetachError},
     edit,
     kernel_log::{self, KernelLogLevel},
     metrics::{
@@ -42,7 +43,8 @@ pub const DEFAULT_POLICY: &str = include_str!("../../config/default.toml");
 pub const BUILT_IN: &str = "built-in config/default.toml";
 
 /// How to attach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum ModeChoice {
     /// Driver (native) XDP; fail if the driver lacks it.
     Native,
@@ -792,9 +794,8 @@ impl Daemon {
                 }
             },
             Request::Detach { ifaces } if ifaces.is_empty() => {
-                match self.cfg.layout.remove_version(crate::pins::LAYOUT_VERSION) {
+                match detach::remove_all(&self.cfg.layout, &self.cfg.run) {
                     Ok(_) => {
-                        self.cfg.run.clear();
                         self.exit = true;
                         info!("detached from every interface and removed the pins; exiting");
                         self.ok("detached; dataplane removed".into())
@@ -804,18 +805,16 @@ impl Daemon {
             }
             Request::Detach { ifaces } => {
                 for iface in &ifaces {
-                    match self.cfg.layout.unpin_link(iface) {
-                        Ok(true) => {
-                            self.state.attached.remove(iface);
-                            self.state.ifindexes.remove(iface);
+                    match detach::detach_link(&self.cfg.layout, Some(&mut self.state), iface) {
+                        Ok(()) => {
                             self.wanted.remove(iface);
                             info!(%iface, "detached");
                         }
-                        Ok(false) => {
-                            return ApplyError::Rejected(format!("{iface} is not attached"))
+                        Err(e @ DetachError::NotAttached(_)) => {
+                            return ApplyError::Rejected(e.to_string())
                                 .response(self.state.generation)
                         }
-                        Err(e) => {
+                        Err(e @ DetachError::Pins(_)) => {
                             return ApplyError::Failed(e.to_string())
                                 .response(self.state.generation)
                         }

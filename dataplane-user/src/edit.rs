@@ -3,59 +3,10 @@
 //! comments and layout when a change is saved back, and sends every change through the same
 //! validator as a file, so a change is accepted exactly when the file it produces would be.
 
-use serde::{Deserialize, Serialize};
-use toml_edit::{value, ArrayOfTables, DocumentMut, Item, Table, Value};
+use serde::Serialize;
+use toml_edit::{ArrayOfTables, DocumentMut, Item, Table};
 
-use crate::config::{ConfigError, Policy};
-
-/// One change to a class; unset fields keep their value. Values are written as the policy
-/// file spells them ("40Gbit", "4MiB", "ecn").
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClassChange {
-    /// Class to change.
-    pub name: String,
-    /// Committed rate.
-    pub rate: Option<String>,
-    /// Peak rate.
-    pub ceil: Option<String>,
-    /// Committed burst.
-    pub burst: Option<String>,
-    /// Peak burst.
-    pub ceil_burst: Option<String>,
-    /// Priority, 0 to 7.
-    pub priority: Option<i64>,
-    /// Action on yellow.
-    pub exceed: Option<String>,
-    /// Action on red.
-    pub violate: Option<String>,
-    /// DSCP written on green packets.
-    pub dscp: Option<i64>,
-    /// DSCP written by "remark".
-    pub remark_dscp: Option<i64>,
-}
-
-/// A rule as the policy file spells it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleText {
-    /// Class name.
-    pub class: String,
-    /// Source prefix.
-    pub src: Option<String>,
-    /// Destination prefix.
-    pub dst: Option<String>,
-    /// Protocol name or number.
-    pub protocol: Option<String>,
-    /// Source port or range.
-    pub src_port: Option<String>,
-    /// Destination port or range.
-    pub dst_port: Option<String>,
-    /// DSCP.
-    pub dscp: Option<i64>,
-    /// Ingress interface.
-    pub iface: Option<String>,
-    /// RoCEv2 opcode name, number or range.
-    pub roce_opcode: Option<String>,
-}
+use crate::config::{ClassText, ConfigError, Policy, RuleText};
 
 /// What went wrong with an edit.
 #[derive(Debug, thiserror::Error)]
@@ -85,21 +36,23 @@ fn validated(doc: DocumentMut) -> Result<(String, Policy), EditError> {
     Ok((text, policy))
 }
 
-/// A scalar written the way the file would: integers stay integers ("4791" -> 4791) so that
-/// ports and numbers read back as numbers; anything else is a string.
-fn scalar(s: &str) -> Value {
-    match s.parse::<i64>() {
-        Ok(n) => Value::from(n),
-        Err(_) => Value::from(s),
+/// The keys `text` sets, as the policy file spells them, in field order.
+fn keys<T: Serialize>(text: &T) -> Result<Table, EditError> {
+    let doc = toml_edit::ser::to_document(text).map_err(|e| EditError::Document(e.to_string()))?;
+    let mut table = Table::new();
+    for (key, item) in doc.iter() {
+        table.insert(key, item.clone());
     }
+    Ok(table)
 }
 
 fn array_of_tables<'a>(doc: &'a mut DocumentMut, key: &str) -> Option<&'a mut ArrayOfTables> {
     doc.get_mut(key).and_then(Item::as_array_of_tables_mut)
 }
 
-/// Applies `change` to the policy `text`; returns the new text and its validated policy.
-pub fn set_class(text: &str, change: &ClassChange) -> Result<(String, Policy), EditError> {
+/// Applies `change` to the policy `text` (keys it leaves out keep their value); returns the
+/// new text and its validated policy.
+pub fn set_class(text: &str, change: &ClassText) -> Result<(String, Policy), EditError> {
     let mut doc = document(text)?;
     let classes = array_of_tables(&mut doc, "class")
         .ok_or_else(|| EditError::NotFound("the policy has no classes".into()))?;
@@ -107,28 +60,11 @@ pub fn set_class(text: &str, change: &ClassChange) -> Result<(String, Policy), E
         .iter_mut()
         .find(|t| t.get("name").and_then(Item::as_str) == Some(change.name.as_str()))
         .ok_or_else(|| EditError::NotFound(format!("no class named {:?}", change.name)))?;
-    let strings = [
-        ("rate", &change.rate),
-        ("ceil", &change.ceil),
-        ("burst", &change.burst),
-        ("ceil_burst", &change.ceil_burst),
-        ("exceed", &change.exceed),
-        ("violate", &change.violate),
-    ];
-    for (key, v) in strings {
-        if let Some(v) = v {
-            table[key] = value(scalar(v));
-        }
-    }
-    let numbers = [
-        ("priority", change.priority),
-        ("dscp", change.dscp),
-        ("remark_dscp", change.remark_dscp),
-    ];
-    for (key, v) in numbers {
-        if let Some(v) = v {
-            table[key] = value(v);
-        }
+    let mut changes = keys(change)?;
+    // The name finds the class; written again it would lose the comment beside it.
+    changes.remove("name");
+    for (key, item) in changes.iter() {
+        table[key] = item.clone();
     }
     validated(doc)
 }
@@ -140,30 +76,7 @@ pub fn add_rule(
     position: Option<usize>,
 ) -> Result<(String, Policy), EditError> {
     let mut doc = document(text)?;
-    let mut table = Table::new();
-    table["class"] = value(rule.class.as_str());
-    let strings = [
-        ("src", &rule.src),
-        ("dst", &rule.dst),
-        ("protocol", &rule.protocol),
-        ("src_port", &rule.src_port),
-        ("dst_port", &rule.dst_port),
-        ("iface", &rule.iface),
-        ("roce_opcode", &rule.roce_opcode),
-    ];
-    for (key, v) in strings {
-        if let Some(v) = v {
-            let v = if key == "src" || key == "dst" || key == "iface" {
-                Value::from(v.as_str())
-            } else {
-                scalar(v)
-            };
-            table[key] = value(v);
-        }
-    }
-    if let Some(d) = rule.dscp {
-        table["dscp"] = value(d);
-    }
+    let table = keys(rule)?;
     if doc.get("rule").is_none() {
         doc["rule"] = Item::ArrayOfTables(ArrayOfTables::new());
     }
@@ -214,6 +127,7 @@ pub fn delete_rule(text: &str, index: usize) -> Result<(String, Policy), EditErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Scalar;
 
     const TEXT: &str = r#"# operator comment
 default_class = "default"
@@ -233,11 +147,11 @@ dst_port = 4791
 
     #[test]
     fn class_change_keeps_comments_and_validates() {
-        let change = ClassChange {
+        let change = ClassText {
             name: "rdma".into(),
-            rate: Some("2Gbit".into()),
+            rate: Some(Scalar::Str("2Gbit".into())),
             priority: Some(6),
-            ..ClassChange::default()
+            ..ClassText::default()
         };
         let (text, policy) = set_class(TEXT, &change).expect("valid change");
         assert!(text.contains("# operator comment") && text.contains("# inline comment"));
@@ -248,25 +162,25 @@ dst_port = 4791
 
     #[test]
     fn invalid_changes_name_the_field_and_change_nothing() {
-        let bad = ClassChange {
+        let bad = ClassText {
             name: "rdma".into(),
-            rate: Some("fast".into()),
-            ..ClassChange::default()
+            rate: Some(Scalar::Str("fast".into())),
+            ..ClassText::default()
         };
         let err = set_class(TEXT, &bad).expect_err("bad rate").to_string();
         assert!(err.contains("class[1].rate"), "{err}");
-        let missing = ClassChange {
+        let missing = ClassText {
             name: "nope".into(),
-            ..ClassChange::default()
+            ..ClassText::default()
         };
         let err = set_class(TEXT, &missing).expect_err("no class").to_string();
         assert!(err.contains("no class named \"nope\""), "{err}");
         let err = set_class(
             TEXT,
-            &ClassChange {
+            &ClassText {
                 name: "rdma".into(),
                 priority: Some(9),
-                ..ClassChange::default()
+                ..ClassText::default()
             },
         )
         .expect_err("priority 9")
@@ -278,8 +192,8 @@ dst_port = 4791
     fn rules_are_added_in_place_and_deleted_by_index() {
         let rule = RuleText {
             class: "default".into(),
-            protocol: Some("tcp".into()),
-            dst_port: Some("29500".into()),
+            protocol: Some(Scalar::Str("tcp".into())),
+            dst_port: Some(Scalar::Int(29500)),
             ..RuleText::default()
         };
         let (text, policy) = add_rule(TEXT, &rule, Some(0)).expect("add");

@@ -7,6 +7,7 @@ pub mod control;
 pub mod counters;
 pub mod daemon;
 pub mod dataplane;
+pub mod detach;
 pub mod edit;
 pub mod fleet;
 pub mod forward;

@@ -1,0 +1,97 @@
+//! `dataplane status`.
+
+use anyhow::Result;
+use dataplane::view::{Running, Status};
+
+use super::Failed;
+use crate::{args::Paths, output::print_json};
+
+pub fn execute(paths: &Paths, json: bool) -> Result<(), Failed> {
+    let running = Running::open(&paths.layout(), &paths.run())?;
+    print(&running.status()?, json)?;
+    Ok(())
+}
+
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s:02}s"),
+        (0, _, _) => format!("{h}h{m:02}m"),
+        _ => format!("{d}d{h:02}h"),
+    }
+}
+
+fn print(s: &Status, json: bool) -> Result<()> {
+    if json {
+        return print_json(s);
+    }
+    println!(
+        "dataplane: layout v{} at {}, program id {} (pass program {}), up {}",
+        s.layout,
+        s.pin_root,
+        s.program_id,
+        s.pass_program_id,
+        s.dataplane_uptime_secs.map_or("?".into(), duration)
+    );
+    println!(
+        "policy:    generation {} from {}",
+        s.generation,
+        if s.policy_origin.is_empty() {
+            "(unknown: no state file)"
+        } else {
+            &s.policy_origin
+        }
+    );
+    println!(
+        "routes:    generation {} (moves with every routing change the daemon hears of)",
+        s.route_generation
+    );
+    if s.state_generation != 0 && s.state_generation != s.generation {
+        println!(
+            "WARNING:   the state file still describes generation {}: the daemon could not \
+             write it (it retries; see its log); class and rule listings wait for it",
+            s.state_generation
+        );
+    }
+    match (s.daemon.running, s.daemon.pid) {
+        (false, Some(pid)) if s.daemon.stopped => println!(
+            "daemon:    stopped (pid {pid}: SIGSTOP or a debugger), not answering; \
+             `kill -CONT {pid}` resumes it (the dataplane keeps working from its pins)"
+        ),
+        (true, pid) => println!(
+            "daemon:    running (pid {}), up {}",
+            pid.map_or("?".into(), |p| p.to_string()),
+            s.daemon.uptime_secs.map_or("?".into(), duration)
+        ),
+        (false, _) => {
+            println!("daemon:    not running (the dataplane keeps working from its pins)")
+        }
+    }
+    println!(
+        "reloads:   {} ok, {} rejected{}",
+        s.reloads_ok,
+        s.reloads_error,
+        s.last_error
+            .as_ref()
+            .map_or(String::new(), |e| format!(" (last: {e})"))
+    );
+    println!("kernel log: {}", s.kernel_log_level);
+    if s.interfaces.is_empty() {
+        println!("interfaces: none attached");
+    }
+    for i in &s.interfaces {
+        println!(
+            "  {:<16} {:<8} ifindex {}{}",
+            i.iface,
+            i.mode,
+            i.ifindex.map_or("-".into(), |x| x.to_string()),
+            if i.mode == "generic" {
+                "  WARNING: generic mode (slow path)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
