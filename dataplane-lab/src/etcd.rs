@@ -101,7 +101,9 @@ impl EtcdCluster {
     }
 
     fn log_path(&self, i: usize) -> std::path::PathBuf {
-        self.dir.path().join(format!("{}.log", self.members[i].name))
+        self.dir
+            .path()
+            .join(format!("{}.log", self.members[i].name))
     }
 
     fn spawn(&mut self, i: usize) {

@@ -307,12 +307,12 @@ impl PolicyWatch {
                 .filter_map(|event| {
                     let kv = event.kv()?;
                     Some(match event.event_type() {
-                        EventType::Put => text_of(&self.key, kv.value()).map(|text| {
-                            PolicyRevision {
+                        EventType::Put => {
+                            text_of(&self.key, kv.value()).map(|text| PolicyRevision {
                                 revision: kv.mod_revision(),
                                 text: Some(text),
-                            }
-                        }),
+                            })
+                        }
                         EventType::Delete => Ok(PolicyRevision {
                             revision: kv.mod_revision(),
                             text: None,
@@ -344,10 +344,14 @@ impl ReportLease {
             source,
         };
         self.keeper.keep_alive().await.map_err(error)?;
-        let response = self.responses.message().await.map_err(|source| FleetError::Etcd {
-            endpoints: self.endpoints.clone(),
-            source,
-        })?;
+        let response = self
+            .responses
+            .message()
+            .await
+            .map_err(|source| FleetError::Etcd {
+                endpoints: self.endpoints.clone(),
+                source,
+            })?;
         match response {
             Some(r) if r.ttl() > 0 => Ok(()),
             _ => Err(FleetError::Ended {
