@@ -107,7 +107,8 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Starts `dataplane run --config <file> <args>` and waits until its socket answers.
+    /// Starts `dataplane run --config <file> <args>` (without `--config` when `args` has
+    /// `--etcd`) and waits until its socket answers.
     pub fn start(&mut self, args: &[&str]) {
         assert!(self.child.is_none(), "daemon already started");
         let log = std::fs::OpenOptions::new()
@@ -115,11 +116,16 @@ impl Daemon {
             .append(true)
             .open(self.log_path())
             .expect("log file");
+        // A gateway of a fleet takes its policy from etcd, not from a file.
+        let config = if args.contains(&"--etcd") {
+            vec![]
+        } else {
+            vec!["--config".into(), self.config_path().into_os_string()]
+        };
         let child = self
             .command()
             .arg("run")
-            .arg("--config")
-            .arg(self.config_path())
+            .args(config)
             .args(if args.contains(&"--watch-interval") {
                 &[][..]
             } else {

@@ -27,14 +27,16 @@ use crate::{
     dataplane::Dataplane,
     detach::{self, DetachError},
     edit,
+    fleet::{Fleet, FleetConfig, FleetError, GatewayReport, Rejection, REPORT_RENEWAL},
     kernel_log::{self, KernelLogLevel},
     metrics::{
-        self, http::SnapshotSource, snapshot, ClassInfo, ConfigView, CounterReader, Iface, Reloads,
+        self, http::SnapshotSource, snapshot, ClassInfo, ConfigView, CounterReader, FleetView,
+        Iface, Reloads,
     },
     netdev::XdpFeatures,
     pins::PinLayout,
     routes::FollowError,
-    state::{AttachMode, RunDir, State},
+    state::{AttachMode, FleetState, RunDir, State},
 };
 
 /// The default AI catalogue, built in so the binary runs without a file.
@@ -74,6 +76,8 @@ pub struct DaemonConfig {
     /// Listener to serve Prometheus metrics on (bound by the caller before anything else, so
     /// a taken port fails the start before the dataplane is touched); `None` = no metrics.
     pub metrics: Option<std::net::TcpListener>,
+    /// The fleet to take the policy from instead of a file (see [`crate::fleet`]).
+    pub fleet: Option<FleetConfig>,
 }
 
 /// The running daemon's state; one request at a time holds it.
@@ -267,6 +271,36 @@ impl Daemon {
             .retain(|iface, _| cfg.layout.link(iface).exists());
         state.daemon_pid = std::process::id();
         state.daemon_started = now_secs();
+        // In a fleet, what is in force came from etcd: a restart keeps it until etcd says
+        // otherwise (fail static), rather than falling back to the built-in catalogue.
+        let (text, origin) = match &cfg.fleet {
+            Some(fleet) if !state.policy_text.is_empty() => {
+                let kept = state.fleet.take().unwrap_or_default();
+                state.fleet = Some(FleetState {
+                    gateway: fleet.gateway.clone(),
+                    endpoints: fleet.endpoints.clone(),
+                    prefix: fleet.prefix.clone(),
+                    connected: false,
+                    since: now_secs(),
+                    ..kept
+                });
+                (state.policy_text.clone(), state.policy_origin.clone())
+            }
+            Some(fleet) => {
+                state.fleet = Some(FleetState {
+                    gateway: fleet.gateway.clone(),
+                    endpoints: fleet.endpoints.clone(),
+                    prefix: fleet.prefix.clone(),
+                    since: now_secs(),
+                    ..FleetState::default()
+                });
+                (text, origin)
+            }
+            None => {
+                state.fleet = None;
+                (text, origin)
+            }
+        };
         state.kernel_log_level = cfg.kernel_log.label().to_string();
         cfg.run.create().context("creating the run directory")?;
         let mut daemon = Daemon {
@@ -514,6 +548,10 @@ impl Daemon {
                 ok: self.state.reloads_ok,
                 error: self.state.reloads_error,
             },
+            fleet: self.state.fleet.as_ref().map(|f| FleetView {
+                connected: f.connected,
+                revision: f.revision,
+            }),
         };
         *self.metrics_view.lock().unwrap_or_else(|e| e.into_inner()) = view;
     }
@@ -526,8 +564,12 @@ impl Daemon {
         }
     }
 
-    /// Re-reads the config file (or the built-in policy) and applies it.
+    /// Re-reads the config file (or the built-in policy) and applies it; a gateway of a
+    /// fleet has neither (see [`Daemon::handle`]).
     pub fn reload(&mut self, why: &str) -> Response {
+        if self.state.fleet.is_some() {
+            return self.handle(Request::Reload);
+        }
         let (text, origin) = match &self.cfg.config {
             Some(path) => match read_config(path) {
                 Ok(t) => (t, path.display().to_string()),
@@ -763,6 +805,24 @@ impl Daemon {
 
     /// Handles one control request.
     pub fn handle(&mut self, request: Request) -> Response {
+        // A gateway of a fleet applies the fleet's policy only: a local change would leave it
+        // apart from the others until the next revision.
+        if let Some(fleet) = &self.state.fleet {
+            if matches!(
+                request,
+                Request::Reload
+                    | Request::SetClass { .. }
+                    | Request::AddRule { .. }
+                    | Request::DeleteRule { .. }
+            ) {
+                return ApplyError::Rejected(format!(
+                    "this gateway ({}) takes its policy from etcd ({}/policy): change it there \
+                     (`dataplane fleet push`)",
+                    fleet.gateway, fleet.prefix
+                ))
+                .response(self.state.generation);
+            }
+        }
         match request {
             Request::Reload => self.reload("dataplane reload"),
             Request::SetClass { change, save } => {
@@ -822,6 +882,93 @@ impl Daemon {
                 }
                 self.persist(format!("detached from {}", ifaces.join(", ")))
             }
+        }
+    }
+
+    /// Applies revision `revision` of the fleet's policy (`text`; `None`: the key was
+    /// deleted, and what is in force stays). A revision already in force is not applied
+    /// again; a refused one is recorded for the fleet's report and the policy in force stays.
+    fn apply_fleet_policy(&mut self, revision: i64, text: Option<&str>, key: &str) {
+        let Some(fleet) = &self.state.fleet else {
+            return;
+        };
+        if revision == fleet.revision {
+            return;
+        }
+        let Some(text) = text else {
+            warn!(%key, revision, "the fleet's policy key was deleted; the policy in force stays");
+            return;
+        };
+        let origin = format!("etcd {key}@{revision}");
+        match self.apply_text(text, &origin) {
+            Ok(generation) => {
+                self.state.reloads_ok += 1;
+                if let Some(fleet) = &mut self.state.fleet {
+                    fleet.revision = revision;
+                    fleet.rejected = None;
+                }
+                info!(generation, revision, "fleet policy applied");
+                self.persist(format!("applied {origin}: generation {generation}"));
+            }
+            Err(e) => {
+                let message = match e {
+                    ApplyError::Rejected(m) | ApplyError::Failed(m) => m,
+                };
+                error!(
+                    revision,
+                    "fleet policy refused, the policy in force stays: {message}"
+                );
+                if let Some(fleet) = &mut self.state.fleet {
+                    fleet.rejected = Some(Rejection {
+                        revision,
+                        error: bounded_error(message.clone()),
+                    });
+                }
+                self.record_failure(message);
+                if let Err(err) = self.save_state() {
+                    error!("{err:#}");
+                }
+                self.publish_metrics_view();
+            }
+        }
+    }
+
+    /// Records whether etcd answers (saved for `status`, shown in the metrics).
+    fn set_fleet_connected(&mut self, connected: bool) {
+        let Some(fleet) = &mut self.state.fleet else {
+            return;
+        };
+        if fleet.connected == connected {
+            return;
+        }
+        fleet.connected = connected;
+        fleet.since = now_secs();
+        if let Err(err) = self.save_state() {
+            error!("{err:#}");
+        }
+        self.publish_metrics_view();
+    }
+
+    /// What this gateway tells the fleet.
+    fn fleet_report(&self) -> GatewayReport {
+        let fleet = self.state.fleet.clone().unwrap_or_default();
+        GatewayReport {
+            gateway: fleet.gateway,
+            revision: fleet.revision,
+            generation: self.state.generation,
+            rejected: fleet.rejected,
+            interfaces: self
+                .wanted
+                .iter()
+                .map(|iface| {
+                    let mode = self
+                        .state
+                        .attached
+                        .get(iface)
+                        .map(|m| m.label().to_string());
+                    (iface.clone(), mode)
+                })
+                .collect(),
         }
     }
 
@@ -915,7 +1062,9 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
         }
         None => None,
     };
+    let fleet = daemon.cfg.fleet.clone();
     let daemon = Arc::new(Mutex::new(daemon));
+    let fleet_task = fleet.map(|config| tokio::spawn(follow_fleet(daemon.clone(), config)));
 
     let _ = std::fs::remove_file(&socket_path);
     let listener = UnixListener::bind(&socket_path)
@@ -971,6 +1120,9 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
         }
     }
     routes.abort();
+    if let Some(task) = fleet_task {
+        task.abort();
+    }
     if let Some(task) = kernel_logs {
         task.abort();
     }
@@ -980,6 +1132,105 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
     let _ = std::fs::remove_file(&socket_path);
     info!("daemon exiting; the dataplane stays attached and keeps forwarding (`dataplane detach` removes it)");
     Ok(())
+}
+
+/// The first wait before reconnecting to etcd, and the longest.
+const FLEET_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const FLEET_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long one etcd exchange of the follower may take before the connection counts as lost.
+const FLEET_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Follows the fleet for as long as the daemon runs: takes every revision of its policy,
+/// keeps this gateway's report current, and reconnects with backoff while etcd does not
+/// answer (the policy in force stays meanwhile: fail static).
+async fn follow_fleet(daemon: Arc<Mutex<Daemon>>, config: FleetConfig) {
+    let mut backoff = FLEET_BACKOFF_MIN;
+    loop {
+        let lost = fleet_session(&daemon, &config, &mut backoff).await;
+        {
+            let mut daemon = daemon.lock().await;
+            let was_connected = daemon.state.fleet.as_ref().is_some_and(|f| f.connected);
+            if was_connected {
+                warn!("etcd does not answer, the policy in force stays: {lost}");
+            } else {
+                debug!("etcd still does not answer: {lost}");
+            }
+            daemon.set_fleet_connected(false);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(FLEET_BACKOFF_MAX);
+    }
+}
+
+/// One connection's worth of following; returns why it ended.
+async fn fleet_session(
+    daemon: &Mutex<Daemon>,
+    config: &FleetConfig,
+    backoff: &mut Duration,
+) -> FleetError {
+    let timed = |what: &'static str| FleetError::Ended {
+        endpoints: config.endpoints.join(","),
+        what,
+    };
+    let session = async {
+        let mut fleet = Fleet::connect(config.clone()).await?;
+        let (policy, read_at) = fleet.policy().await?;
+        let watch = fleet.watch_policy(read_at).await?;
+        let lease = fleet.report_lease().await?;
+        Ok::<_, FleetError>((fleet, policy, watch, lease))
+    };
+    let (mut fleet, policy, mut watch, mut lease) =
+        match tokio::time::timeout(FLEET_REQUEST_TIMEOUT * 2, session).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(e)) => return e,
+            Err(_) => return timed("connecting"),
+        };
+    *backoff = FLEET_BACKOFF_MIN;
+    let key = config.policy_key();
+    let mut published = {
+        let mut daemon = daemon.lock().await;
+        daemon.set_fleet_connected(true);
+        info!(endpoints = %config.endpoints.join(","), %key, gateway = %config.gateway,
+            "following the fleet's policy");
+        if let Some(policy) = policy {
+            daemon.apply_fleet_policy(policy.revision, policy.text.as_deref(), &key);
+        }
+        daemon.fleet_report()
+    };
+    if let Err(e) = fleet.publish(&lease, &published).await {
+        return e;
+    }
+    let mut renew = tokio::time::interval(REPORT_RENEWAL);
+    loop {
+        tokio::select! {
+            changes = watch.next() => match changes {
+                // The last change is what stands; those before it were superseded.
+                Ok(changes) => if let Some(last) = changes.last() {
+                    daemon
+                        .lock()
+                        .await
+                        .apply_fleet_policy(last.revision, last.text.as_deref(), &key);
+                },
+                Err(e) => return e,
+            },
+            _ = renew.tick() => {
+                match tokio::time::timeout(FLEET_REQUEST_TIMEOUT, lease.renew()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return e,
+                    Err(_) => return timed("renewing the report's lease"),
+                }
+            }
+        }
+        let report = daemon.lock().await.fleet_report();
+        if report != published {
+            match tokio::time::timeout(FLEET_REQUEST_TIMEOUT, fleet.publish(&lease, &report)).await
+            {
+                Ok(Ok(())) => published = report,
+                Ok(Err(e)) => return e,
+                Err(_) => return timed("publishing the report"),
+            }
+        }
+    }
 }
 
 /// Answers one connection: one request line, one response line. Only root may ask.

@@ -30,6 +30,8 @@
 //! | `dataplane_class_tcp_round_trip_seconds` | class | the round trip of the class's TCP connections, measured from their handshakes; 0 before one |
 //! | `dataplane_xdp_attached` | iface, mode (`native`/`generic`, `none` when detached) | 1 while attached |
 //! | `dataplane_config_generation` | | policy generation in force |
+//! | `dataplane_policy_revision` | | with `run --etcd`: the etcd revision of the fleet policy in force |
+//! | `dataplane_etcd_connected` | | with `run --etcd`: 1 while etcd answers, 0 while not |
 //! | `dataplane_config_reloads_total` | result (`ok`/`error`) | |
 //! | `dataplane_build_info` | version | always 1 |
 
@@ -83,6 +85,8 @@ pub struct MetricsSnapshot {
     pub tcp_round_trip_seconds: Vec<f64>,
     /// Interfaces and their counters.
     pub ifaces: Vec<IfaceSample>,
+    /// The daemon's standing with its fleet, when it has one.
+    pub fleet: Option<FleetView>,
 }
 
 /// Policy reloads since start, by result.
@@ -167,6 +171,17 @@ pub struct ConfigView {
     pub generation: u32,
     /// Reloads so far.
     pub reloads: Reloads,
+    /// The daemon's standing with its fleet, when it has one.
+    pub fleet: Option<FleetView>,
+}
+
+/// What the metrics say of a daemon's fleet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetView {
+    /// Whether etcd answers.
+    pub connected: bool,
+    /// The etcd revision of the policy in force.
+    pub revision: i64,
 }
 
 impl ConfigView {
@@ -187,6 +202,7 @@ impl ConfigView {
             ifaces,
             generation,
             reloads,
+            fleet: None,
         }
     }
 }
@@ -246,6 +262,7 @@ pub fn snapshot(
         tcp_window_bytes: windows.iter().map(|w| u64::from(w.window_bytes)).collect(),
         tcp_round_trip_seconds: windows.iter().map(|w| f64::from(w.rtt_us) / 1e6).collect(),
         ifaces,
+        fleet: view.fleet,
     })
 }
 
@@ -532,6 +549,21 @@ impl Collector for Exposition {
                 .encode(family.encode_family(&labels)?)?;
         }
 
+        if let Some(fleet) = s.fleet {
+            ConstGauge::new(fleet.revision).encode(encoder.encode_descriptor(
+                "dataplane_policy_revision",
+                "The etcd revision of the fleet policy in force (run --etcd); 0 before the first.",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            ConstGauge::new(i64::from(fleet.connected)).encode(encoder.encode_descriptor(
+                "dataplane_etcd_connected",
+                "1 while the fleet's etcd answers; 0 while it does not (the policy in force stays).",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+
         ConstGauge::new(u64::from(s.generation)).encode(encoder.encode_descriptor(
             "dataplane_config_generation",
             "Generation of the policy in force (0 before the first).",
@@ -586,6 +618,10 @@ mod tests {
             phantom_backlog_seconds: vec![0.0025, 0.0],
             tcp_window_bytes: vec![2896, 0],
             tcp_round_trip_seconds: vec![0.005, 0.0],
+            fleet: Some(FleetView {
+                connected: false,
+                revision: 42,
+            }),
             ifaces: vec![IfaceSample {
                 name: "eth0".into(),
                 attached: Some(AttachMode::Generic),
@@ -625,6 +661,8 @@ mod tests {
             r#"dataplane_class_repaired_packets_total{iface="eth0",class="bulk"} 2"#,
             r#"dataplane_xdp_attached{iface="eth0",mode="generic"} 1"#,
             "dataplane_config_generation 3",
+            "dataplane_policy_revision 42",
+            "dataplane_etcd_connected 0",
             r#"dataplane_config_reloads_total{result="ok"} 2"#,
             r#"dataplane_config_reloads_total{result="error"} 1"#,
             &format!(r#"dataplane_build_info{{version="{BUILD_VERSION}"}} 1"#),

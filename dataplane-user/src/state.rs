@@ -77,6 +77,28 @@ pub struct State {
     pub kernel_log_level: String,
     /// Where the running daemon serves metrics.
     pub metrics_addr: Option<String>,
+    /// The fleet the daemon takes its policy from (`run --etcd`), and how it stands with it.
+    #[serde(default)]
+    pub fleet: Option<FleetState>,
+}
+
+/// A daemon's standing with its fleet (see [`crate::fleet`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetState {
+    /// This gateway's name in the fleet.
+    pub gateway: String,
+    /// The etcd endpoints.
+    pub endpoints: Vec<String>,
+    /// The fleet's key prefix.
+    pub prefix: String,
+    /// Whether etcd answers.
+    pub connected: bool,
+    /// Since when (seconds since the Unix epoch) it has (or has not).
+    pub since: u64,
+    /// The etcd revision of the policy in force (0 while none from etcd is).
+    pub revision: i64,
+    /// The newest revision refused, and why.
+    pub rejected: Option<crate::fleet::Rejection>,
 }
 
 /// Paths in the run directory.

@@ -195,6 +195,7 @@ impl Running {
             reloads_error: self.state.reloads_error,
             last_error: self.state.last_error.clone(),
             kernel_log_level: self.state.kernel_log_level.clone(),
+            fleet: self.state.fleet.clone(),
         })
     }
 }
@@ -377,6 +378,8 @@ pub struct Status {
     pub last_error: Option<String>,
     /// Kernel log level.
     pub kernel_log_level: String,
+    /// The fleet the daemon takes its policy from, and how it stands with it.
+    pub fleet: Option<crate::state::FleetState>,
 }
 
 /// An attached interface.

@@ -1,8 +1,9 @@
-//! The Prometheus view of a fleet of gateways: the recording rules of
-//! deploy/prometheus/fleet.yml pass `promtool` and their unit test, and, end to end, two real
-//! daemons (two gateways, each on a veth of its own) scraped by a site Prometheus that a
-//! global Prometheus federates: the global server's fleet aggregates match what was sent
-//! through both gateways.
+//! A fleet of gateways, end to end with real daemons (each gateway a daemon on a veth of its
+//! own) and a real 3-member etcd cluster on loopback: one policy from etcd applied by every
+//! gateway, a bad one refused by every gateway, etcd members and whole clusters lost and back,
+//! a gateway's daemon killed. And the Prometheus view of a fleet: the recording rules of
+//! deploy/prometheus/fleet.yml pass `promtool` and their unit test, and a global Prometheus
+//! federating a site one sees the fleet's aggregates.
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
@@ -11,7 +12,13 @@ use std::{
     time::Duration,
 };
 
-use dataplane_lab::{daemon::Daemon, netns::VethNs, prometheus::Prometheus, traffic};
+use std::time::Instant;
+
+use dataplane::fleet::{Fleet, FleetConfig, GatewayReport, DEFAULT_PREFIX, REPORT_TTL_SECS};
+use dataplane_lab::{
+    daemon::Daemon, etcd::EtcdCluster, netns::VethNs, prometheus::Prometheus, traffic,
+};
+use serde_json::Value;
 
 fn deploy(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -64,6 +71,43 @@ impl Gateway {
         daemon.write_config(POLICY);
         daemon.start(&["--iface", &net.root_if]);
         Gateway { net, daemon }
+    }
+
+    /// A gateway named `name` of the fleet on `endpoints`.
+    fn in_fleet(name: &str, endpoints: &str) -> Gateway {
+        let net = VethNs::create();
+        let mut daemon = Daemon::create();
+        daemon.start(&[
+            "--iface",
+            &net.root_if,
+            "--etcd",
+            endpoints,
+            "--gateway",
+            name,
+        ]);
+        Gateway { net, daemon }
+    }
+
+    /// `status --json`'s fleet part.
+    fn fleet(&self) -> Value {
+        self.daemon.status()["fleet"].clone()
+    }
+
+    fn generation(&self) -> u64 {
+        self.daemon.status()["generation"]
+            .as_u64()
+            .expect("generation")
+    }
+
+    /// The limited class's rate as `class list` shows it.
+    fn limited_rate(&self) -> String {
+        let classes = self.daemon.ok(&["class", "list"]);
+        classes
+            .lines()
+            .find(|l| l.starts_with("limited"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or("?")
+            .to_string()
     }
 
     /// Sends `count` datagrams of the steady class through the gateway; all arrive.
@@ -124,4 +168,186 @@ fn a_global_prometheus_sees_the_fleet_through_federation() {
             s.len() == 2 && instances.len() == 2
         },
     );
+}
+
+/// Waits (bounded) until `f` holds; returns how long it took.
+fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// The limited class at `rate`, as a policy text.
+fn fleet_policy(rate: &str) -> String {
+    POLICY.replace("rate = \"8Mbit\"", &format!("rate = \"{rate}\""))
+}
+
+/// Writes `text` as the fleet's policy straight into etcd (a bad one too: `fleet push` would
+/// refuse it before it got there); returns its revision. Retried for a while, as an operator
+/// would while the cluster elects a new leader.
+fn put_policy(endpoints: &[String], text: &str) -> i64 {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let start = Instant::now();
+    loop {
+        let put = runtime.block_on(async {
+            let mut fleet = Fleet::connect(FleetConfig {
+                endpoints: endpoints.to_vec(),
+                prefix: DEFAULT_PREFIX.into(),
+                gateway: String::new(),
+            })
+            .await?;
+            fleet.push_policy(text).await
+        });
+        match put {
+            Ok(revision) => return revision,
+            Err(e) if start.elapsed() < Duration::from_secs(15) => {
+                eprintln!("etcd refused the policy for now: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("etcd does not take the policy: {e}"),
+        }
+    }
+}
+
+/// `dataplane fleet status --json`, as `gateway` sees it.
+fn fleet_status(gateway: &Gateway, endpoints: &str) -> Vec<GatewayReport> {
+    let out = gateway
+        .daemon
+        .ok(&["fleet", "status", "--etcd", endpoints, "--json"]);
+    serde_json::from_str(&out).expect("fleet status --json")
+}
+
+#[test]
+fn a_fleet_takes_one_policy_from_etcd_and_survives_losing_etcd() {
+    let mut etcd = EtcdCluster::start(3);
+    let urls = etcd.endpoints();
+    let endpoints = urls.join(",");
+    let mut gateways: Vec<Gateway> = (0..3)
+        .map(|i| Gateway::in_fleet(&format!("gw{i}"), &endpoints))
+        .collect();
+    eventually("three gateway reports", Duration::from_secs(10), || {
+        fleet_status(&gateways[0], &endpoints).len() == 3
+    });
+    for g in &gateways {
+        assert_eq!(g.fleet()["connected"], true, "{}", g.daemon.log());
+    }
+
+    // A policy pushed with the CLI: live on every gateway within a second.
+    let file = gateways[0].daemon.dir.join("fleet-policy.toml");
+    std::fs::write(&file, fleet_policy("16Mbit")).expect("write policy");
+    let before: Vec<u64> = gateways.iter().map(Gateway::generation).collect();
+    let pushed = Instant::now();
+    let out = gateways[0].daemon.ok(&[
+        "fleet",
+        "push",
+        file.to_str().expect("path"),
+        "--etcd",
+        &endpoints,
+    ]);
+    let revision: i64 = out
+        .rsplit("revision ")
+        .next()
+        .and_then(|r| r.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no revision in {out:?}"));
+    let mut live = Vec::new();
+    for (g, before) in gateways.iter().zip(&before) {
+        eventually("the pushed policy live", Duration::from_secs(5), || {
+            g.generation() > *before && g.fleet()["revision"] == revision
+        });
+        live.push(pushed.elapsed());
+    }
+    eprintln!("pushed policy live on all three gateways after {live:?}");
+    assert!(
+        live.iter().all(|t| *t <= Duration::from_secs(1)),
+        "a pushed policy took {live:?} to go live"
+    );
+    for g in &gateways {
+        assert_eq!(g.limited_rate(), "16Mbit");
+    }
+
+    // A bad policy: refused by every gateway, which says so in the fleet's status; the
+    // policy in force stays.
+    let generations: Vec<u64> = gateways.iter().map(Gateway::generation).collect();
+    let bad = put_policy(&urls, &fleet_policy("fast"));
+    eventually(
+        "the bad policy refused everywhere",
+        Duration::from_secs(5),
+        || {
+            let reports = fleet_status(&gateways[0], &endpoints);
+            reports.len() == 3
+                && reports.iter().all(|r| {
+                    r.revision == revision
+                        && r.rejected
+                            .as_ref()
+                            .is_some_and(|x| x.revision == bad && x.error.contains("rate"))
+                })
+        },
+    );
+    for (g, generation) in gateways.iter().zip(&generations) {
+        assert_eq!(g.generation(), *generation, "the policy in force stays");
+        assert_eq!(g.limited_rate(), "16Mbit");
+    }
+
+    // One member lost: nothing changes, the next policy still arrives everywhere.
+    etcd.kill(0);
+    let next = put_policy(&urls[1..], &fleet_policy("24Mbit"));
+    for g in &gateways {
+        eventually(
+            "the policy with a member down",
+            Duration::from_secs(10),
+            || g.fleet()["revision"] == next,
+        );
+        assert_eq!(g.limited_rate(), "24Mbit");
+    }
+
+    // The whole cluster lost: every gateway keeps its policy and forwards, and says etcd
+    // does not answer.
+    etcd.kill(1);
+    etcd.kill(2);
+    for g in &gateways {
+        eventually("etcd reported unreachable", Duration::from_secs(15), || {
+            g.fleet()["connected"] == false
+        });
+        assert_eq!(g.limited_rate(), "24Mbit", "the policy in force stays");
+        g.send_steady(200);
+    }
+
+    // Back: every gateway reconnects and takes the next policy.
+    for i in 0..3 {
+        etcd.restart(i);
+    }
+    for g in &gateways {
+        eventually("reconnected", Duration::from_secs(20), || {
+            g.fleet()["connected"] == true
+        });
+    }
+    let again = put_policy(&urls, &fleet_policy("32Mbit"));
+    for g in &gateways {
+        eventually(
+            "the policy after the outage",
+            Duration::from_secs(10),
+            || g.fleet()["revision"] == again,
+        );
+        assert_eq!(g.limited_rate(), "32Mbit");
+    }
+
+    // A gateway's daemon killed: its report goes with its lease; its dataplane forwards on.
+    gateways[2].daemon.kill9();
+    let gone = eventually(
+        "the killed gateway's report expired",
+        Duration::from_secs(REPORT_TTL_SECS as u64 + 10),
+        || {
+            let reports = fleet_status(&gateways[0], &endpoints);
+            reports.len() == 2 && reports.iter().all(|r| r.gateway != "gw2")
+        },
+    );
+    eprintln!("a killed gateway's report expired after {gone:?} (lease {REPORT_TTL_SECS} s)");
+    gateways[2].send_steady(200);
+    gateways.truncate(2);
 }

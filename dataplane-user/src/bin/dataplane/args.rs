@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use dataplane::{
     config::{ClassText, RuleText},
     daemon::ModeChoice,
+    fleet,
     kernel_log::KernelLogLevel,
     metrics,
     pins::{PinLayout, DEFAULT_PIN_ROOT},
@@ -79,6 +80,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// A fleet of gateways sharing one policy through etcd (`run --etcd`).
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Detach the dataplane from interfaces, or remove it entirely.
     Detach(DetachArgs),
     /// Set the level of kernel-side log lines forwarded to the daemon's log.
@@ -124,6 +130,52 @@ pub struct RunArgs {
     /// socket and the metrics listener stay in the host's namespaces.
     #[arg(long)]
     pub netns: Option<String>,
+    /// Take the policy from the fleet's etcd (client URLs, comma-separated) instead of a
+    /// file: every gateway applies the same revision, and reports under its name.
+    #[arg(
+        long,
+        env = "DATAPLANE_ETCD",
+        value_delimiter = ',',
+        conflicts_with = "config"
+    )]
+    pub etcd: Vec<String>,
+    /// The fleet's key prefix in etcd.
+    #[arg(long, default_value = fleet::DEFAULT_PREFIX, requires = "etcd")]
+    pub etcd_prefix: String,
+    /// This gateway's name in the fleet (default: the host name).
+    #[arg(long, requires = "etcd")]
+    pub gateway: Option<String>,
+}
+
+/// Where a fleet's etcd is.
+#[derive(Args)]
+pub struct FleetArgs {
+    /// The fleet's etcd (client URLs, comma-separated).
+    #[arg(long, env = "DATAPLANE_ETCD", value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// The fleet's key prefix in etcd.
+    #[arg(long, default_value = fleet::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+}
+
+#[derive(Subcommand)]
+pub enum FleetCommand {
+    /// Every gateway's report: the policy revision in force, the last refused and why, its
+    /// interfaces (a gateway whose daemon stopped drops out when its lease expires).
+    Status {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a policy file here, then make it the fleet's policy.
+    Push {
+        /// Policy file.
+        file: PathBuf,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
 }
 
 #[derive(Args)]

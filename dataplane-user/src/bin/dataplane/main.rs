@@ -55,6 +55,7 @@ fn dispatch(cli: Cli) -> Result<(), Failed> {
             command: ConfigCommand::Check { file },
         } => cmd::config::check(&file),
         Command::Detach(args) => cmd::detach::execute(&paths, args),
+        Command::Fleet { command } => cmd::fleet::execute(command),
         Command::KernelLog { level } => cmd::call(
             &paths,
             &Request::KernelLogLevel {

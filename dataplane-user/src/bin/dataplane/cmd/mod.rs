@@ -4,6 +4,7 @@
 pub mod class;
 pub mod config;
 pub mod detach;
+pub mod fleet;
 pub mod rule;
 pub mod run;
 pub mod stats;

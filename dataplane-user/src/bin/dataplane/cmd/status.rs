@@ -77,6 +77,24 @@ fn print(s: &Status, json: bool) -> Result<()> {
             .map_or(String::new(), |e| format!(" (last: {e})"))
     );
     println!("kernel log: {}", s.kernel_log_level);
+    if let Some(f) = &s.fleet {
+        let ago = duration(now_secs().saturating_sub(f.since));
+        println!(
+            "fleet:     gateway {} of {}/ at {}; policy revision {}; etcd {}",
+            f.gateway,
+            f.prefix,
+            f.endpoints.join(","),
+            f.revision,
+            if f.connected {
+                format!("connected for {ago}")
+            } else {
+                format!("NOT ANSWERING for {ago}: the policy in force stays, reconnecting")
+            }
+        );
+        if let Some(r) = &f.rejected {
+            println!("           refused revision {}: {}", r.revision, r.error);
+        }
+    }
     if s.interfaces.is_empty() {
         println!("interfaces: none attached");
     }
@@ -94,4 +112,10 @@ fn print(s: &Status, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
