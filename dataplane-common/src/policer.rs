@@ -218,6 +218,20 @@ pub struct TrTcm {
     pub peak: BucketParams,
 }
 
+/// The TAT of a bucket whose rate changes from `old` to `new` at `now` (ticks): the backlog
+/// it holds stays the same in bytes (its lead scales with the cost of a byte), at most the
+/// new burst. Without it a bucket slowed down and then sped up would keep a lead of many
+/// times its new burst and refuse everything until time caught up.
+pub fn rescale_tat(tat: u64, now: u64, old: &BucketParams, new: &BucketParams) -> u64 {
+    let lead = backlog(tat, now);
+    if lead == 0 || !old.is_limited() || !new.is_limited() {
+        return now.wrapping_add(lead.min(new.burst_ticks));
+    }
+    let scaled = u128::from(lead) * u128::from(new.ticks_per_byte) / u128::from(old.ticks_per_byte);
+    let scaled = u64::try_from(scaled).unwrap_or(u64::MAX);
+    now.wrapping_add(scaled.min(new.burst_ticks))
+}
+
 /// Token leases: a CPU takes a slice of a class's green budget from the shared buckets with
 /// one compare-and-swap per bucket and spends it on its own, without reading the clock or
 /// touching the shared line again until the slice runs out.
@@ -521,5 +535,24 @@ mod tests {
         assert_eq!(lease_spend(1500, 1500), Some(0));
         assert_eq!(lease_spend(1499, 1500), None);
         assert_eq!(lease_spend(0, 64), None);
+    }
+
+    #[test]
+    fn a_rescaled_bucket_keeps_its_backlog_in_bytes() {
+        let slow = BucketParams::new(1_000, 100_000);
+        let fast = BucketParams::new(100_000, 100_000);
+        let now = 1_000_000;
+        // 50 000 bytes queued at 1 000 B/s: 50 s ahead; at 100 000 B/s the same bytes are 0.5 s.
+        let tat = now + slow.cost(50_000) as u64;
+        let rescaled = rescale_tat(tat, now, &slow, &fast);
+        assert!(rescaled.abs_diff(now + fast.cost(50_000)) <= 1);
+        // Slowing down can't put the lead beyond the new burst.
+        let full = now + fast.burst_ticks;
+        assert_eq!(
+            rescale_tat(full, now, &fast, &slow),
+            now + slow.cost(100_000).min(slow.burst_ticks)
+        );
+        // A bucket with no backlog stays so.
+        assert_eq!(rescale_tat(now - 5, now, &slow, &fast), now);
     }
 }

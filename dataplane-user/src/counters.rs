@@ -15,7 +15,7 @@ use dataplane_common::{
     policer::{backlog_ns, ns_to_ticks},
 };
 
-use crate::dataplane::{map_err, Dataplane, DataplaneError};
+use crate::dataplane::{map_err, monotonic_ns, Dataplane, DataplaneError};
 
 /// The counter maps and the policer states, through handles of type `T`: borrowed from the
 /// [`Dataplane`] ([`CounterReader::borrowed`], for one read), or file descriptors of its own
@@ -111,15 +111,7 @@ impl<T: Borrow<MapData>> CounterReader<T> {
         } else {
             state.peak_tat
         };
-        // The kernel's clock for the buckets is bpf_ktime_get_ns, i.e. CLOCK_MONOTONIC.
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes the timespec we pass.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-        let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
-        Ok(backlog_ns(tat, ns_to_ticks(now_ns)) as f64 / 1e9)
+        Ok(backlog_ns(tat, ns_to_ticks(monotonic_ns())) as f64 / 1e9)
     }
 }
 

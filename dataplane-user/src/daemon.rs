@@ -21,13 +21,18 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    compile::class_config,
     compile::CompiledPolicy,
+    config::ClassSpec,
     config::{read_policy_text, Policy},
     control::{Failure, Request, Response, MAX_REQUEST_BYTES, REQUEST_TIMEOUT},
     dataplane::Dataplane,
     detach::{self, DetachError},
     edit,
-    fleet::{Fleet, FleetConfig, FleetError, GatewayReport, Rejection, REPORT_RENEWAL},
+    fleet::{
+        own_fractions, Demands, Fleet, FleetConfig, FleetError, GatewayReport, Rejection,
+        REPORT_RENEWAL, SHARE_PERIOD,
+    },
     kernel_log::{self, KernelLogLevel},
     metrics::{
         self, http::SnapshotSource, snapshot, ClassInfo, ConfigView, CounterReader, FleetView,
@@ -110,6 +115,13 @@ pub struct Daemon {
     xdp_features: Option<XdpFeatures>,
     /// Egress interfaces found unable to take redirected frames at the last look.
     unready_egresses: std::collections::BTreeSet<String>,
+    /// The share of each fleet class's budget this gateway enforces (class name -> fraction;
+    /// a class not listed enforces its whole budget), see [`crate::fleet`].
+    fleet_shares: std::collections::BTreeMap<String, f64>,
+    /// Offered bytes of each fleet class (all interfaces) at the last demand measurement.
+    fleet_offered: std::collections::BTreeMap<String, (Instant, u64)>,
+    /// The demand measured last (bytes/s per fleet class).
+    fleet_demand: Demands,
 }
 
 /// What the file watcher remembers of a config file's text: enough to notice a change, not
@@ -321,6 +333,9 @@ impl Daemon {
                 None
             }),
             unready_egresses: std::collections::BTreeSet::new(),
+            fleet_shares: std::collections::BTreeMap::new(),
+            fleet_offered: std::collections::BTreeMap::new(),
+            fleet_demand: Demands::new(),
         };
         if !daemon.state.policy_text.is_empty() {
             daemon.policy =
@@ -461,11 +476,17 @@ impl Daemon {
             .ids
             .assign(policy, &attached)
             .map_err(ApplyError::Rejected)?;
-        let compiled = CompiledPolicy::with_ids(
+        let mut compiled = CompiledPolicy::with_ids(
             policy,
             &assignment.class_ids,
             &assignment.policy_iface_slots,
         );
+        // A fleet class enforces this gateway's share of its budget from the start.
+        for (spec, id) in policy.classes.iter().zip(&assignment.class_ids) {
+            if let Some(config) = self.shared_class(spec) {
+                compiled.classes[*id as usize] = config;
+            }
+        }
         Dataplane::check_fits(&compiled).map_err(|e| ApplyError::Rejected(e.to_string()))?;
         let failed = |e: crate::dataplane::DataplaneError| ApplyError::Failed(e.to_string());
         for class in &assignment.fresh_classes {
@@ -551,6 +572,16 @@ impl Daemon {
             fleet: self.state.fleet.as_ref().map(|f| FleetView {
                 connected: f.connected,
                 revision: f.revision,
+                classes: self
+                    .fleet_budgets()
+                    .into_iter()
+                    .map(|(class, budget)| {
+                        let fraction = self.fleet_shares.get(&class).copied().unwrap_or(1.0);
+                        let demand = self.fleet_demand.get(&class).copied().unwrap_or(0);
+                        let share = (budget as f64 * fraction) as u64;
+                        (class, share, demand)
+                    })
+                    .collect(),
             }),
         };
         *self.metrics_view.lock().unwrap_or_else(|e| e.into_inner()) = view;
@@ -949,6 +980,100 @@ impl Daemon {
         self.publish_metrics_view();
     }
 
+    /// The kernel config of fleet class `spec` at this gateway's share; `None` for a class
+    /// that is not a fleet class, or outside a fleet.
+    fn shared_class(&self, spec: &ClassSpec) -> Option<dataplane_common::maps::ClassConfig> {
+        if !spec.fleet_budget || self.state.fleet.is_none() {
+            return None;
+        }
+        let fraction = self.fleet_shares.get(&spec.name).copied().unwrap_or(1.0);
+        let scale = |rate: u64| ((rate as f64 * fraction) as u64).max(1);
+        let mut shared = spec.clone();
+        if shared.rate_bytes_per_sec > 0 {
+            shared.rate_bytes_per_sec = scale(shared.rate_bytes_per_sec);
+        }
+        shared.ceil_bytes_per_sec = shared.ceil_bytes_per_sec.map(scale);
+        Some(class_config(&shared))
+    }
+
+    /// Each fleet class's budget (bytes/s): its ceiling, else its rate.
+    fn fleet_budgets(&self) -> std::collections::BTreeMap<String, u64> {
+        self.policy
+            .iter()
+            .flat_map(|p| &p.classes)
+            .filter(|c| c.fleet_budget)
+            .map(|c| {
+                let budget = c.ceil_bytes_per_sec.unwrap_or(c.rate_bytes_per_sec);
+                (c.name.clone(), budget)
+            })
+            .collect()
+    }
+
+    /// Measures each fleet class's demand here: bytes per second offered to it on every
+    /// interface (dropped ones included) since the last measurement.
+    fn measure_fleet_demand(&mut self) -> Demands {
+        let now = Instant::now();
+        let slots: Vec<u32> = self.state.ids.ifaces.values().copied().collect();
+        let mut demand = Demands::new();
+        for class in self.fleet_budgets().into_keys() {
+            let Some(&id) = self.state.ids.classes.get(&class) else {
+                continue;
+            };
+            let offered: u64 = slots
+                .iter()
+                .filter_map(|&slot| self.dp.class_counters(slot, id).ok())
+                .map(|c| c.bytes)
+                .sum();
+            let rate = match self.fleet_offered.insert(class.clone(), (now, offered)) {
+                Some((then, before)) => {
+                    let secs = now.duration_since(then).as_secs_f64().max(1e-3);
+                    (offered.saturating_sub(before) as f64 / secs) as u64
+                }
+                None => 0,
+            };
+            demand.insert(class, rate);
+        }
+        self.fleet_demand = demand.clone();
+        demand
+    }
+
+    /// Enforces this gateway's new shares of the fleet classes (fractions of their budgets),
+    /// in place in the generation in force.
+    fn set_fleet_shares(&mut self, shares: std::collections::BTreeMap<String, f64>) {
+        // Demand moves a little all the time: a share changes only when it moves by more
+        // than FLEET_SHARE_STEP of the budget.
+        let changed: Vec<String> = shares
+            .iter()
+            .filter(|(class, f)| {
+                self.fleet_shares
+                    .get(*class)
+                    .is_none_or(|old| (*f - old).abs() > FLEET_SHARE_STEP)
+            })
+            .map(|(class, _)| class.clone())
+            .collect();
+        for class in &changed {
+            self.fleet_shares.insert(class.clone(), shares[class]);
+        }
+        self.fleet_shares
+            .retain(|class, _| shares.contains_key(class));
+        for class in changed {
+            let spec = self
+                .policy
+                .as_ref()
+                .and_then(|p| p.classes.iter().find(|c| c.name == class))
+                .cloned();
+            let (Some(spec), Some(&id)) = (spec, self.state.ids.classes.get(&class)) else {
+                continue;
+            };
+            if let Some(config) = self.shared_class(&spec) {
+                if let Err(e) = self.dp.set_live_class(id, &config) {
+                    warn!(%class, "cannot enforce the fleet share: {e}");
+                }
+            }
+        }
+        self.publish_metrics_view();
+    }
+
     /// What this gateway tells the fleet.
     fn fleet_report(&self) -> GatewayReport {
         let fleet = self.state.fleet.clone().unwrap_or_default();
@@ -1134,6 +1259,8 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<()> {
     Ok(())
 }
 
+/// The least change of a fleet share (a fraction of the budget) that is enforced.
+const FLEET_SHARE_STEP: f64 = 0.005;
 /// The first wait before reconnecting to etcd, and the longest.
 const FLEET_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const FLEET_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -1201,8 +1328,29 @@ async fn fleet_session(
         return e;
     }
     let mut renew = tokio::time::interval(REPORT_RENEWAL);
+    let mut share = tokio::time::interval(SHARE_PERIOD);
     loop {
         tokio::select! {
+            _ = share.tick() => {
+                let (demand, budgets) = {
+                    let mut daemon = daemon.lock().await;
+                    (daemon.measure_fleet_demand(), daemon.fleet_budgets())
+                };
+                if !budgets.is_empty() {
+                    let exchange = async {
+                        fleet.publish_demand(&lease, &demand).await?;
+                        fleet.demands().await
+                    };
+                    match tokio::time::timeout(FLEET_REQUEST_TIMEOUT, exchange).await {
+                        Ok(Ok(demands)) => {
+                            let fractions = own_fractions(&config.gateway, &budgets, &demands);
+                            daemon.lock().await.set_fleet_shares(fractions);
+                        }
+                        Ok(Err(e)) => return e,
+                        Err(_) => return timed("exchanging demands"),
+                    }
+                }
+            }
             changes = watch.next() => match changes {
                 // The last change is what stands; those before it were superseded.
                 Ok(changes) => if let Some(last) = changes.last() {

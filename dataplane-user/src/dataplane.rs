@@ -23,7 +23,7 @@ use dataplane_common::{
         class_config_index, class_counter_index, names, rule_class_index, ClassConfig,
         ClassCounters, FlowEntry, IfaceConfig, IfaceCounters, LinkState, PolicerState, PolicySlot,
     },
-    policer::BucketParams,
+    policer::{ns_to_ticks, rescale_tat, BucketParams},
     programs::KernelLogLevel,
     GENERATION_SLOTS, MAX_CLASSES, MAX_IFACES, MAX_RULES,
 };
@@ -429,6 +429,39 @@ impl Dataplane {
         Array::try_from(self.map(name)?).map_err(map_err(name))
     }
 
+    /// Replaces the config of class `class` in the generation in force, in place (a fleet
+    /// class's share moving): one map update, no new generation, so flows keep their cached
+    /// classification. A packet being policed meanwhile sees the old or the new config.
+    /// The class's buckets keep the backlog they hold in bytes (see `policer::rescale_tat`).
+    pub fn set_live_class(
+        &mut self,
+        class: u32,
+        config: &ClassConfig,
+    ) -> Result<(), DataplaneError> {
+        let (active, _) = self.slots()?;
+        let index = class_config_index(active, class);
+        let old = self
+            .array_ro::<ClassConfig>(names::CLASSES)?
+            .get(&index, 0)
+            .map_err(map_err(names::CLASSES))?;
+        self.array::<ClassConfig>(names::CLASSES)?
+            .set(index, config, 0)
+            .map_err(map_err(names::CLASSES))?;
+        let mut state = self.policer_state(class)?;
+        let now = ns_to_ticks(monotonic_ns());
+        state.committed_tat = rescale_tat(
+            state.committed_tat,
+            now,
+            &old.policer.committed,
+            &config.policer.committed,
+        );
+        state.peak_tat = rescale_tat(state.peak_tat, now, &old.policer.peak, &config.policer.peak);
+        // A packet policed between the read and this write may lose its charge: one packet.
+        self.array::<PolicerState>(names::POLICERS)?
+            .set(class, state, 0)
+            .map_err(map_err(names::POLICERS))
+    }
+
     fn slots(&self) -> Result<(u32, [PolicySlot; GENERATION_SLOTS]), DataplaneError> {
         let active = self
             .array_ro::<u32>(names::ACTIVE_SLOT)?
@@ -795,4 +828,15 @@ impl RouteGeneration {
             .map_err(map_err(names::ROUTE_GENERATION))?;
         Ok(next)
     }
+}
+
+/// The kernel clock the policer reads (`bpf_ktime_get_ns`, CLOCK_MONOTONIC), in ns.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

@@ -5,11 +5,19 @@
 //! reports of all gateways back. A gateway whose daemon stops drops out of the list when its
 //! lease expires; its dataplane keeps forwarding.
 //!
+//! Classes with `fleet_budget = true` share their rate and ceiling across the fleet: every
+//! gateway reports the demand it sees for each (the bytes per second offered to the class,
+//! dropped ones included) under a leased key, reads everyone's, and enforces its own share
+//! ([`shares`]): max-min fair by demand, above a floor so that a gateway whose traffic just
+//! started is not starved before its demand is known. While etcd does not answer, shares stay
+//! as they are; a gateway that disappears loses its share when its lease expires.
+//!
 //! Keys, under a prefix (default [`DEFAULT_PREFIX`]):
 //! - `<prefix>/policy`: the policy, as text in the policy file format;
-//! - `<prefix>/gateways/<name>`: each gateway's [`GatewayReport`], as JSON.
+//! - `<prefix>/gateways/<name>`: each gateway's [`GatewayReport`], as JSON;
+//! - `<prefix>/demand/<name>`: each gateway's demand per fleet class (bytes/s), as JSON.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
@@ -23,6 +31,13 @@ pub const DEFAULT_PREFIX: &str = "/dataplane";
 pub const REPORT_TTL_SECS: i64 = 5;
 /// How often a report's lease is renewed: well within its time to live.
 pub const REPORT_RENEWAL: Duration = Duration::from_secs(1);
+/// How often a gateway measures and reports its demand and recomputes its shares.
+pub const SHARE_PERIOD: Duration = Duration::from_millis(250);
+/// The part of a fleet budget set aside as floors, split equally among the gateways that
+/// report: each has at least this share of an equal split, demand or not.
+pub const SHARE_FLOOR: f64 = 0.03;
+/// How long a member may take to answer the probe before a connection.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long connecting to etcd, and each request, may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -52,6 +67,83 @@ impl FleetConfig {
     pub fn report_key(&self) -> String {
         format!("{}{}", self.reports_prefix(), self.gateway)
     }
+
+    /// The prefix of the gateways' demands.
+    pub fn demands_prefix(&self) -> String {
+        format!("{}/demand/", self.prefix)
+    }
+
+    /// This gateway's demand key.
+    pub fn demand_key(&self) -> String {
+        format!("{}{}", self.demands_prefix(), self.gateway)
+    }
+}
+
+/// Demand per fleet class (bytes per second), by class name.
+pub type Demands = BTreeMap<String, u64>;
+
+/// Max-min fair shares of `budget` (bytes/s) among gateways with `demands` (bytes/s, one
+/// each, in the same order as the result). Each gateway first gets an equal part of the
+/// floor ([`SHARE_FLOOR`] of the budget); the rest fills demand above the floor, the smallest
+/// first, up to a common level; what no demand takes is split equally, so a gateway whose
+/// demand grows can take more at once. The shares add up to the budget.
+pub fn shares(budget: u64, demands: &[u64]) -> Vec<u64> {
+    let n = demands.len() as u64;
+    if n == 0 {
+        return Vec::new();
+    }
+    let floor = (budget as f64 * SHARE_FLOOR) as u64 / n;
+    let mut rest = budget - floor * n;
+    let excess: Vec<u64> = demands.iter().map(|d| d.saturating_sub(floor)).collect();
+    // Water-filling: visit the demands from the smallest; each takes its excess or an equal
+    // part of what is left, whichever is less.
+    let mut order: Vec<usize> = (0..demands.len()).collect();
+    order.sort_by_key(|&i| excess[i]);
+    let mut filled = vec![0u64; demands.len()];
+    let mut left = n;
+    for &i in &order {
+        let take = excess[i].min(rest / left);
+        filled[i] = take;
+        rest -= take;
+        left -= 1;
+    }
+    // What no demand took: equal parts (the remainder of the division to the first).
+    let spare = rest / n;
+    let mut remainder = rest - spare * n;
+    filled
+        .iter()
+        .map(|f| {
+            let extra = std::mem::take(&mut remainder);
+            floor + f + spare + extra
+        })
+        .collect()
+}
+
+/// The share of each fleet class's budget (`budgets`, bytes/s) that gateway `own` enforces,
+/// as a fraction of the budget, from every gateway's `demands` (by gateway name). A class
+/// no gateway reports yet keeps a whole budget.
+pub fn own_fractions(
+    own: &str,
+    budgets: &BTreeMap<String, u64>,
+    demands: &BTreeMap<String, Demands>,
+) -> BTreeMap<String, f64> {
+    budgets
+        .iter()
+        .map(|(class, &budget)| {
+            let gateways: Vec<(&String, u64)> = demands
+                .iter()
+                .map(|(gw, d)| (gw, d.get(class).copied().unwrap_or(0)))
+                .collect();
+            let fraction = match gateways.iter().position(|(gw, _)| *gw == own) {
+                Some(me) if budget > 0 => {
+                    let all: Vec<u64> = gateways.iter().map(|(_, d)| *d).collect();
+                    shares(budget, &all)[me] as f64 / budget as f64
+                }
+                _ => 1.0,
+            };
+            (class.clone(), fraction)
+        })
+        .collect()
 }
 
 /// What a gateway tells the fleet about itself.
@@ -123,13 +215,38 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Connects to `config`'s endpoints (any member that answers).
+    /// Connects to the members of `config`'s endpoints that answer now (all of them when
+    /// none does, so the error names them): a member that is down would otherwise take its
+    /// turn among the requests and make each wait for its connection to time out.
     pub async fn connect(config: FleetConfig) -> Result<Fleet, FleetError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(REPORT_RENEWAL, REQUEST_TIMEOUT);
-        let client = Client::connect(&config.endpoints, Some(options))
+        let probes = config.endpoints.iter().map(|endpoint| async move {
+            let probe = async {
+                let options = ConnectOptions::new()
+                    .with_connect_timeout(PROBE_TIMEOUT)
+                    .with_timeout(PROBE_TIMEOUT);
+                Client::connect([endpoint], Some(options))
+                    .await?
+                    .status()
+                    .await
+            };
+            matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)))
+                .then_some(endpoint)
+        });
+        let answering: Vec<&String> = futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let endpoints: Vec<&String> = if answering.is_empty() {
+            config.endpoints.iter().collect()
+        } else {
+            answering
+        };
+        let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|source| etcd_error(&config, source))?;
         Ok(Fleet { client, config })
@@ -250,6 +367,51 @@ impl Fleet {
             .await
             .map_err(|e| self.error(e))?;
         Ok(())
+    }
+
+    /// Publishes this gateway's `demand` under its key, bound to `lease`.
+    pub async fn publish_demand(
+        &mut self,
+        lease: &ReportLease,
+        demand: &Demands,
+    ) -> Result<(), FleetError> {
+        let value = serde_json::to_vec(demand).map_err(|e| FleetError::BadValue {
+            key: self.config.demand_key(),
+            why: e.to_string(),
+        })?;
+        self.client
+            .put(
+                self.config.demand_key(),
+                value,
+                Some(PutOptions::new().with_lease(lease.id)),
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// Every gateway's demand, by gateway name.
+    pub async fn demands(&mut self) -> Result<BTreeMap<String, Demands>, FleetError> {
+        let prefix = self.config.demands_prefix();
+        let response = self
+            .client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.error(e))?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let gateway = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
+                serde_json::from_slice(kv.value())
+                    .map(|d| (gateway, d))
+                    .map_err(|e| FleetError::BadValue {
+                        key,
+                        why: e.to_string(),
+                    })
+            })
+            .collect()
     }
 
     fn error(&self, source: etcd_client::Error) -> FleetError {
@@ -395,5 +557,47 @@ mod tests {
             serde_json::from_str::<GatewayReport>(&json).expect("parses"),
             report
         );
+    }
+
+    #[test]
+    fn shares_are_max_min_fair_above_a_floor() {
+        // One gateway with all the demand, two idle: the idle ones keep their floors.
+        let s = shares(1000, &[5000, 0, 0]);
+        assert_eq!(s.iter().sum::<u64>(), 1000);
+        assert_eq!((s[1], s[2]), (10, 10), "floors of an idle gateway");
+        assert_eq!(s[0], 1000 - 20);
+        // 50/30/20 of more than the budget: fair levels.
+        let s = shares(1000, &[5000, 3000, 2000]);
+        assert_eq!(s.iter().sum::<u64>(), 1000);
+        assert!(
+            s[0].abs_diff(s[1]) <= 1 && s[1].abs_diff(s[2]) <= 1,
+            "{s:?}"
+        );
+        // A small demand gets what it asks; the rest is shared by the big ones.
+        let s = shares(1000, &[5000, 100, 5000]);
+        assert_eq!(s.iter().sum::<u64>(), 1000);
+        assert_eq!(s[1], 100);
+        assert!(s[0].abs_diff(s[2]) <= 1);
+        // All demand within the budget: each gets it, and the spare equally.
+        let s = shares(1000, &[200, 100, 0]);
+        assert_eq!(s.iter().sum::<u64>(), 1000);
+        assert!(s[0] >= 200 && s[1] >= 100 && s[2] > 0);
+        assert!((s[0] - s[1]).abs_diff(100) <= 1, "{s:?}");
+        assert!(shares(1000, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_gateway_s_fraction_follows_everyone_s_demand() {
+        let budgets = BTreeMap::from([("bulk".to_string(), 1000u64)]);
+        let demand = |d: u64| BTreeMap::from([("bulk".to_string(), d)]);
+        let demands = BTreeMap::from([
+            ("gw0".to_string(), demand(5000)),
+            ("gw1".to_string(), demand(0)),
+        ]);
+        let own = own_fractions("gw0", &budgets, &demands);
+        assert_eq!(own["bulk"], 0.985);
+        assert_eq!(own_fractions("gw1", &budgets, &demands)["bulk"], 0.015);
+        // Not reported yet (or etcd never answered): the whole budget.
+        assert_eq!(own_fractions("gw9", &budgets, &demands)["bulk"], 1.0);
     }
 }

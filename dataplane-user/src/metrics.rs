@@ -32,6 +32,8 @@
 //! | `dataplane_config_generation` | | policy generation in force |
 //! | `dataplane_policy_revision` | | with `run --etcd`: the etcd revision of the fleet policy in force |
 //! | `dataplane_etcd_connected` | | with `run --etcd`: 1 while etcd answers, 0 while not |
+//! | `dataplane_class_fleet_share_bytes_per_second` | class | with `run --etcd`, per fleet class: this gateway's share of its budget |
+//! | `dataplane_class_fleet_demand_bytes_per_second` | class | with `run --etcd`, per fleet class: the demand this gateway reports |
 //! | `dataplane_config_reloads_total` | result (`ok`/`error`) | |
 //! | `dataplane_build_info` | version | always 1 |
 
@@ -161,7 +163,7 @@ pub struct Iface {
 
 /// The configuration a scrape reports against: the classes in force with their kernel ids
 /// (stable across reloads, see [`crate::ids`]), the interfaces, generation and reloads.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConfigView {
     /// Classes in policy order, each with its kernel class id.
     pub classes: Vec<(ClassInfo, u32)>,
@@ -176,12 +178,15 @@ pub struct ConfigView {
 }
 
 /// What the metrics say of a daemon's fleet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct FleetView {
     /// Whether etcd answers.
     pub connected: bool,
     /// The etcd revision of the policy in force.
     pub revision: i64,
+    /// Per fleet class: (name, this gateway's share of the budget, its measured demand), in
+    /// bytes per second.
+    pub classes: Vec<(String, u64, u64)>,
 }
 
 impl ConfigView {
@@ -262,7 +267,7 @@ pub fn snapshot(
         tcp_window_bytes: windows.iter().map(|w| u64::from(w.window_bytes)).collect(),
         tcp_round_trip_seconds: windows.iter().map(|w| f64::from(w.rtt_us) / 1e6).collect(),
         ifaces,
-        fleet: view.fleet,
+        fleet: view.fleet.clone(),
     })
 }
 
@@ -549,7 +554,25 @@ impl Collector for Exposition {
                 .encode(family.encode_family(&labels)?)?;
         }
 
-        if let Some(fleet) = s.fleet {
+        if let Some(fleet) = &s.fleet {
+            for (name, help, value) in [
+                (
+                    "dataplane_class_fleet_share_bytes_per_second",
+                    "The share of a fleet class's budget (its ceil, else its rate) this gateway enforces.",
+                    (|c| c.1) as fn(&(String, u64, u64)) -> u64,
+                ),
+                (
+                    "dataplane_class_fleet_demand_bytes_per_second",
+                    "The demand this gateway reports for a fleet class: bytes per second offered to it here, dropped ones included.",
+                    |c| c.2,
+                ),
+            ] {
+                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for class in &fleet.classes {
+                    let labels = [("class", class.0.as_str())];
+                    ConstGauge::new(value(class)).encode(family.encode_family(&labels)?)?;
+                }
+            }
             ConstGauge::new(fleet.revision).encode(encoder.encode_descriptor(
                 "dataplane_policy_revision",
                 "The etcd revision of the fleet policy in force (run --etcd); 0 before the first.",
@@ -621,6 +644,7 @@ mod tests {
             fleet: Some(FleetView {
                 connected: false,
                 revision: 42,
+                classes: vec![("bulk".into(), 750, 2000)],
             }),
             ifaces: vec![IfaceSample {
                 name: "eth0".into(),
@@ -662,6 +686,8 @@ mod tests {
             r#"dataplane_xdp_attached{iface="eth0",mode="generic"} 1"#,
             "dataplane_config_generation 3",
             "dataplane_policy_revision 42",
+            r#"dataplane_class_fleet_share_bytes_per_second{class="bulk"} 750"#,
+            r#"dataplane_class_fleet_demand_bytes_per_second{class="bulk"} 2000"#,
             "dataplane_etcd_connected 0",
             r#"dataplane_config_reloads_total{result="ok"} 2"#,
             r#"dataplane_config_reloads_total{result="error"} 1"#,

@@ -101,7 +101,16 @@ impl Gateway {
 
     /// The limited class's rate as `class list` shows it.
     fn limited_rate(&self) -> String {
-        let classes = self.daemon.ok(&["class", "list"]);
+        // The state file follows a change a moment after the kernel does: ask again then.
+        let mut out = self.daemon.cli(&["class", "list"]);
+        for _ in 0..50 {
+            if out.status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            out = self.daemon.cli(&["class", "list"]);
+        }
+        let classes = String::from_utf8_lossy(&out.stdout).into_owned();
         classes
             .lines()
             .find(|l| l.starts_with("limited"))
@@ -350,4 +359,180 @@ fn a_fleet_takes_one_policy_from_etcd_and_survives_losing_etcd() {
     eprintln!("a killed gateway's report expired after {gone:?} (lease {REPORT_TTL_SECS} s)");
     gateways[2].send_steady(200);
     gateways.truncate(2);
+}
+
+/// UDP port of the fleet class in the budget test.
+const SHARED_PORT: u16 = 5003;
+/// Datagram payload in the budget test, and its frame on the wire (Ethernet, IPv4, UDP).
+const PAYLOAD: usize = 1000;
+const FRAME: f64 = (PAYLOAD + 42) as f64;
+
+/// The fleet policy of the budget test: a class of `budget` for the whole fleet, with a
+/// burst that outlasts the test senders' stalls (user-space pacers on two busy cores).
+fn budget_policy(budget: &str) -> String {
+    format!(
+        "{POLICY}[[class]]\nname = \"shared\"\nrate = \"{budget}\"\nburst = \"256KiB\"\n\
+         exceed = \"drop\"\nfleet_budget = true\n[[rule]]\nclass = \"shared\"\nprotocol = \"udp\"\n\
+         dst_port = {SHARED_PORT}\n"
+    )
+}
+
+/// This gateway's share of the fleet class (bytes/s), from its metrics.
+fn share_of(gateway: &Gateway) -> f64 {
+    use std::io::{Read, Write};
+    let addr = gateway.daemon.status_state_metrics_addr();
+    let mut text = String::new();
+    if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+        let _ = stream.read_to_string(&mut text);
+    }
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("dataplane_class_fleet_share_bytes_per_second{class=\"shared\"} ")
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Offers `offered_bps` (bits/s of frames) of the shared class through each gateway for
+/// `secs`, and measures the frames each gateway admits (its sink receives) from `settle`
+/// seconds after the start to the end: frames per second per gateway. Also returns how long
+/// the gateways' shares took to come within 5% of `expected` (bytes/s per gateway).
+fn run_load(
+    gateways: &[Gateway],
+    offered_bps: &[f64],
+    expected: &[u64],
+    settle: f64,
+    secs: f64,
+) -> (Vec<f64>, Duration) {
+    let sinks: Vec<traffic::Sink> = gateways
+        .iter()
+        .map(|g| {
+            traffic::Sink::bind(SocketAddr::V4(SocketAddrV4::new(
+                g.net.root_addr,
+                SHARED_PORT,
+            )))
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let started = Instant::now();
+        for (g, &bps) in gateways.iter().zip(offered_bps) {
+            if bps == 0.0 {
+                continue;
+            }
+            let dst = SocketAddr::V4(SocketAddrV4::new(g.net.root_addr, SHARED_PORT));
+            let pps = (bps / 8.0 / FRAME) as u64;
+            let duration = Duration::from_secs_f64(secs);
+            let net = &g.net;
+            s.spawn(move || {
+                net.run(move || traffic::send_paced(dst, PAYLOAD, pps, duration, u64::MAX))
+            });
+        }
+        let converged = eventually("the shares to converge", Duration::from_secs(5), || {
+            gateways
+                .iter()
+                .zip(expected)
+                .all(|(g, &e)| (share_of(g) - e as f64).abs() <= 0.05 * e as f64)
+        });
+        let settle = Duration::from_secs_f64(settle);
+        std::thread::sleep(settle.saturating_sub(started.elapsed()));
+        let start = (
+            Instant::now(),
+            sinks.iter().map(traffic::Sink::count).collect::<Vec<_>>(),
+        );
+        std::thread::sleep(Duration::from_secs_f64(secs - 0.5).saturating_sub(started.elapsed()));
+        let end = (
+            Instant::now(),
+            sinks.iter().map(traffic::Sink::count).collect::<Vec<_>>(),
+        );
+        let elapsed = (end.0 - start.0).as_secs_f64();
+        let admitted = start
+            .1
+            .iter()
+            .zip(&end.1)
+            .map(|(a, b)| (b - a) as f64 / elapsed)
+            .collect();
+        (admitted, converged)
+    })
+}
+
+#[test]
+fn a_fleet_budget_follows_the_demand_across_gateways() {
+    let etcd = EtcdCluster::start(3);
+    let endpoints = etcd.endpoints().join(",");
+    let mut gateways: Vec<Gateway> = (0..3)
+        .map(|i| Gateway::in_fleet(&format!("gw{i}"), &endpoints))
+        .collect();
+    let file = gateways[0].daemon.dir.join("budget-policy.toml");
+    std::fs::write(&file, budget_policy("24Mbit")).expect("write policy");
+    gateways[0].daemon.ok(&[
+        "fleet",
+        "push",
+        file.to_str().expect("path"),
+        "--etcd",
+        &endpoints,
+    ]);
+    for g in &gateways {
+        eventually("the budget policy live", Duration::from_secs(10), || {
+            let out = g.daemon.cli(&["class", "list"]);
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("shared")
+        });
+    }
+    let budget = 24e6 / 8.0 / FRAME;
+    // Offered: 2.5 times the fleet's budget, moved between the gateways.
+    let offered = 60e6;
+    for (what, split) in [
+        ("all on gw0", [1.0, 0.0, 0.0]),
+        ("split 50/30/20", [0.5, 0.3, 0.2]),
+        ("all on gw2", [0.0, 0.0, 1.0]),
+    ] {
+        let bps: Vec<f64> = split.iter().map(|f| f * offered).collect();
+        let demands: Vec<u64> = bps.iter().map(|b| (b / 8.0) as u64).collect();
+        let expected = dataplane::fleet::shares(24_000_000 / 8, &demands);
+        // Measured from 2 s after the change: the shares have followed by then.
+        let (admitted, converged) = run_load(&gateways, &bps, &expected, 2.0, 4.5);
+        eprintln!("{what}: the shares converged {converged:?} after the load moved");
+        assert!(
+            converged <= Duration::from_secs(2),
+            "{what}: the shares took {converged:?}"
+        );
+        let fleet: f64 = admitted.iter().sum();
+        let error = (fleet - budget) / budget;
+        eprintln!(
+            "{what}: admitted {:.0} frames/s per gateway {:?}, fleet {:+.2}% of the budget",
+            budget,
+            admitted.iter().map(|a| a.round()).collect::<Vec<_>>(),
+            error * 100.0
+        );
+        assert!(
+            error.abs() <= 0.05,
+            "{what}: the fleet admitted {fleet:.0} frames/s of a {budget:.0} budget ({:+.1}%)",
+            error * 100.0
+        );
+        for (i, (&f, &a)) in split.iter().zip(&admitted).enumerate() {
+            if f > 0.0 {
+                // Its fair part of the budget (no gateway here offers less than that).
+                let fair = budget / split.iter().filter(|&&x| x > 0.0).count() as f64;
+                assert!(a >= 0.5 * fair, "{what}: gw{i} starved: {a:.0} frames/s");
+            }
+        }
+    }
+    // A gateway gone: once its lease expires, the others share the whole budget.
+    gateways[2].daemon.kill9();
+    std::thread::sleep(Duration::from_secs(REPORT_TTL_SECS as u64));
+    let live = &gateways[..2];
+    let bps = [0.5 * offered, 0.5 * offered];
+    let demands: Vec<u64> = bps.iter().map(|b| (b / 8.0) as u64).collect();
+    let expected = dataplane::fleet::shares(24_000_000 / 8, &demands);
+    let (admitted, converged) = run_load(live, &bps, &expected, 2.0, 4.5);
+    let fleet: f64 = admitted.iter().sum();
+    eprintln!(
+        "gw2 gone: shares converged {converged:?}, admitted {:?} frames/s ({:+.2}%)",
+        admitted.iter().map(|a| a.round()).collect::<Vec<_>>(),
+        (fleet - budget) / budget * 100.0
+    );
+    assert!(
+        ((fleet - budget) / budget).abs() <= 0.05,
+        "the two gateways left admit {fleet:.0} frames/s of {budget:.0}"
+    );
 }

@@ -118,6 +118,12 @@ pub struct ClassText {
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_window: Option<bool>,
+    /// The class's rate and ceiling are for the whole fleet (`run --etcd`): each gateway
+    /// enforces a share, recomputed continuously from the demand every gateway reports.
+    /// Default: false (every gateway enforces the whole rate on its own).
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_budget: Option<bool>,
 }
 
 /// Priority of a class that sets none.

@@ -218,6 +218,7 @@ fn full_example_builds_the_expected_policy() {
                 violate: ColourAction::DROP,
                 aqm: None,
                 tcp_window: false,
+                fleet_budget: false,
             },
             ClassSpec {
                 name: "gold".into(),
@@ -231,6 +232,7 @@ fn full_example_builds_the_expected_policy() {
                 violate: ColourAction::ECN,
                 aqm: None,
                 tcp_window: true,
+                fleet_budget: false,
             },
             ClassSpec {
                 name: "scavenger".into(),
@@ -244,6 +246,7 @@ fn full_example_builds_the_expected_policy() {
                 violate: ColourAction::DROP,
                 aqm: None,
                 tcp_window: true,
+                fleet_budget: false,
             },
         ],
         default_class: 0,

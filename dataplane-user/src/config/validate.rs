@@ -271,6 +271,12 @@ impl Validator<'_> {
             ));
         }
         let tcp_window = enforcing.is_some() && f.tcp_window != Some(false);
+        if f.fleet_budget == Some(true) && rate == 0 && ceil.is_none() {
+            return Err(self.err(
+                class_field(i, "fleet_budget"),
+                "a fleet budget needs a rate or a ceil to share out",
+            ));
+        }
         Ok(ClassSpec {
             name: f.name.clone(),
             priority,
@@ -283,6 +289,7 @@ impl Validator<'_> {
             violate,
             aqm,
             tcp_window,
+            fleet_budget: f.fleet_budget == Some(true),
         })
     }
 

@@ -136,6 +136,7 @@ impl Writer<'_> {
                 )
                 .is_some())
             .then_some(false),
+            fleet_budget: c.fleet_budget.then_some(true),
         })
     }
 
