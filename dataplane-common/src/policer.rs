@@ -543,7 +543,7 @@ mod tests {
         let fast = BucketParams::new(100_000, 100_000);
         let now = 1_000_000;
         // 50 000 bytes queued at 1 000 B/s: 50 s ahead; at 100 000 B/s the same bytes are 0.5 s.
-        let tat = now + slow.cost(50_000) as u64;
+        let tat = now + slow.cost(50_000);
         let rescaled = rescale_tat(tat, now, &slow, &fast);
         assert!(rescaled.abs_diff(now + fast.cost(50_000)) <= 1);
         // Slowing down can't put the lead beyond the new burst.
