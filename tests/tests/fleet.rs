@@ -377,15 +377,37 @@ fn budget_policy(budget: &str) -> String {
     )
 }
 
-/// This gateway's share of the fleet class (bytes/s), from its metrics.
-fn share_of(gateway: &Gateway) -> f64 {
+/// The text of `http://{addr}/metrics` (empty when it does not answer).
+fn scrape(addr: &str) -> String {
     use std::io::{Read, Write};
-    let addr = gateway.daemon.status_state_metrics_addr();
     let mut text = String::new();
     if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
         let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
         let _ = stream.read_to_string(&mut text);
     }
+    text
+}
+
+/// Bytes the etcd members received from and sent to their clients so far.
+fn etcd_client_bytes(endpoints: &[String]) -> f64 {
+    endpoints
+        .iter()
+        .map(|e| scrape(e.trim_start_matches("http://")))
+        .flat_map(|text| {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("etcd_network_client_grpc_received_bytes_total ")
+                        || l.starts_with("etcd_network_client_grpc_sent_bytes_total ")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// This gateway's share of the fleet class (bytes/s), from its metrics.
+fn share_of(gateway: &Gateway) -> f64 {
+    let text = scrape(&gateway.daemon.status_state_metrics_addr().to_string());
     text.lines()
         .find_map(|l| {
             l.strip_prefix("dataplane_class_fleet_share_bytes_per_second{class=\"shared\"} ")
@@ -490,7 +512,12 @@ fn a_fleet_budget_follows_the_demand_across_gateways() {
         let demands: Vec<u64> = bps.iter().map(|b| (b / 8.0) as u64).collect();
         let expected = dataplane::fleet::shares(24_000_000 / 8, &demands);
         // Measured from 2 s after the change: the shares have followed by then.
+        let (bytes, started) = (etcd_client_bytes(&etcd.endpoints()), Instant::now());
         let (admitted, converged) = run_load(&gateways, &bps, &expected, 2.0, 4.5);
+        let etcd_rate = (etcd_client_bytes(&etcd.endpoints()) - bytes)
+            / started.elapsed().as_secs_f64()
+            / gateways.len() as f64;
+        eprintln!("{what}: etcd client traffic {etcd_rate:.0} B/s per gateway");
         eprintln!("{what}: the shares converged {converged:?} after the load moved");
         assert!(
             converged <= Duration::from_secs(2),
