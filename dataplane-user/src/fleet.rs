@@ -354,19 +354,8 @@ impl Fleet {
         lease: &ReportLease,
         report: &GatewayReport,
     ) -> Result<(), FleetError> {
-        let value = serde_json::to_vec(report).map_err(|e| FleetError::BadValue {
-            key: self.config.report_key(),
-            why: e.to_string(),
-        })?;
-        self.client
-            .put(
-                self.config.report_key(),
-                value,
-                Some(PutOptions::new().with_lease(lease.id)),
-            )
+        self.put_leased(self.config.report_key(), report, lease)
             .await
-            .map_err(|e| self.error(e))?;
-        Ok(())
     }
 
     /// Publishes this gateway's `demand` under its key, bound to `lease`.
@@ -375,16 +364,23 @@ impl Fleet {
         lease: &ReportLease,
         demand: &Demands,
     ) -> Result<(), FleetError> {
-        let value = serde_json::to_vec(demand).map_err(|e| FleetError::BadValue {
-            key: self.config.demand_key(),
+        self.put_leased(self.config.demand_key(), demand, lease)
+            .await
+    }
+
+    /// Writes `value` as JSON under `key`, bound to `lease`.
+    async fn put_leased(
+        &mut self,
+        key: String,
+        value: &impl Serialize,
+        lease: &ReportLease,
+    ) -> Result<(), FleetError> {
+        let json = serde_json::to_vec(value).map_err(|e| FleetError::BadValue {
+            key: key.clone(),
             why: e.to_string(),
         })?;
         self.client
-            .put(
-                self.config.demand_key(),
-                value,
-                Some(PutOptions::new().with_lease(lease.id)),
-            )
+            .put(key, json, Some(PutOptions::new().with_lease(lease.id)))
             .await
             .map_err(|e| self.error(e))?;
         Ok(())
