@@ -44,7 +44,7 @@ fn promtool(args: &[&str]) -> String {
 fn fleet_rules_pass_promtool_and_their_unit_test() {
     let rules = deploy("fleet.yml");
     let out = promtool(&["check", "rules", rules.to_str().expect("utf-8 path")]);
-    assert!(out.contains("SUCCESS: 11 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 13 rules found"), "{out}");
     let unit = deploy("fleet_test.yml");
     let out = promtool(&["test", "rules", unit.to_str().expect("utf-8 path")]);
     assert!(out.contains("SUCCESS"), "{out}");
@@ -480,7 +480,7 @@ fn run_load(
 
 #[test]
 fn a_fleet_budget_follows_the_demand_across_gateways() {
-    let etcd = EtcdCluster::start(3);
+    let mut etcd = EtcdCluster::start(3);
     let endpoints = etcd.endpoints().join(",");
     let mut gateways: Vec<Gateway> = (0..3)
         .map(|i| Gateway::in_fleet(&format!("gw{i}"), &endpoints))
@@ -561,5 +561,29 @@ fn a_fleet_budget_follows_the_demand_across_gateways() {
     assert!(
         ((fleet - budget) / budget).abs() <= 0.05,
         "the two gateways left admit {fleet:.0} frames/s of {budget:.0}"
+    );
+
+    // etcd lost: the shares stay as they were (gw0 and gw1 keep half the budget each).
+    for m in 0..3 {
+        etcd.kill(m);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let frozen: Vec<f64> = live.iter().map(share_of).collect();
+    for (share, want) in frozen.iter().zip(&expected) {
+        assert!(
+            (share - *want as f64).abs() <= 0.05 * *want as f64,
+            "shares moved while etcd was lost: {frozen:?}, were {expected:?}"
+        );
+    }
+    let (admitted, _) = run_load(live, &bps, &expected, 1.0, 3.0);
+    let fleet: f64 = admitted.iter().sum();
+    eprintln!(
+        "etcd lost: shares frozen at {frozen:?}, admitted {:?} frames/s ({:+.2}%)",
+        admitted.iter().map(|a| a.round()).collect::<Vec<_>>(),
+        (fleet - budget) / budget * 100.0
+    );
+    assert!(
+        ((fleet - budget) / budget).abs() <= 0.05,
+        "at the frozen shares the fleet admits {fleet:.0} frames/s of {budget:.0}"
     );
 }
