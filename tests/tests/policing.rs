@@ -30,7 +30,7 @@ const WARM_UP: Duration = Duration::from_millis(150);
 const WINDOW: Duration = Duration::from_millis(2500);
 const WINDOWS: usize = 5;
 /// How precisely a counter sample's moment must be known (0.2% of a window), the pause between
-/// its two reads, and how long to try for a sample taken while every class overflows.
+/// its reads, and how long to try for a sample taken while every class overflows.
 const SAMPLE_SLACK: Duration = Duration::from_millis(1);
 const SAMPLE_PAUSE: Duration = Duration::from_micros(100);
 const SAMPLE_BOUND: Duration = Duration::from_secs(2);
@@ -92,24 +92,32 @@ fn measure(
             })
             .collect()
     };
-    // A sample is the counters and the moment they were read: two reads close together, with
-    // a pause between them that lets a sender sharing the sampler's CPU run, taken when every
-    // class refused a packet between them. Its values are the mean of the two reads at the
-    // middle moment, wrong by at most the rate times SAMPLE_SLACK.
+    // A sample is the counters and the moment they were read: three reads close together,
+    // with pauses between them that let a sender sharing the sampler's CPU run, taken when
+    // every class refused a packet between the first and the second read and again between
+    // the second and the third. Its values are those of the middle read, at the middle
+    // moment. A refusal means the bucket was full then, so the middle read lies between two
+    // moments of a full bucket: its admitted bytes are within the rate times the reads' span
+    // (SAMPLE_SLACK) of what a full bucket allows at the middle moment. One refusal around
+    // a single read is not enough: a sender the machine stalled just before it comes back
+    // with the stall's tokens, spends them in a burst after the read, and the read counts
+    // low by all of them (seen: several milliseconds of the rate, in the first window).
     let sample = || -> (Instant, Vec<(f64, f64)>) {
         let start = Instant::now();
         loop {
             let before = Instant::now();
             let first = read();
             std::thread::sleep(SAMPLE_PAUSE);
-            let second = read();
+            let middle = read();
+            std::thread::sleep(SAMPLE_PAUSE);
+            let last = read();
             let after = Instant::now();
-            let overflowing = first.iter().zip(&second).all(|(a, b)| b.2 > a.2);
-            if after - before <= SAMPLE_SLACK && overflowing {
-                let mean = |a: f64, b: f64| (a + b) / 2.0;
-                let values = (first.iter().zip(&second))
-                    .map(|(a, b)| (mean(a.0, b.0), mean(a.1, b.1)))
-                    .collect();
+            let refused = |a: &[(f64, f64, u64)], b: &[(f64, f64, u64)]| {
+                a.iter().zip(b).all(|(a, b)| b.2 > a.2)
+            };
+            if after - before <= SAMPLE_SLACK && refused(&first, &middle) && refused(&middle, &last)
+            {
+                let values = middle.iter().map(|m| (m.0, m.1)).collect();
                 return (before + (after - before) / 2, values);
             }
             assert!(
@@ -154,6 +162,9 @@ fn measure(
     };
     let median = |class: usize, colour: fn(&(f64, f64)) -> f64| {
         let mut rates: Vec<f64> = samples.windows(2).map(|w| rate(w, class, colour)).collect();
+        // Every window's rate goes to the log: a failing median shows whether one window
+        // or all of them ran over.
+        eprintln!("class {class} windows (B/s): {rates:.0?}");
         rates.sort_by(f64::total_cmp);
         rates[WINDOWS / 2]
     };
