@@ -1,6 +1,8 @@
 //! dataplane user space: policy files, their compilation into kernel tables, and the loaded
 //! XDP program. The `dataplane` binary is a thin caller.
 
+#![deny(missing_docs)]
+
 pub mod compile;
 pub mod config;
 pub mod control;

@@ -101,6 +101,38 @@ pub struct FleetState {
     pub rejected: Option<crate::fleet::Rejection>,
 }
 
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file exists but could not be read.
+    #[error("reading {}: {cause}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: io::Error,
+    },
+    /// The file is not a state file (or one of another release).
+    #[error("{} is not a dataplane state file: {cause}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: serde_json::Error,
+    },
+    /// The state could not be encoded.
+    #[error("encoding the state: {0}")]
+    Encode(serde_json::Error),
+    /// The file could not be written.
+    #[error("writing {}: {cause}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: io::Error,
+    },
+}
+
 /// Paths in the run directory.
 #[derive(Clone, Debug)]
 pub struct RunDir {
@@ -136,25 +168,25 @@ impl RunDir {
     }
 
     /// Reads the state; `None` when there is none.
-    pub fn read(&self) -> anyhow::Result<Option<State>> {
+    pub fn read(&self) -> Result<Option<State>, StateError> {
         let path = self.state_file();
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| {
-                anyhow::anyhow!("{} is not a dataplane state file: {e}", path.display())
-            })?)),
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|cause| StateError::Corrupt { path, cause }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+            Err(cause) => Err(StateError::Read { path, cause }),
         }
     }
 
     /// Replaces the state atomically (write a temporary file, then rename).
-    pub fn write(&self, state: &State) -> anyhow::Result<()> {
+    pub fn write(&self, state: &State) -> Result<(), StateError> {
         let path = self.state_file();
         let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
-        let text = serde_json::to_string_pretty(state)?;
+        let text = serde_json::to_string_pretty(state).map_err(StateError::Encode)?;
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+            .map_err(|cause| StateError::Write { path, cause })
     }
 
     /// Removes the state file and socket (after a detach).

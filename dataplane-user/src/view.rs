@@ -3,7 +3,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
 use dataplane_common::{
     maps::{ClassCounters, FlowEntry, FlowKey, IfaceCounters},
     reason::Reason,
@@ -12,12 +11,54 @@ use dataplane_common::{
 use serde::Serialize;
 
 use crate::{
-    config::Policy,
+    config::{ConfigError, Policy},
     control,
-    dataplane::{Dataplane, PROGRAM_NAME},
+    dataplane::{Dataplane, DataplaneError, PROGRAM_NAME},
     pins::{PinError, PinLayout, LAYOUT_VERSION},
-    state::{RunDir, State},
+    state::{RunDir, State, StateError},
 };
+
+/// Why the running dataplane cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// Nothing is pinned under the root.
+    #[error(
+        "no dataplane is pinned under {} (layout v{LAYOUT_VERSION}); start one with \
+         `dataplane run`",
+        .0.display()
+    )]
+    NotPinned(std::path::PathBuf),
+    /// The pins are incomplete, foreign or of another layout.
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    /// The kernel side could not be read.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// The state file could not be read.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The state file's policy does not parse.
+    #[error("the state file's policy: {0}")]
+    StatePolicy(ConfigError),
+    /// The state file holds no policy.
+    #[error("the state file holds no policy (was the dataplane started by this version?)")]
+    NoPolicy,
+    /// The state file is behind the kernel.
+    #[error(
+        "the state file describes generation {state}, but the kernel enforces generation \
+         {kernel}: the daemon could not write its state (it retries; see its log), so the \
+         policy in force cannot be shown"
+    )]
+    StateBehind {
+        /// The state file's generation.
+        state: u32,
+        /// The kernel's.
+        kernel: u32,
+    },
+    /// The program's information could not be read.
+    #[error("XDP program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+}
 
 /// The running dataplane as the pins and state file describe it.
 pub struct Running {
@@ -35,24 +76,21 @@ pub struct Running {
 
 impl Running {
     /// Opens the pinned dataplane; a clear error when there is none.
-    pub fn open(layout: &PinLayout, run: &RunDir) -> Result<Running> {
+    pub fn open(layout: &PinLayout, run: &RunDir) -> Result<Running, ViewError> {
         if !layout.is_pinned() {
             layout.check_version()?;
             if layout.has_remnants() {
                 // Maps or links without the program pin: a dataplane may well still run.
                 return Err(PinError::Missing(layout.program(PROGRAM_NAME)).into());
             }
-            anyhow::bail!(
-                "no dataplane is pinned under {} (layout v{LAYOUT_VERSION}); start one with `dataplane run`",
-                layout.root().display()
-            );
+            return Err(ViewError::NotPinned(layout.root().to_path_buf()));
         }
         let dp = Dataplane::adopt(layout)?;
         let state = run.read()?.unwrap_or_default();
         let policy = (!state.policy_text.is_empty())
             .then(|| Policy::from_toml_str(&state.policy_text, &state.policy_origin))
             .transpose()
-            .context("the state file's policy")?;
+            .map_err(ViewError::StatePolicy)?;
         Ok(Running {
             dp,
             state,
@@ -65,18 +103,14 @@ impl Running {
     /// The policy in force, as the state file holds it: an error when there is none, or when
     /// the file is behind the kernel (the daemon applied a generation it could not write
     /// down yet), so no listing shows an older policy than the one enforced.
-    pub fn policy_in_force(&self) -> Result<&Policy> {
-        let policy = self.policy.as_ref().context(
-            "the state file holds no policy (was the dataplane started by this version?)",
-        )?;
+    pub fn policy_in_force(&self) -> Result<&Policy, ViewError> {
+        let policy = self.policy.as_ref().ok_or(ViewError::NoPolicy)?;
         let kernel = self.dp.generation()?;
         if kernel != self.state.generation {
-            anyhow::bail!(
-                "the state file describes generation {}, but the kernel enforces generation {kernel}: \
-                 the daemon could not write its state (it retries; see its log), so the policy \
-                 in force cannot be shown",
-                self.state.generation
-            );
+            return Err(ViewError::StateBehind {
+                state: self.state.generation,
+                kernel,
+            });
         }
         Ok(policy)
     }
@@ -123,7 +157,7 @@ impl Running {
     }
 
     /// Reads every counter now.
-    pub fn sample(&self) -> Result<Sample> {
+    pub fn sample(&self) -> Result<Sample, ViewError> {
         let classes = self.classes();
         let mut ifaces = Vec::new();
         for (name, slot) in self.ifaces() {
@@ -145,7 +179,7 @@ impl Running {
     }
 
     /// The status summary.
-    pub fn status(&self) -> Result<Status> {
+    pub fn status(&self) -> Result<Status, ViewError> {
         let stopped = self.daemon_running && process_stopped(self.state.daemon_pid);
         let info = self.dp.program()?.info()?;
         let loaded = info

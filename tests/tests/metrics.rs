@@ -433,7 +433,7 @@ fn http_server_serves_metrics_and_health() {
         .expect("POST answered");
     assert_eq!(post.status().as_u16(), 405);
 
-    let failing: SnapshotSource = Arc::new(|| anyhow::bail!("counter map unreadable"));
+    let failing: SnapshotSource = Arc::new(|| Err("counter map unreadable".into()));
     let broken = Exporter::start(failing);
     let failed = get(&agent, &broken.url("/metrics"), None);
     assert_eq!(failed.status, 500);

@@ -19,7 +19,10 @@ use super::{encode, Format, MetricsSnapshot};
 
 /// Produces the snapshot of one scrape. It runs on a blocking-task thread, so it may read
 /// maps; it should not wait for locks a reload holds for long.
-pub type SnapshotSource = Arc<dyn Fn() -> anyhow::Result<MetricsSnapshot> + Send + Sync>;
+pub type SnapshotSource = Arc<dyn Fn() -> Result<MetricsSnapshot, ScrapeError> + Send + Sync>;
+
+/// Why a scrape failed: the source's error or the encoder's, shown to the scraper as is.
+pub type ScrapeError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A client that has not sent its request headers by then is disconnected.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,18 +80,18 @@ async fn respond(
         "/metrics" => {
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let format = Format::negotiate(accept);
-            let scraped = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            let scraped = tokio::task::spawn_blocking(move || -> Result<String, ScrapeError> {
                 Ok(encode(source()?, format)?)
             })
             .await;
             match scraped {
                 Ok(Ok(body)) => reply(StatusCode::OK, format.content_type(), body),
                 Ok(Err(err)) => {
-                    warn!(error = %format!("{err:#}"), "metrics: scrape failed");
+                    warn!(error = %err, "metrics: scrape failed");
                     reply(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         TEXT_PLAIN,
-                        format!("scrape failed: {err:#}\n"),
+                        format!("scrape failed: {err}\n"),
                     )
                 }
                 Err(err) => reply(

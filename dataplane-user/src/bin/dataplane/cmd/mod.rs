@@ -11,7 +11,12 @@ pub mod stats;
 pub mod status;
 pub mod top;
 
-use dataplane::control::{self, ClientError, Failure, Request};
+use dataplane::{
+    control::{self, ClientError, Failure, Request},
+    daemon::DaemonError,
+    state::StateError,
+    view::ViewError,
+};
 
 use crate::args::Paths;
 
@@ -31,6 +36,19 @@ impl From<anyhow::Error> for Failed {
         Failed { code: 1, error }
     }
 }
+
+/// The library's errors end a command with exit code 1, worded as the library words them.
+macro_rules! failed_from {
+    ($($error:ty),*) => {$(
+        impl From<$error> for Failed {
+            fn from(error: $error) -> Failed {
+                anyhow::Error::from(error).into()
+            }
+        }
+    )*};
+}
+
+failed_from!(DaemonError, StateError, ViewError);
 
 /// Sends a changing request to the daemon and maps its answer to output and exit code.
 pub fn call(paths: &Paths, request: &Request) -> Result<(), Failed> {
