@@ -28,6 +28,28 @@ pub struct CounterReader<T: Borrow<MapData> = MapData> {
     forwarded: PerCpuArray<T, ForwardCounters>,
 }
 
+/// One read through the dataplane's own handles, for the CLI and the tests.
+impl Dataplane {
+    /// Counters of `class` on interface slot `iface_slot`, summed over CPUs.
+    pub fn class_counters(
+        &self,
+        iface_slot: u32,
+        class: u32,
+    ) -> Result<ClassCounters, DataplaneError> {
+        CounterReader::borrowed(self)?.class_counters(iface_slot, class)
+    }
+
+    /// The class's shared policer state (see [`CounterReader::policer_state`]).
+    pub fn policer_state(&self, class: u32) -> Result<PolicerState, DataplaneError> {
+        CounterReader::borrowed(self)?.policer_state(class)
+    }
+
+    /// Counters of interface slot `iface_slot`, summed over CPUs.
+    pub fn iface_counters(&self, iface_slot: u32) -> Result<IfaceCounters, DataplaneError> {
+        CounterReader::borrowed(self)?.iface_counters(iface_slot)
+    }
+}
+
 impl CounterReader<MapData> {
     /// Opens the maps of `dp` anew (same kernel maps, new file descriptors).
     pub fn new(dp: &Dataplane) -> Result<CounterReader, DataplaneError> {

@@ -31,7 +31,6 @@ use dataplane_common::{
 use crate::{
     compile::{CompiledPolicy, RuleTables},
     config::Policy,
-    counters::CounterReader,
     pins::{open_failure, PinError, PinLayout},
 };
 
@@ -777,15 +776,6 @@ impl Dataplane {
         map.set(index, zeros, 0).map_err(map_err(name))
     }
 
-    /// Counters of `class` on interface slot `iface_slot`, summed over CPUs.
-    pub fn class_counters(
-        &self,
-        iface_slot: u32,
-        class: u32,
-    ) -> Result<ClassCounters, DataplaneError> {
-        CounterReader::borrowed(self)?.class_counters(iface_slot, class)
-    }
-
     /// Every flow the flow cache holds, with what it did (read one entry at a time: a flow
     /// evicted meanwhile is missing, never an error).
     pub fn flows(&self) -> Result<Vec<FlowEntry>, DataplaneError> {
@@ -796,16 +786,6 @@ impl Dataplane {
             .iter()
             .filter_map(|e| e.ok().map(|(_, v)| v))
             .collect())
-    }
-
-    /// The class's shared policer state (see [`CounterReader::policer_state`]).
-    pub fn policer_state(&self, class: u32) -> Result<PolicerState, DataplaneError> {
-        CounterReader::borrowed(self)?.policer_state(class)
-    }
-
-    /// Counters of interface slot `iface_slot`, summed over CPUs.
-    pub fn iface_counters(&self, iface_slot: u32) -> Result<IfaceCounters, DataplaneError> {
-        CounterReader::borrowed(self)?.iface_counters(iface_slot)
     }
 }
 
