@@ -384,7 +384,10 @@ pub struct ReturnEntry {
     /// The window scale of this direction's sender (from its SYN-ACK).
     pub window_scale: u8,
     /// Padding, always zero.
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// The largest segment this direction's sender takes (its SYN-ACK's MSS option), which
+    /// bounds the other direction's data segments; 0 when not announced.
+    pub mss: u16,
     /// When the connection's SYN passed (µs of the kernel clock, wrapping; 0 when not seen
     /// or once its round trip was sampled): see [`crate::window::rtt_sample_us`].
     pub syn_us: u32,

@@ -124,6 +124,8 @@ impl TcpMeta {
     pub const SYN: u8 = 0x02;
     /// ACK flag.
     pub const ACK: u8 = 0x10;
+    /// Offset of the acknowledgement number in the TCP header.
+    pub const ACK_OFFSET: usize = 8;
     /// Offset of the window field in the TCP header.
     pub const WINDOW_OFFSET: usize = 14;
     /// Offset of the checksum in the TCP header.
@@ -308,49 +310,72 @@ fn parse_tcp<P: PacketBytes + ?Sized>(pkt: &P, span: L4Span) -> Result<TcpMeta, 
     })
 }
 
-/// TCP option kinds the window scale search knows.
+/// TCP option kinds the handshake's option walk knows.
 const TCP_OPTION_END: u8 = 0;
 const TCP_OPTION_NOP: u8 = 1;
+const TCP_OPTION_MSS: u8 = 2;
 const TCP_OPTION_WINDOW_SCALE: u8 = 3;
 /// Most option bytes a TCP header holds.
 pub const MAX_TCP_OPTION_BYTES: usize = 40;
-/// Options the window scale search walks past at most: a SYN-ACK carries five or six (MSS,
-/// SACK-permitted, timestamps, window scale and NOP padding); the bound keeps the verifier's
-/// work small.
+/// Options the walk passes at most: a SYN-ACK carries five or six (MSS, SACK-permitted,
+/// timestamps, window scale and NOP padding); the bound keeps the verifier's work small.
 const MAX_TCP_OPTIONS_WALKED: usize = 10;
 /// Room for a copy of a TCP header's options: a power of two above
 /// [`MAX_TCP_OPTION_BYTES`], so an index masked to it is in bounds for the verifier too.
 pub const TCP_OPTIONS_ROOM: usize = 64;
 
-/// The window scale option among the first `len` bytes of a SYN's or SYN-ACK's options
-/// (RFC 7323), `None` without one (the segment's sender does not scale its window).
+/// What a SYN's or SYN-ACK's options say about the connection's direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandshakeOptions {
+    /// The window scale (RFC 7323); `None` without the option (the sender does not scale).
+    pub window_scale: Option<u8>,
+    /// The largest segment the sender takes (RFC 9293 §3.7.1); `None` without the option.
+    pub mss: Option<u16>,
+}
+
+/// The window scale and MSS options among the first `len` bytes of a SYN's or SYN-ACK's
+/// options. A malformed option ends the walk with what was found before it.
 ///
 /// The options are walked in a copy, not in the frame: a walk over packet memory multiplies
 /// the verifier's states past its limit.
 #[inline(always)]
-pub fn tcp_window_scale(options: &[u8; TCP_OPTIONS_ROOM], len: usize) -> Option<u8> {
+pub fn tcp_handshake_options(options: &[u8; TCP_OPTIONS_ROOM], len: usize) -> HandshakeOptions {
     let len = if len > MAX_TCP_OPTION_BYTES {
         MAX_TCP_OPTION_BYTES
     } else {
         len
     };
     let byte = |i: usize| options[i & (TCP_OPTIONS_ROOM - 1)];
+    // Plain words while walking (bits 8 and 16 say "found"), the options built at the end:
+    // with `Option` fields set inside the loop, LLVM's BPF code did 32-bit arithmetic on a
+    // pointer, which the verifier refuses.
+    let (mut scale, mut mss) = (0u32, 0u32);
     let mut at = 0;
     for _ in 0..MAX_TCP_OPTIONS_WALKED {
         if at + 1 >= len {
             // Nothing, or a last byte of padding, is left.
-            return None;
+            break;
         }
         let opt_len = usize::from(byte(at + 1));
         match byte(at) {
-            TCP_OPTION_END => return None,
-            TCP_OPTION_NOP => at += 1,
-            TCP_OPTION_WINDOW_SCALE if opt_len == 3 && at + 3 <= len => return Some(byte(at + 2)),
-            _ if opt_len < 2 => return None,
-            _ => at += opt_len,
+            TCP_OPTION_END => break,
+            TCP_OPTION_NOP => {
+                at += 1;
+                continue;
+            }
+            _ if opt_len < 2 || at + opt_len > len => break,
+            TCP_OPTION_WINDOW_SCALE if opt_len == 3 => scale = 0x100 | u32::from(byte(at + 2)),
+            TCP_OPTION_MSS if opt_len == 4 => {
+                mss = 0x1_0000 | u32::from(byte(at + 2)) << 8 | u32::from(byte(at + 3));
+            }
+            _ => {}
         }
+        at += opt_len;
     }
-    None
+    HandshakeOptions {
+        window_scale: (scale != 0).then_some(scale as u8),
+        mss: (mss != 0).then_some(mss as u16),
+    }
 }
 
 /// Reads ports (TCP/UDP) and the RoCEv2 opcode; checks ICMP headers are whole.
@@ -410,29 +435,71 @@ mod tests {
         let (o, len) = options(&[
             2, 4, 0x05, 0xb4, 4, 2, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 3, 3, 7,
         ]);
-        assert_eq!(tcp_window_scale(&o, len), Some(7));
+        assert_eq!(
+            tcp_handshake_options(&o, len),
+            HandshakeOptions {
+                window_scale: Some(7),
+                mss: Some(1460)
+            }
+        );
     }
 
     #[test]
     fn window_scale_before_other_options_and_after_nops() {
         // MSS, NOP, window scale 8, NOP, NOP, SACK-permitted (as Windows sends them).
         let (o, len) = options(&[2, 4, 0x05, 0xb4, 1, 3, 3, 8, 1, 1, 4, 2]);
-        assert_eq!(tcp_window_scale(&o, len), Some(8));
+        assert_eq!(tcp_handshake_options(&o, len).window_scale, Some(8));
+        assert_eq!(tcp_handshake_options(&o, len).mss, Some(1460));
     }
 
     #[test]
     fn no_window_scale_without_the_option_or_in_broken_options() {
         let (o, len) = options(&[2, 4, 0x05, 0xb4, 1, 1, 4, 2]);
-        assert_eq!(tcp_window_scale(&o, len), None, "no option");
+        assert_eq!(
+            tcp_handshake_options(&o, len).window_scale,
+            None,
+            "no option"
+        );
         let (o, len) = options(&[0, 0, 0, 0, 1, 3, 3, 7]);
-        assert_eq!(tcp_window_scale(&o, len), None, "after the end-of-options");
+        assert_eq!(
+            tcp_handshake_options(&o, len).window_scale,
+            None,
+            "after the end-of-options"
+        );
         let (o, len) = options(&[2, 0, 0, 0, 1, 3, 3, 7]);
-        assert_eq!(tcp_window_scale(&o, len), None, "an option of length 0");
+        assert_eq!(
+            tcp_handshake_options(&o, len).window_scale,
+            None,
+            "an option of length 0"
+        );
         let (o, _) = options(&[2, 4, 0x05, 0xb4, 1, 1, 3, 3, 7]);
-        assert_eq!(tcp_window_scale(&o, 8), None, "cut by the header length");
+        assert_eq!(
+            tcp_handshake_options(&o, 8).window_scale,
+            None,
+            "cut by the header length"
+        );
         // Window-scale bytes inside another option's data are not an option.
         let (o, len) = options(&[8, 10, 3, 3, 9, 0, 0, 0, 0, 0, 1, 1]);
-        assert_eq!(tcp_window_scale(&o, len), None, "inside the timestamps");
+        assert_eq!(
+            tcp_handshake_options(&o, len).window_scale,
+            None,
+            "inside the timestamps"
+        );
+    }
+
+    #[test]
+    fn mss_only_from_a_whole_option() {
+        // A jumbo-frame MSS after a NOP.
+        let (o, len) = options(&[1, 2, 4, 0x22, 0xf4]);
+        assert_eq!(tcp_handshake_options(&o, len).mss, Some(8948));
+        let (o, len) = options(&[2, 3, 0x05, 0xb4]);
+        assert_eq!(tcp_handshake_options(&o, len).mss, None, "a length of 3");
+        let (o, _) = options(&[2, 4, 0x05, 0xb4]);
+        assert_eq!(
+            tcp_handshake_options(&o, 3).mss,
+            None,
+            "cut by the header length"
+        );
     }
 
     #[test]

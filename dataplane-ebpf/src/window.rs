@@ -7,9 +7,9 @@ use dataplane_common::{
     checksum::replace_word,
     flow::FlowState,
     maps::{FlowKey, PolicySlot, ReturnEntry},
-    packet::{tcp_window_scale, PacketBytes, PacketMeta, TcpMeta},
+    packet::{tcp_handshake_options, PacketBytes, PacketMeta, TcpMeta},
     reason::Reason,
-    window::{clamp_window, rtt_average_us, rtt_sample_us},
+    window::{clamp_window, flow_window, rtt_average_us, rtt_sample_us},
     wire::TCP_MIN_HLEN,
 };
 
@@ -96,8 +96,9 @@ pub fn on_tcp(
         return Ok(());
     }
     let key = FlowKey::connection(meta);
+    let hash = key.hash();
     // SAFETY: LRU hash values are plain data.
-    let Some(entry) = (unsafe { TCP_RETURNS.get(key.hash()) }) else {
+    let Some(entry) = (unsafe { TCP_RETURNS.get(hash) }) else {
         return Ok(());
     };
     if entry.generation != policy.generation || !entry.key.same_flow(&key) {
@@ -109,7 +110,7 @@ pub fn on_tcp(
     // SAFETY: map value pointer; the window is one aligned word another CPU may rewrite.
     let window =
         unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*state).window.window_bytes)) };
-    narrow(frame, tcp, entry.window_scale, window)
+    narrow(frame, tcp, entry, hash, window)
 }
 
 /// A SYN opens the entry of its reply direction with its time.
@@ -125,25 +126,28 @@ fn on_syn(meta: &PacketMeta) {
     let _ = TCP_RETURNS.insert(key.hash(), entry, 0);
 }
 
-/// A SYN-ACK records its direction's window scale: in the entry its SYN opened, else in a
-/// new one.
+/// A SYN-ACK records its direction's window scale and MSS: in the entry its SYN opened,
+/// else in a new one.
 #[inline(always)]
 fn on_syn_ack(frame: &Frame, meta: &PacketMeta, tcp: &TcpMeta) {
-    let Some(window_scale) = window_scale(frame, tcp) else {
+    let Some(options) = handshake_options(frame, tcp) else {
         return;
     };
+    let (window_scale, mss) = (options as u8, (options >> 8) as u16);
     let key = FlowKey::connection(meta);
     if let Some(entry) = TCP_RETURNS.get_ptr_mut(key.hash()) {
         // SAFETY: LRU hash value pointer, valid for this run; plain data.
         let entry = unsafe { &mut *entry };
         if entry.key.same_flow(&key) {
             entry.window_scale = window_scale;
+            entry.mss = mss;
             return;
         }
     }
     let entry = ReturnEntry {
         key,
         window_scale,
+        mss,
         ..ReturnEntry::default()
     };
     // A full table evicts the least recently used connection; a failed insert only
@@ -151,10 +155,12 @@ fn on_syn_ack(frame: &Frame, meta: &PacketMeta, tcp: &TcpMeta) {
     let _ = TCP_RETURNS.insert(key.hash(), entry, 0);
 }
 
-/// The window scale a SYN-ACK announces (0 without the option: this side does not scale,
-/// RFC 7323 §2.2); `None` when its options cannot be read.
+/// The window scale a SYN-ACK announces (bits 0-7; 0 without the option: this side does not
+/// scale, RFC 7323 §2.2) and its MSS (bits 8-23; 0 without the option); `None` when its
+/// options cannot be read. One word, not a struct of options: each option's test, left to
+/// the caller, would multiply the verifier's paths through the rest of the pipeline.
 #[inline(never)]
-fn window_scale(frame: &Frame, tcp: &TcpMeta) -> Option<u8> {
+fn handshake_options(frame: &Frame, tcp: &TcpMeta) -> Option<u32> {
     let options = TCP_OPTIONS_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch; XDP does not nest on one CPU.
     let options = unsafe { &mut *options };
@@ -171,20 +177,31 @@ fn window_scale(frame: &Frame, tcp: &TcpMeta) -> Option<u8> {
         };
     }
     copy!(4 8 12 16 20 24 28 32 36 40);
-    Some(tcp_window_scale(options, len).unwrap_or(0))
+    let found = tcp_handshake_options(options, len);
+    Some(u32::from(found.window_scale.unwrap_or(0)) | u32::from(found.mss.unwrap_or(0)) << 8)
 }
 
-/// Writes the narrower window into the TCP header, with the checksum updated incrementally.
+/// Writes the flow's share of the class window (see [`flow_window`]) into the ACK's TCP
+/// header when it is narrower, with the checksum updated incrementally.
 #[inline(always)]
-fn narrow(frame: &Frame, tcp: &TcpMeta, scale: u8, window_bytes: u32) -> Result<(), Reason> {
+fn narrow(
+    frame: &Frame,
+    tcp: &TcpMeta,
+    entry: &ReturnEntry,
+    flow_hash: u64,
+    window_bytes: u32,
+) -> Result<(), Reason> {
     let h = frame
         .slice_mut::<{ TcpMeta::CHECKSUM_OFFSET + 2 }>(tcp.offset)
         .ok_or(Reason::RewriteFailed)?;
     // SAFETY: slice_mut checked the bytes lie inside the frame.
     let h = unsafe { &mut *h };
+    let ack = TcpMeta::ACK_OFFSET;
+    let ack = u32::from_be_bytes([h[ack], h[ack + 1], h[ack + 2], h[ack + 3]]);
+    let window_bytes = dataplane_flow_window(window_bytes, u32::from(entry.mss), flow_hash, ack);
     let at = TcpMeta::WINDOW_OFFSET;
     let old = u16::from_be_bytes([h[at], h[at + 1]]);
-    let Some(new) = clamp_window(old, scale, window_bytes) else {
+    let Some(new) = clamp_window(old, entry.window_scale, window_bytes) else {
         return Ok(());
     };
     let sum_at = TcpMeta::CHECKSUM_OFFSET;
@@ -196,4 +213,17 @@ fn narrow(frame: &Frame, tcp: &TcpMeta, scale: u8, window_bytes: u32) -> Result<
     h[sum_at] = check[0];
     h[sum_at + 1] = check[1];
     Ok(())
+}
+
+/// [`flow_window`] as a global BPF function, verified once on its own: its branches, inline,
+/// would multiply the verifier's states along the rest of the ACK path past its budget.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dataplane_flow_window(
+    window_bytes: u32,
+    segment_bytes: u32,
+    flow_hash: u64,
+    ack: u32,
+) -> u32 {
+    flow_window(window_bytes, segment_bytes as u16, flow_hash, ack)
 }

@@ -14,7 +14,7 @@ use crate::{
 use anyhow::{bail, Context, Result};
 use aya::programs::XdpMode;
 use dataplane::{compile::CompiledPolicy, config::Policy, dataplane::Dataplane};
-use dataplane_common::window::WindowState;
+use dataplane_common::{maps::ClassCounters, window::WindowState, MAX_IFACES};
 
 /// Payload of a full segment on a 1500-byte MTU with timestamps.
 pub const MSS: f64 = 1448.0;
@@ -52,6 +52,8 @@ pub struct TcpRun {
     pub measured_rtt_us: u32,
     /// The class's TCP window at the end of the run (bytes; 0 under HTB or while none).
     pub window_bytes: u32,
+    /// What the class did to the run's packets, over all interfaces (zero under HTB).
+    pub class: ClassCounters,
 }
 
 impl TcpRun {
@@ -185,9 +187,9 @@ pub fn tcp_through_class(case: TcpCase, enforcer: &Enforcer) -> Result<TcpRun> {
     });
     let _ = iperf_server.kill();
     let _ = iperf_server.wait();
-    let window = match &dp {
-        Some(dp) => dp.policer_state(BULK_CLASS)?.window,
-        None => WindowState::default(),
+    let (window, class) = match &dp {
+        Some(dp) => (dp.policer_state(BULK_CLASS)?.window, class_totals(dp)?),
+        None => (WindowState::default(), ClassCounters::default()),
     };
     drop(dp);
     if let Some(delay) = delay {
@@ -233,5 +235,23 @@ pub fn tcp_through_class(case: TcpCase, enforcer: &Enforcer) -> Result<TcpRun> {
         ping_idle_ms,
         measured_rtt_us: window.rtt_us,
         window_bytes: window.window_bytes,
+        class,
     })
+}
+
+/// The policed class's counters, added up over the interface slots.
+fn class_totals(dp: &Dataplane) -> Result<ClassCounters> {
+    let mut total = ClassCounters::default();
+    for slot in 0..MAX_IFACES as u32 {
+        let c = dp.class_counters(slot, BULK_CLASS)?;
+        total.packets += c.packets;
+        total.bytes += c.bytes;
+        total.dropped_bytes += c.dropped_bytes;
+        total.dropped_packets += c.dropped_packets;
+        total.early_dropped_packets += c.early_dropped_packets;
+        total.early_marked_packets += c.early_marked_packets;
+        total.ecn_marked_packets += c.ecn_marked_packets;
+        total.repaired_packets += c.repaired_packets;
+    }
+    Ok(total)
 }
