@@ -198,7 +198,7 @@ fn narrow(
     let h = unsafe { &mut *h };
     let ack = TcpMeta::ACK_OFFSET;
     let ack = u32::from_be_bytes([h[ack], h[ack + 1], h[ack + 2], h[ack + 3]]);
-    let window_bytes = dataplane_flow_window(window_bytes, u32::from(entry.mss), flow_hash, ack);
+    let window_bytes = flow_window(window_bytes, entry.mss, flow_hash, ack);
     let at = TcpMeta::WINDOW_OFFSET;
     let old = u16::from_be_bytes([h[at], h[at + 1]]);
     let Some(new) = clamp_window(old, entry.window_scale, window_bytes) else {
@@ -213,17 +213,4 @@ fn narrow(
     h[sum_at] = check[0];
     h[sum_at + 1] = check[1];
     Ok(())
-}
-
-/// [`flow_window`] as a global BPF function, verified once on its own: its branches, inline,
-/// would multiply the verifier's states along the rest of the ACK path past its budget.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn dataplane_flow_window(
-    window_bytes: u32,
-    segment_bytes: u32,
-    flow_hash: u64,
-    ack: u32,
-) -> u32 {
-    flow_window(window_bytes, segment_bytes as u16, flow_hash, ack)
 }
