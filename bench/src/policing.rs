@@ -1,18 +1,13 @@
 //! Policing accuracy: configured against admitted rate from 1 Mbit/s up to what one CPU can
 //! offer, on one and two sending CPUs; and what the policer's clock read costs.
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
-};
-
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use aya::programs::Xdp;
 use dataplane::dataplane::Dataplane;
-use dataplane_common::policer::Colour;
 use dataplane_lab::{
     frames::Frame,
-    kernel::{load_policy, pin_to_cpu, run_repeated, run_until_stopped, SenderEnd},
+    kernel::{load_policy, pin_to_cpu, run_repeated},
+    rates::{admitted_rates, Sampling},
 };
 use indicatif::ProgressBar;
 
@@ -37,8 +32,6 @@ const TOLERANCE: f64 = 0.01;
 /// (that would measure the load generator); offered load far above the rate drains them
 /// within the warm-up.
 const BURST: &str = "32MiB";
-/// Bounds every sender in time, far beyond warm-up and window.
-const SENDER_BOUND: Duration = Duration::from_secs(60);
 /// Clock helpers per run of a clock program (CLOCK_CALLS in the eBPF object).
 const CLOCK_CALLS: f64 = 16.0;
 
@@ -59,9 +52,8 @@ fn frame() -> Vec<u8> {
         .build()
 }
 
-/// Green bytes per second admitted over the window, with `cpus` senders that offer load until
-/// both samples are taken; the counters are sampled twice while all senders run, so neither
-/// setup nor the initial burst enters the figure. Also returns the offered rate.
+/// Green and offered bits per second over one window (see `dataplane_lab::rates`), with
+/// `cpus` senders.
 fn admitted(
     dp: &Dataplane,
     class: u32,
@@ -69,48 +61,14 @@ fn admitted(
     cpus: usize,
     settings: &Settings,
 ) -> Result<(f64, f64)> {
-    let prog = dp.program()?;
-    let stop = AtomicBool::new(false);
-    let sample = || -> Result<(Instant, u64, u64)> {
-        let c = dp.class_counters(0, class)?;
-        Ok((
-            Instant::now(),
-            c.colour_packets[Colour::Green as usize],
-            c.packets,
-        ))
+    let senders: Vec<(&[u8], usize)> = (0..cpus).map(|cpu| (frame, cpu)).collect();
+    let sampling = Sampling {
+        warm_up: settings.warm_up,
+        window: settings.window,
+        windows: 1,
     };
-    let (first, second, all_running) = std::thread::scope(|s| -> Result<_> {
-        let senders: Vec<_> = (0..cpus)
-            .map(|cpu| {
-                let stop = &stop;
-                s.spawn(move || {
-                    pin_to_cpu(cpu);
-                    run_until_stopped(prog, frame, stop, SENDER_BOUND)
-                })
-            })
-            .collect();
-        std::thread::sleep(settings.warm_up);
-        let first = sample();
-        std::thread::sleep(settings.window);
-        let second = sample();
-        stop.store(true, Ordering::Relaxed);
-        let mut all_running = true;
-        for h in senders {
-            let end = h
-                .join()
-                .map_err(|_| anyhow::anyhow!("sender thread panicked"))?;
-            all_running &= end == SenderEnd::Stopped;
-        }
-        Ok((first?, second?, all_running))
-    })?;
-    ensure!(
-        all_running,
-        "a sender ran out of time before the second sample"
-    );
-    let secs = (second.0 - first.0).as_secs_f64();
-    let green = (second.1 - first.1) as f64 * FRAME_BYTES as f64 * 8.0 / secs;
-    let offered = (second.2 - first.2) as f64 * FRAME_BYTES as f64 * 8.0 / secs;
-    Ok((green, offered))
+    let rates = admitted_rates(dp, 0, &[class], &senders, FRAME_BYTES, &sampling)?;
+    Ok((rates[0].green * 8.0, rates[0].offered * 8.0))
 }
 
 struct Row {
@@ -183,9 +141,11 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
         ),
         format!(
             "After a warm-up of {} ms (which drains the burst) the class's green-packet \
-             counter is read twice, {} ms apart, while every sender still runs; admitted rate = \
-             green bytes between the samples / the time between them. A fresh dataplane per \
-             measurement, {rounds} rounds.",
+             counter is sampled twice, {} ms apart, while every sender still runs; admitted \
+             rate = green bytes between the samples / the time between them. A sample is a \
+             read taken between two refusals of the bucket (one just before, one just after), \
+             so a sender stalled just before it cannot make it count low \
+             (`dataplane_lab::rates`). A fresh dataplane per measurement, {rounds} rounds.",
             settings.warm_up.as_millis(),
             settings.window.as_millis()
         ),

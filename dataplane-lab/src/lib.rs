@@ -2,7 +2,7 @@
 //! share. Namespaces, the routed topology and traffic come from `dataplane-netns` (re-exported
 //! here: the `dataplane` binary's demo uses them too, and could not depend on this crate, which
 //! depends on the product library); this crate adds what drives the product: the daemon
-//! harness, kernel runs, the differential check, the TCP runner and its delay line, the
+//! harness, kernel runs, admitted rates under load, the differential check, the TCP runner and its delay line, the
 //! exporter and a Prometheus server.
 
 pub mod daemon;
@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod net;
 pub mod netns;
 pub mod prometheus;
+pub mod rates;
 pub mod rng;
 pub mod tcp;
 pub mod topology;

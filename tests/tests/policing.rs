@@ -2,13 +2,11 @@
 //! BPF_PROG_TEST_RUN, on one and two CPUs at once, admitted bytes read from the class counters.
 //! Admitted rate: the median over five windows of the admitted bytes per second, sampled
 //! while the senders run and the buckets overflow (so neither the senders' start nor the
-//! buckets' initial burst counts), within ±1% of the configured rate.
+//! buckets' initial burst counts; see `dataplane_lab::rates`), within ±1% of the configured
+//! rate.
 
 use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Mutex, MutexGuard,
-    },
+    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -16,26 +14,21 @@ use dataplane::{compile::CompiledPolicy, dataplane::Dataplane};
 use dataplane_common::policer::{Colour, LeaseParams, TICKS_PER_NS};
 use dataplane_lab::{
     frames::Frame,
-    kernel::{load_policy, pin_to_cpu, run_once, run_repeated, run_until_stopped, SenderEnd},
+    kernel::{load_policy, pin_to_cpu, run_once, run_repeated},
+    rates::{admitted_rates, ClassRates, Sampling},
 };
 
 const FRAME_BYTES: usize = 1000;
 const XDP_PASS: u32 = 2;
-/// Time the senders run before the first sample, so the buckets are in steady state.
-const WARM_UP: Duration = Duration::from_millis(150);
-/// Time over which the counters are sampled, in this many windows (an odd number: the median
-/// window is the measurement). Five windows of 500 ms: a sender the VM's host stalls (steal
-/// time, seen in CI now and then) skews the windows around each stall, and the median stays
-/// clean with two such windows.
-const WINDOW: Duration = Duration::from_millis(2500);
-const WINDOWS: usize = 5;
-/// How precisely a counter sample's moment must be known (0.2% of a window), the pause between
-/// its reads, and how long to try for a sample taken while every class overflows.
-const SAMPLE_SLACK: Duration = Duration::from_millis(1);
-const SAMPLE_PAUSE: Duration = Duration::from_micros(100);
-const SAMPLE_BOUND: Duration = Duration::from_secs(2);
-/// Bounds every sender in time: far beyond warm-up and window, even on a slow machine.
-const SENDER_BOUND: Duration = Duration::from_secs(30);
+/// Sampling: after a warm-up (the buckets reach steady state), five windows of 500 ms; each
+/// rate is the median window (a sender the VM's host stalls, steal time seen in CI now and
+/// then, skews the windows around each stall, and the median stays clean with two such
+/// windows).
+const SAMPLING: Sampling = Sampling {
+    warm_up: Duration::from_millis(150),
+    window: Duration::from_millis(500),
+    windows: 5,
+};
 
 /// Policing tests measure rates: they must not share the CPUs with each other.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -61,124 +54,25 @@ fn udp_frame(dport: u16) -> Vec<u8> {
         .build()
 }
 
-/// Admitted (green, yellow) bytes per class over a window and the window's length.
-///
-/// Each sender offers load from its own CPU until the last sample is taken. A sample counts
-/// only when every class refused a packet for want of tokens while it was read: its buckets
-/// were empty then, so the bytes admitted between two samples are what the rate allows over
-/// the time between them, whatever the senders did in between (a stalled sender's debt is
-/// repaid before the next sample), and neither the senders' start nor the buckets' initial
-/// burst can enter the figures.
+/// The admitted rates of `classes` on interface slot `iface_slot` while each sender offers
+/// its frame from its CPU (see `dataplane_lab::rates`), every window's rate logged.
 fn measure(
     dp: &Dataplane,
     iface_slot: u32,
     classes: &[u32],
     senders: &[(&[u8], usize)],
-) -> (Vec<(f64, f64)>, Duration) {
-    let prog = dp.program().expect("program");
-    let stop = AtomicBool::new(false);
-    // Per class: green bytes, yellow bytes, packets refused for want of tokens (drops that
-    // were not the AQM's early ones).
-    let read = || -> Vec<(f64, f64, u64)> {
-        classes
-            .iter()
-            .map(|&class| {
-                let c = dp.class_counters(iface_slot, class).expect("counters");
-                let bytes = |colour: Colour| {
-                    (c.colour_packets[colour as usize] * FRAME_BYTES as u64) as f64
-                };
-                let refused = c.dropped_packets - c.early_dropped_packets;
-                (bytes(Colour::Green), bytes(Colour::Yellow), refused)
-            })
-            .collect()
-    };
-    // A sample is the counters and the moment they were read: three reads close together,
-    // with pauses between them that let a sender sharing the sampler's CPU run, taken when
-    // every class refused a packet between the first and the second read and again between
-    // the second and the third. Its values are those of the middle read, at the middle
-    // moment. A refusal means the bucket was full then, so the middle read lies between two
-    // moments of a full bucket: its admitted bytes are within the rate times the reads' span
-    // (SAMPLE_SLACK) of what a full bucket allows at the middle moment. One refusal around
-    // a single read is not enough: a sender the machine stalled just before it comes back
-    // with the stall's tokens, spends them in a burst after the read, and the read counts
-    // low by all of them (seen: several milliseconds of the rate, in the first window).
-    let sample = || -> (Instant, Vec<(f64, f64)>) {
-        let start = Instant::now();
-        loop {
-            let before = Instant::now();
-            let first = read();
-            std::thread::sleep(SAMPLE_PAUSE);
-            let middle = read();
-            std::thread::sleep(SAMPLE_PAUSE);
-            let last = read();
-            let after = Instant::now();
-            let refused = |a: &[(f64, f64, u64)], b: &[(f64, f64, u64)]| {
-                a.iter().zip(b).all(|(a, b)| b.2 > a.2)
-            };
-            if after - before <= SAMPLE_SLACK && refused(&first, &middle) && refused(&middle, &last)
-            {
-                let values = middle.iter().map(|m| (m.0, m.1)).collect();
-                return (before + (after - before) / 2, values);
-            }
-            assert!(
-                start.elapsed() < SAMPLE_BOUND,
-                "no moment in {SAMPLE_BOUND:?} when every class refused packets: \
-                 the offered load does not exceed the rates"
-            );
-        }
-    };
-    let samples = std::thread::scope(|s| {
-        let handles: Vec<_> = senders
-            .iter()
-            .map(|&(frame, cpu)| {
-                let stop = &stop;
-                s.spawn(move || {
-                    pin_to_cpu(cpu);
-                    run_until_stopped(prog, frame, stop, SENDER_BOUND)
-                })
-            })
-            .collect();
-        std::thread::sleep(WARM_UP);
-        let mut samples = vec![sample()];
-        for _ in 0..WINDOWS {
-            std::thread::sleep(WINDOW / WINDOWS as u32);
-            samples.push(sample());
-        }
-        stop.store(true, Ordering::Relaxed);
-        for h in handles {
-            assert_eq!(
-                h.join().expect("sender thread"),
-                SenderEnd::Stopped,
-                "a sender ran out of time before the last sample"
-            );
-        }
-        samples
-    });
-    // Per class and colour, the median rate over the windows: a sender the scheduler stalled
-    // lets tokens pile up (or, past the burst, lapse), which skews the windows around the
-    // stall, not the median. Reported as bytes over one window of the median's length.
-    let rate = |w: &[(Instant, Vec<(f64, f64)>)], class: usize, colour: fn(&(f64, f64)) -> f64| {
-        (colour(&w[1].1[class]) - colour(&w[0].1[class])) / (w[1].0 - w[0].0).as_secs_f64()
-    };
-    let median = |class: usize, colour: fn(&(f64, f64)) -> f64| {
-        let mut rates: Vec<f64> = samples.windows(2).map(|w| rate(w, class, colour)).collect();
-        // Every window's rate goes to the log: a failing median shows whether one window
-        // or all of them ran over.
-        eprintln!("class {class} windows (B/s): {rates:.0?}");
-        rates.sort_by(f64::total_cmp);
-        rates[WINDOWS / 2]
-    };
-    let window = (samples[WINDOWS].0 - samples[0].0) / WINDOWS as u32;
-    let secs = window.as_secs_f64();
-    let admitted = (0..classes.len())
-        .map(|c| (median(c, |v| v.0) * secs, median(c, |v| v.1) * secs))
-        .collect();
-    (admitted, window)
+) -> Vec<ClassRates> {
+    let rates = admitted_rates(dp, iface_slot, classes, senders, FRAME_BYTES, &SAMPLING)
+        .expect("admitted rates");
+    for (class, r) in classes.iter().zip(&rates) {
+        eprintln!("class {class}: green windows (B/s) {:.0?}", r.green_windows);
+    }
+    rates
 }
 
-fn assert_rate(what: &str, bytes: f64, elapsed: Duration, rate_bps: f64, tolerance: f64) {
+/// Asserts `got` (bytes per second) is within `tolerance` of `rate_bps` (bits per second).
+fn assert_rate(what: &str, got: f64, rate_bps: f64, tolerance: f64) {
     let rate = rate_bps / 8.0;
-    let got = bytes / elapsed.as_secs_f64();
     let err = (got - rate) / rate;
     eprintln!(
         "{what}: configured {rate:.0} B/s, admitted {got:.0} B/s ({:+.3}%)",
@@ -227,13 +121,12 @@ fn committed_rate_holds_on_one_cpu() {
         let (dp, p) = load(&policy(rate));
         let class = p.class_id("limited").expect("class");
         let frame = udp_frame(5001);
-        let (admitted, elapsed) = measure(&dp, 0, &[class], &[(&frame, 0)]);
-        let offered = dp.class_counters(0, class).expect("counters").bytes as f64;
+        let admitted = &measure(&dp, 0, &[class], &[(&frame, 0)])[0];
         assert!(
-            offered > 2.0 * admitted[0].0,
+            admitted.offered > 2.0 * admitted.green,
             "{rate}: offered load must exceed the rate"
         );
-        assert_rate(rate, admitted[0].0, elapsed, bps, 0.01);
+        assert_rate(rate, admitted.green, bps, 0.01);
     }
 }
 
@@ -243,8 +136,8 @@ fn committed_rate_holds_across_two_cpus() {
     let (dp, p) = load(&policy("2Gbit"));
     let class = p.class_id("limited").expect("class");
     let frame = udp_frame(5001);
-    let (admitted, elapsed) = measure(&dp, 0, &[class], &[(&frame, 0), (&frame, 1)]);
-    assert_rate("2Gbit on two CPUs", admitted[0].0, elapsed, 2e9, 0.01);
+    let admitted = &measure(&dp, 0, &[class], &[(&frame, 0), (&frame, 1)])[0];
+    assert_rate("2Gbit on two CPUs", admitted.green, 2e9, 0.01);
 }
 
 #[test]
@@ -270,18 +163,12 @@ dst_port = 5001
     let (dp, p) = load(toml);
     let class = p.class_id("burst").expect("class");
     let frame = udp_frame(5001);
-    let (admitted, elapsed) = measure(&dp, 0, &[class], &[(&frame, 0)]);
-    let (green, yellow) = admitted[0];
+    let admitted = &measure(&dp, 0, &[class], &[(&frame, 0)])[0];
+    let (green, yellow) = (admitted.green, admitted.yellow);
     let c = dp.class_counters(0, class).expect("counters");
     assert!(c.dropped_packets > 0 && c.dropped_packets == c.colour_packets[Colour::Red as usize]);
-    assert_rate("green (committed)", green, elapsed, 500e6, 0.01);
-    assert_rate(
-        "green + yellow (peak)",
-        green + yellow,
-        elapsed,
-        1500e6,
-        0.01,
-    );
+    assert_rate("green (committed)", green, 500e6, 0.01);
+    assert_rate("green + yellow (peak)", green + yellow, 1500e6, 0.01);
 }
 
 /// Link budget 1 Gbit/s on loopback (BPF_PROG_TEST_RUN's ingress device); `hi` (priority 7)
@@ -326,30 +213,30 @@ dst_port = 5002
     )
 }
 
-/// Admitted (green + yellow) bytes of `hi` and `lo` while both contend, and the time.
-fn contend(toml: &str) -> (f64, f64, Duration) {
+/// Admitted (green + yellow) bytes per second of `hi` and `lo` while both contend.
+fn contend(toml: &str) -> (f64, f64) {
     let (mut dp, p) = load(toml);
     dp.register_interfaces(&p, &[]).expect("register lo");
     let hi = p.class_id("hi").expect("hi");
     let lo = p.class_id("lo").expect("lo");
     let (hi_frame, lo_frame) = (udp_frame(5001), udp_frame(5002));
-    let (admitted, elapsed) = measure(&dp, 1, &[hi, lo], &[(&hi_frame, 0), (&lo_frame, 1)]);
-    let sum = |(g, y): (f64, f64)| g + y;
-    (sum(admitted[0]), sum(admitted[1]), elapsed)
+    let admitted = measure(&dp, 1, &[hi, lo], &[(&hi_frame, 0), (&lo_frame, 1)]);
+    let sum = |r: &ClassRates| r.green + r.yellow;
+    (sum(&admitted[0]), sum(&admitted[1]))
 }
 
 #[test]
 fn low_priority_loses_first_when_the_link_budget_runs_low() {
     let _serial = serial();
     // Nothing guaranteed: the excess of both competes for the link by priority alone.
-    let (hi, lo, elapsed) = contend(&contention_policy("1kbit", "1kbit"));
-    let link = 1e9 / 8.0 * elapsed.as_secs_f64();
+    let (hi, lo) = contend(&contention_policy("1kbit", "1kbit"));
+    let link = 1e9 / 8.0;
     eprintln!(
         "hi {:.1}% of link, lo {:.1}% of link",
         hi / link * 100.0,
         lo / link * 100.0
     );
-    assert_rate("hi + lo (link budget)", hi + lo, elapsed, 1e9, 0.01);
+    assert_rate("hi + lo (link budget)", hi + lo, 1e9, 0.01);
     assert!(
         hi > 0.95 * link,
         "high priority keeps the link under contention"
@@ -361,9 +248,9 @@ fn low_priority_loses_first_when_the_link_budget_runs_low() {
 fn guaranteed_rates_hold_under_link_contention() {
     let _serial = serial();
     // lo is guaranteed 200 Mbit/s, hi 300 Mbit/s; hi (higher priority) takes the rest.
-    let (hi, lo, elapsed) = contend(&contention_policy("300Mbit", "200Mbit"));
-    assert_rate("lo keeps its guarantee", lo, elapsed, 200e6, 0.01);
-    assert_rate("hi gets the rest of the link", hi, elapsed, 800e6, 0.01);
+    let (hi, lo) = contend(&contention_policy("300Mbit", "200Mbit"));
+    assert_rate("lo keeps its guarantee", lo, 200e6, 0.01);
+    assert_rate("hi gets the rest of the link", hi, 800e6, 0.01);
 }
 
 /// The phantom queue's AQM under a flood far above the rate: the backlog stands above the
@@ -408,9 +295,9 @@ dst_port = {dport}
             .pad_to(FRAME_BYTES)
             .build();
         let before = dp.class_counters(0, class).expect("counters");
-        let (admitted, elapsed) = measure(&dp, 0, &[class], &[(&frame, 0)]);
+        let admitted = &measure(&dp, 0, &[class], &[(&frame, 0)])[0];
         let after = dp.class_counters(0, class).expect("counters");
-        assert_rate(what, admitted[0].0, elapsed, 200e6, 0.01);
+        assert_rate(what, admitted.green, 200e6, 0.01);
         let (marked, dropped) = (
             after.early_marked_packets - before.early_marked_packets,
             after.early_dropped_packets - before.early_dropped_packets,
@@ -426,11 +313,12 @@ dst_port = {dport}
         }
         let (signals, other) = (dropped, marked);
         // One signal per 20 ms while the backlog stands above the target, over a run of at
-        // least the window and less than twice warm-up and window. The lower bound is half
+        // least one window and less than twice warm-up and windows. The lower bound is half
         // the ideal count: measured, the test harness gives one signal per 25 ms or so.
-        let least = (elapsed.as_secs_f64() / 20e-3 * 0.5) as u64;
-        let most = ((WARM_UP + WINDOW).as_secs_f64() * 2.0 / 20e-3) as u64;
-        eprintln!("{what}: {signals} early signals over {elapsed:?} (expected {least}..={most})");
+        let run = SAMPLING.warm_up + SAMPLING.window * SAMPLING.windows as u32;
+        let least = (SAMPLING.window.as_secs_f64() / 20e-3 * 0.5) as u64;
+        let most = (run.as_secs_f64() * 2.0 / 20e-3) as u64;
+        eprintln!("{what}: {signals} early signals over {run:?} (expected {least}..={most})");
         assert!(
             (least..=most).contains(&signals),
             "{what}: {signals} early signals, expected {least}..={most}"
