@@ -243,15 +243,7 @@ pub fn tcp_through_class(case: TcpCase, enforcer: &Enforcer) -> Result<TcpRun> {
 fn class_totals(dp: &Dataplane) -> Result<ClassCounters> {
     let mut total = ClassCounters::default();
     for slot in 0..MAX_IFACES as u32 {
-        let c = dp.class_counters(slot, BULK_CLASS)?;
-        total.packets += c.packets;
-        total.bytes += c.bytes;
-        total.dropped_bytes += c.dropped_bytes;
-        total.dropped_packets += c.dropped_packets;
-        total.early_dropped_packets += c.early_dropped_packets;
-        total.early_marked_packets += c.early_marked_packets;
-        total.ecn_marked_packets += c.ecn_marked_packets;
-        total.repaired_packets += c.repaired_packets;
+        total.add(&dp.class_counters(slot, BULK_CLASS)?);
     }
     Ok(total)
 }
