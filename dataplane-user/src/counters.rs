@@ -44,6 +44,16 @@ impl Dataplane {
         CounterReader::borrowed(self)?.policer_state(class)
     }
 
+    /// Packets and bytes of `class` forwarded out of interface slot `egress_slot`, summed
+    /// over CPUs.
+    pub fn forward_counters(
+        &self,
+        egress_slot: u32,
+        class: u32,
+    ) -> Result<ForwardCounters, DataplaneError> {
+        CounterReader::borrowed(self)?.forward_counters(egress_slot, class)
+    }
+
     /// Counters of interface slot `iface_slot`, summed over CPUs.
     pub fn iface_counters(&self, iface_slot: u32) -> Result<IfaceCounters, DataplaneError> {
         CounterReader::borrowed(self)?.iface_counters(iface_slot)

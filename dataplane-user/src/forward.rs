@@ -1,15 +1,12 @@
 //! Forwarding in user space: every registered interface goes into the redirect device map
 //! (forwarded packets may leave by any of them), and interfaces whose policy entry says
-//! `forward = true` get the FORWARD flag and their MAC in `IFACES`. Also the forwarded-traffic
-//! counters.
+//! `forward = true` get the FORWARD flag and their MAC in `IFACES`. Its counters are read in
+//! `counters`.
 
 use aya::maps::{xdp::XdpMapError, DevMapHash, HashMap, MapData};
-use dataplane_common::maps::{names, ForwardCounters, IfaceConfig};
+use dataplane_common::maps::{names, IfaceConfig};
 
-use crate::{
-    counters::CounterReader,
-    dataplane::{map_err, Dataplane, DataplaneError},
-};
+use crate::dataplane::{map_err, Dataplane, DataplaneError};
 
 impl Dataplane {
     /// Makes registered interface `name` (`ifindex`) a redirect target and sets its
@@ -45,16 +42,6 @@ impl Dataplane {
             cfg.flags & !IfaceConfig::FORWARD
         };
         map.insert(ifindex, cfg, 0).map_err(map_err(ifaces))
-    }
-
-    /// Packets and bytes of `class` forwarded out of interface slot `egress_slot`, summed
-    /// over CPUs.
-    pub fn forward_counters(
-        &self,
-        egress_slot: u32,
-        class: u32,
-    ) -> Result<ForwardCounters, DataplaneError> {
-        CounterReader::borrowed(self)?.forward_counters(egress_slot, class)
     }
 }
 
