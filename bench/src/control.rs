@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Instant};
 use anyhow::{bail, Context, Result};
 use aya::maps::MapInfo;
 use dataplane::{compile::CompiledPolicy, config::Policy, dataplane::Dataplane};
-use dataplane_common::{maps::names, FLOW_CACHE_ENTRIES, MAX_RULES};
+use dataplane_common::{flow::cache_entries, maps::names, MAX_RULES};
 use dataplane_lab::{daemon::Daemon, frames::Frame, kernel::run_repeated, netns::VethNs};
 use indicatif::ProgressBar;
 
@@ -369,16 +369,16 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
     ]);
     let flow_cache =
         |snap: &BTreeMap<String, (u32, u64)>| snap.get(names::FLOW_CACHE).map_or(0, |(_, m)| *m);
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    let entries = cache_entries(u32::try_from(cpus)?);
     per_rule.row(vec![
         "flow cache, per cached flow".into(),
+        format!("{:.0}", flow_cache(&empty) as f64 / f64::from(entries)),
         format!(
-            "{:.0}",
-            flow_cache(&empty) as f64 / FLOW_CACHE_ENTRIES as f64
-        ),
-        format!(
-            "{} / {} entries, preallocated (LRU): {} after {} flows",
+            "{} / {} entries ({cpus} CPUs' direct-mapped tables), preallocated: {} after {} \
+             flows",
             mib(flow_cache(&empty)),
-            group_thousands(FLOW_CACHE_ENTRIES),
+            group_thousands(entries as usize),
             mib(flow_cache(&with_flows)),
             si(f64::from(FLOWS))
         ),

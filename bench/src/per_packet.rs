@@ -23,7 +23,7 @@ use crate::{
 pub const CPU: usize = 0;
 /// The default policy: the AI catalogue.
 pub const CATALOGUE: &str = include_str!("../../config/default.toml");
-/// Flows cycled through in the flow-cache rows (the cache holds 131 072).
+/// Flows cycled through in the flow-cache rows (one CPU's table holds 2^17 on 2 CPUs).
 const FLOW_COUNTS: [u32; 3] = [1_000, 100_000, 1_000_000];
 /// Rules of the policy the flow rows run against.
 const FLOW_POLICY_RULES: u32 = 1_000;
@@ -481,8 +481,12 @@ fn report(
         "The policer's state is shared by all CPUs; these runs use one CPU, so the \
          compare-and-swaps never contend here."
             .into(),
-        "With more flows than the cache holds (131 072) the LRU evicts on every insert: the \
-         1M-flow row is the cost of a miss (lookup, classification, insert, eviction)."
+        "The flow rows run on one CPU, so every flow lands in that CPU's table (2^17 slots on \
+         a 2-CPU machine; RSS spreads real flows over all CPUs' tables). A flow that shares \
+         its slot with another misses each time the two alternate: at 100k flows cycled \
+         about half miss (e^(-n/slots) of flows sit alone), and at 1M nearly all do, so that \
+         row is the cost of a miss (lookup, classification, the entry's write). Cycling \
+         through more flows than the caches hold also misses the CPU caches on every packet."
             .into(),
         "Times are the kernel's mean over all runs of a round, not a per-packet \
          distribution: tails are not visible."

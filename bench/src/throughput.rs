@@ -57,7 +57,7 @@ const MOSTLY: f64 = 0.5;
 /// smallest UDP frame is 62 bytes; its rows use 64.
 const FRAME_SIZES: [(usize, &str); 2] = [(60, "64 B"), (1514, "1500 B")];
 const IPV6_FRAME: usize = 64;
-/// Flow counts of the many-flows rows (the flow cache holds 131 072).
+/// Flow counts of the many-flows rows (each CPU's flow table holds 2^17 slots on 2 CPUs).
 const MANY_FLOWS: [u32; 2] = [1_000, 100_000];
 
 fn mac(m: [u8; 6]) -> String {

@@ -1,8 +1,62 @@
 //! What the kernel keeps per flow, beside the flow's cached class: TCP's highest sequence
 //! (so a retransmission is told from new data), the flow's next hop (so a forwarded flow
 //! skips the route lookup) and the flow's own counters, which `dataplane top` reads. A policy
-//! change starts every flow's entry afresh. Updated without atomics: a flow is steered to one
-//! CPU by RSS, and a count lost to a rare race only blurs a display.
+//! change starts every flow's entry afresh.
+//!
+//! The flow cache is one direct-mapped table per CPU, all in one array ([`cache_slot`]): a
+//! lookup is an index computation and one load, where a hash map's lookup (hashing the key
+//! again, walking a bucket) cost more than the rest of a cached packet's path together. Each
+//! CPU owns its part, so entries are written without atomics and never torn; a flow that RSS
+//! (or a migrating sender) spreads over several CPUs has an entry on each, and user space
+//! adds them up. A new flow takes its slot from whichever flow held it: a collision costs
+//! the other flow a classification, never a wrong class (the entry's whole key is compared).
+
+/// Flow-cache slots the whole table has at most, as a memory budget (128 bytes each: 32 MiB);
+/// each CPU gets a power-of-two part of it.
+pub const FLOW_CACHE_BUDGET: u32 = 262_144;
+/// log2 of the fewest slots one CPU's table has (machines of more than 64 CPUs exceed the
+/// budget rather than cache fewer flows per CPU).
+pub const MIN_CACHE_BITS: u32 = 12;
+/// log2 of the most slots one CPU's table has.
+pub const MAX_CACHE_BITS: u32 = 17;
+
+/// log2 of the slots of each CPU's table on a machine of `cpus` possible CPUs: the largest
+/// power of two within the budget's share, clamped to `MIN_CACHE_BITS..=MAX_CACHE_BITS`.
+pub const fn cache_bits(cpus: u32) -> u32 {
+    let cpus = if cpus == 0 { 1 } else { cpus };
+    let share = FLOW_CACHE_BUDGET / cpus;
+    let bits = if share == 0 {
+        0
+    } else {
+        31 - share.leading_zeros()
+    };
+    if bits < MIN_CACHE_BITS {
+        MIN_CACHE_BITS
+    } else if bits > MAX_CACHE_BITS {
+        MAX_CACHE_BITS
+    } else {
+        bits
+    }
+}
+
+/// Entries of the whole flow-cache array on a machine of `cpus` possible CPUs.
+pub const fn cache_entries(cpus: u32) -> u32 {
+    let cpus = if cpus == 0 { 1 } else { cpus };
+    cpus << cache_bits(cpus)
+}
+
+/// The slot of a flow whose key hashes to `hash` in CPU `cpu`'s table of `2^bits` slots:
+/// the hash's halves folded together, times a 64-bit odd constant, top bits (Fibonacci
+/// hashing). The key hash alone would not do: [`crate::maps::FlowKey::hash`] is a sum of
+/// 32 x 32-bit products, so keys that differ in one field (consecutive addresses) get hashes
+/// that grow with the field and share their top bits; without the fold, the multiply still
+/// left a sixth of the slots idle that random ones would use.
+#[inline(always)]
+pub fn cache_slot(cpu: u32, bits: u32, hash: u64) -> u32 {
+    let h = (hash ^ hash >> 32).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let bits = bits.clamp(MIN_CACHE_BITS, MAX_CACHE_BITS);
+    cpu << bits | (h >> (64 - bits)) as u32
+}
 
 /// Per-flow state, in each flow-cache entry.
 #[repr(C)]
@@ -78,6 +132,15 @@ impl NextHop {
 }
 
 impl FlowState {
+    /// Adds `other`'s counts (the same flow's entry on another CPU) to these.
+    pub fn add_counts(&mut self, other: &FlowState) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.dropped_packets += other.dropped_packets;
+        self.marked_packets += other.marked_packets;
+        self.repaired_packets += other.repaired_packets;
+    }
+
     /// `tcp_high` holds a sequence number.
     pub const TCP_SEEN: u32 = 1;
     /// The flow's reply direction was registered for window control (entries start afresh
@@ -106,6 +169,54 @@ impl FlowState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cpu_gets_a_power_of_two_share_of_the_budget() {
+        assert_eq!(cache_bits(1), MAX_CACHE_BITS);
+        assert_eq!(cache_bits(2), 17);
+        assert_eq!(cache_bits(3), 16, "87 381 slots round down to 65 536");
+        assert_eq!(cache_bits(4), 16);
+        assert_eq!(cache_bits(64), 12);
+        assert_eq!(cache_bits(1024), MIN_CACHE_BITS);
+        assert_eq!(cache_bits(0), cache_bits(1));
+        for cpus in 1..=64 {
+            assert!(cache_entries(cpus) <= FLOW_CACHE_BUDGET.max(2 << MAX_CACHE_BITS));
+            assert!(cache_entries(cpus) > FLOW_CACHE_BUDGET / 2 || cpus < 2);
+        }
+    }
+
+    #[test]
+    fn slots_stay_inside_their_cpus_part_and_spread_over_it() {
+        let bits = 12;
+        let mut seen = [0u32; 1 << 12];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..(1 << 16) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let slot = cache_slot(3, bits, x);
+            assert_eq!(slot >> bits, 3, "CPU 3's part");
+            seen[(slot & ((1 << bits) - 1)) as usize] += 1;
+        }
+        // 16 flows per slot on average: every slot is used, none holds more than 3×.
+        assert!(
+            seen.iter().all(|&n| n > 0 && n < 48),
+            "{:?}",
+            seen.iter().max()
+        );
+        for h in [0, 1, u64::MAX, x] {
+            assert_eq!(
+                cache_slot(1, 40, h) >> MAX_CACHE_BITS,
+                1,
+                "bits clamped to the most"
+            );
+            assert_eq!(
+                cache_slot(1, 0, h) >> MIN_CACHE_BITS,
+                1,
+                "bits clamped to the fewest"
+            );
+        }
+    }
 
     fn hop() -> NextHop {
         NextHop {

@@ -30,8 +30,11 @@ pub const MAX_IFACES: usize = 64;
 pub const GENERATION_SLOTS: usize = 2;
 /// Rule bit-vectors stored at once, shared by both generation slots.
 pub const VECTOR_POOL_ENTRIES: usize = 32768;
-/// Flows whose class is cached (LRU).
-pub const FLOW_CACHE_ENTRIES: usize = 131072;
+/// TCP connection directions the window-control return table holds (LRU).
+pub const RETURN_TABLE_ENTRIES: usize = 131072;
+/// Interfaces with an index below this are found by index in an array (one load); those
+/// above it, on hosts that have created thousands of interfaces, in a hash table.
+pub const IFINDEX_ARRAY_LIMIT: usize = 16384;
 /// Prefix entries (all four address fields, both slots) the LPM trie holds.
 pub const PREFIX_ENTRIES: usize = 4 * MAX_RULES + 64;
 /// Strict priorities a class may have (0 lowest .. 7 highest).

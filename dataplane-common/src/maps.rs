@@ -393,7 +393,7 @@ pub struct ReturnEntry {
     pub syn_us: u32,
 }
 
-/// A cached classification, in the flow cache under its key's [`FlowKey::hash`].
+/// A cached classification, in the flow cache at its key's [`crate::flow::cache_slot`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
@@ -464,11 +464,14 @@ pub mod names {
     pub const VECTOR_POOL: &str = "VECTOR_POOL";
     /// `Array<PolicerState, MAX_CLASSES>`.
     pub const POLICERS: &str = "POLICERS";
-    /// `HashMap<u32 ifindex, IfaceConfig>`.
+    /// `Array<IfaceConfig, IFINDEX_ARRAY_LIMIT>` by ifindex (slot 0: not registered).
+    pub const IFACES_BY_INDEX: &str = "IFACES_BY_INDEX";
+    /// `HashMap<u32 ifindex, IfaceConfig>`: interfaces of index `IFINDEX_ARRAY_LIMIT` and up.
     pub const IFACES: &str = "IFACES";
     /// `Array<LinkState, MAX_IFACES>`.
     pub const LINKS: &str = "LINKS";
-    /// `LruHashMap<u64 FlowKey::hash, FlowEntry>`.
+    /// `Array<FlowEntry>` of `flow::cache_entries(cpus)` entries: each CPU's direct-mapped
+    /// table (`flow::cache_slot`), sized at load.
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
     /// `LruHashMap<u64 FlowKey::hash, ReturnEntry>`: reply directions under window control.
     pub const TCP_RETURNS: &str = "TCP_RETURNS";
@@ -493,8 +496,12 @@ pub mod names {
     /// `PerCpuArray` of one parsed packet's room: the parser's scratch space (kernel only).
     pub const PACKET_SCRATCH: &str = "PACKET_SCRATCH";
 
+    /// The program's global (`.rodata`) holding log2 of each CPU's flow-table slots, set at
+    /// load (`flow::cache_bits`). Not a map.
+    pub const FLOW_CACHE_BITS: &str = "FLOW_CACHE_BITS";
+
     /// Every map, for checks that the object and the pins hold them all.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         ACTIVE_SLOT,
         POLICY_SLOTS,
         CLASSES,
@@ -504,6 +511,7 @@ pub mod names {
         VECTOR_POOL,
         POLICERS,
         CLASS_LEASES,
+        IFACES_BY_INDEX,
         IFACES,
         LINKS,
         FLOW_CACHE,
@@ -540,6 +548,59 @@ pub const fn class_counter_index(iface_slot: u32, class: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    /// Distinct slots `keys` take in one CPU's table of 2^17, against what uniform random
+    /// slots would give (`m (1 - e^(-n/m))`).
+    fn occupancy(keys: impl Iterator<Item = super::FlowKey>) -> (f64, f64) {
+        extern crate std;
+        let bits = crate::flow::MAX_CACHE_BITS;
+        let m = f64::from(1u32 << bits);
+        let mut used = std::vec![false; 1 << bits];
+        let mut n = 0.0;
+        for k in keys {
+            used[crate::flow::cache_slot(0, bits, k.hash()) as usize] = true;
+            n += 1.0;
+        }
+        let distinct = used.iter().filter(|&&u| u).count() as f64;
+        (distinct, m * (1.0 - (-n / m).exp()))
+    }
+
+    fn v4_key(src: u32, src_port: u16) -> super::FlowKey {
+        let mut meta = crate::packet::PacketMeta::default();
+        meta.src[..4].copy_from_slice(&src.to_be_bytes());
+        meta.dst[..4].copy_from_slice(&[198, 19, 0, 1]);
+        meta.protocol = 17;
+        meta.has_ports = true;
+        meta.src_port = src_port;
+        meta.dst_port = 4791;
+        super::FlowKey::of(&meta, 1)
+    }
+
+    #[test]
+    fn consecutive_addresses_and_ports_spread_over_the_flow_table() {
+        let base = u32::from_be_bytes([198, 18, 0, 0]);
+        for (what, (distinct, uniform)) in [
+            (
+                "addresses",
+                occupancy((0..65_536).map(|i| v4_key(base + i, 40_000))),
+            ),
+            (
+                "ports",
+                occupancy((0..65_536).map(|p| v4_key(base, p as u16))),
+            ),
+            (
+                "both",
+                occupancy(
+                    (0..100_000).map(|i| v4_key(base + (i & 0x1ffff), 40_000 + (i >> 17) as u16)),
+                ),
+            ),
+        ] {
+            assert!(
+                distinct >= 0.97 * uniform,
+                "{what}: {distinct} slots, uniform hashing gives {uniform:.0}"
+            );
+        }
+    }
+
     #[test]
     fn a_reply_s_connection_key_is_the_reply_key_of_its_request() {
         let request = PacketMeta {

@@ -1,12 +1,12 @@
 //! Classify: flow-cache lookup, else the AND of the per-field rule vectors.
 
-use aya_ebpf::btf_maps::lpm_trie::Key;
+use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_get_smp_processor_id};
 use dataplane_common::{
     classify::{
         field_table_index, lowest_common_rule, AddrField, Field, PrefixKey, RuleVector,
         ALL_RULES_VECTOR, FIELD_COUNT, PREFIX_KEY_HEADER_BITS,
     },
-    flow::FlowState,
+    flow::{cache_slot, FlowState},
     maps::{rule_class_index, FlowEntry, FlowKey, IfaceCounters, PolicySlot},
     packet::PacketMeta,
     reason::Reason,
@@ -14,12 +14,13 @@ use dataplane_common::{
 };
 
 use crate::maps::{
-    FIELD_TABLE, FLOW_CACHE, PACKET_SCRATCH, POLICY_SLOTS, PREFIXES, RULE_CLASSES, VECTOR_POOL,
+    flow_cache_bits, FIELD_TABLE, FLOW_CACHE, PACKET_SCRATCH, POLICY_SLOTS, PREFIXES, RULE_CLASSES,
+    VECTOR_POOL,
 };
 
-/// The class of `meta`, from the flow cache when it holds an entry of this generation, and
-/// the flow's state when it does (a new flow's first packet, and the first of each flow
-/// after a policy change, start a fresh entry and have none yet).
+/// The class of `meta`, from this CPU's flow table when it holds the flow at this
+/// generation, and the flow's entry state (a new flow's first packet, and the first of each
+/// flow after a policy change, start it afresh).
 #[inline(always)]
 pub fn class_of(
     meta: &PacketMeta,
@@ -33,28 +34,31 @@ pub fn class_of(
         return Ok((rule_class(iface_slot, slot)?, None));
     }
     let key = FlowKey::of(meta, iface_slot as u8);
-    let hash = key.hash();
-    if let Some(entry) = FLOW_CACHE.get_ptr_mut(hash) {
-        // SAFETY: LRU hash value pointer, valid for this run of the program; plain data (a
-        // concurrent update of the same flow races harmlessly, see FlowState).
-        let entry = unsafe { &mut *entry };
-        if entry.generation == policy.generation && entry.key.same_flow(&key) {
-            bump(counters, |c| c.flow_cache_hits += 1);
-            return Ok((entry.class, Some(core::ptr::addr_of_mut!(entry.state))));
-        }
+    // SAFETY: helper without preconditions; the program runs with migration disabled, so
+    // the CPU stays the same until it returns.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(entry) = FLOW_CACHE.get_ptr_mut(cache_slot(cpu, flow_cache_bits(), key.hash())) else {
+        // A table not sized for this CPU (an object loaded without our loader) caches nothing.
+        bump(counters, |c| c.flow_cache_misses += 1);
+        return Ok((rule_class(iface_slot, slot)?, None));
+    };
+    // SAFETY: an array value, valid for this run; only this CPU uses its part of the table,
+    // and XDP does not nest on one CPU.
+    let entry = unsafe { &mut *entry };
+    if entry.generation == policy.generation && entry.key.same_flow(&key) {
+        bump(counters, |c| c.flow_cache_hits += 1);
+        return Ok((entry.class, Some(core::ptr::addr_of_mut!(entry.state))));
     }
     bump(counters, |c| c.flow_cache_misses += 1);
     let class = rule_class(iface_slot, slot)?;
-    let entry = FlowEntry {
+    // The flow takes the slot from whichever flow held it.
+    *entry = FlowEntry {
         key,
         generation: policy.generation,
         class,
         state: FlowState::default(),
     };
-    // A full cache evicts the least recently used flow, and a flow whose hash another flow
-    // has replaces it; a failed insert only costs a miss.
-    let _ = FLOW_CACHE.insert(hash, entry, 0);
-    Ok((class, None))
+    Ok((class, Some(core::ptr::addr_of_mut!(entry.state))))
 }
 
 #[inline(always)]

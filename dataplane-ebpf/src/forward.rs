@@ -31,7 +31,7 @@ use dataplane_common::{
 use crate::{
     frame::Frame,
     maps::{
-        EGRESS_DEVICES, FIB_SCRATCH, FORWARD_COUNTERS, IFACES, IFACE_COUNTERS, ROUTE_GENERATION,
+        iface, EGRESS_DEVICES, FIB_SCRATCH, FORWARD_COUNTERS, IFACE_COUNTERS, ROUTE_GENERATION,
     },
 };
 
@@ -303,14 +303,11 @@ unsafe fn copy_bytes<const N: usize, T>(from: &u8, to: *mut T) {
 }
 
 /// The counter slot of the egress interface the lookup chose. Only registered interfaces are
-/// in the device map, and they are in `IFACES` too: checking that first gives the clearer
-/// reason.
+/// in the device map, and they are registered interfaces too: checking that first gives the
+/// clearer reason.
 #[inline(always)]
 fn egress_slot(egress: u32) -> Result<u32, Reason> {
-    // SAFETY: hash values are plain data, replaced whole by user space.
-    Ok(unsafe { IFACES.get(egress) }
-        .ok_or(Reason::EgressNotRegistered)?
-        .slot)
+    Ok(iface(egress).ok_or(Reason::EgressNotRegistered)?.slot)
 }
 
 /// Sets up the redirect to `egress`. On a device-map miss (an interface unregistered since

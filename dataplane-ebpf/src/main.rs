@@ -32,17 +32,14 @@ use dataplane_common::{
 
 use crate::{
     frame::Frame,
-    maps::{
-        ACTIVE_SLOT, CLASSES, CLASS_COUNTERS, IFACES, IFACE_COUNTERS, PACKET_SCRATCH, POLICY_SLOTS,
-    },
+    maps::{ACTIVE_SLOT, CLASSES, CLASS_COUNTERS, IFACE_COUNTERS, PACKET_SCRATCH, POLICY_SLOTS},
     police::Kind,
 };
 
 #[xdp]
 pub fn dataplane(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: hash values are plain data, replaced whole by user space.
-    let iface = unsafe { IFACES.get(ifindex) };
+    let iface = maps::iface(ifindex);
     let iface_slot = iface.map_or(0, |i| i.slot);
     match pipeline(&ctx, &Frame::new(&ctx), iface, iface_slot) {
         Ok(action) => action,

@@ -8,13 +8,14 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     classify::{PrefixKey, RuleVector, FIELD_TABLE_ENTRIES},
+    flow::MIN_CACHE_BITS,
     maps::{
         ClassConfig, ClassCounters, FlowEntry, ForwardCounters, IfaceConfig, IfaceCounters,
         LinkState, PolicerState, PolicySlot, ReturnEntry,
     },
     packet::{PacketMeta, TCP_OPTIONS_ROOM},
-    FLOW_CACHE_ENTRIES, GENERATION_SLOTS, MAX_CLASSES, MAX_IFACES, MAX_RULES, PREFIX_ENTRIES,
-    VECTOR_POOL_ENTRIES,
+    GENERATION_SLOTS, IFINDEX_ARRAY_LIMIT, MAX_CLASSES, MAX_IFACES, MAX_RULES, PREFIX_ENTRIES,
+    RETURN_TABLE_ENTRIES, VECTOR_POOL_ENTRIES,
 };
 
 /// Which generation slot is live; user space flips it in one write.
@@ -44,20 +45,47 @@ pub static POLICERS: Array<PolicerState, MAX_CLASSES> = Array::new();
 /// Per CPU and class id: bytes left of the CPU's green lease (`policer::LeaseParams`).
 #[btf_map]
 pub static CLASS_LEASES: PerCpuArray<u32, MAX_CLASSES> = PerCpuArray::new();
-/// Registered interfaces by ifindex: counter slot and link budget.
+/// Registered interfaces by ifindex below `IFINDEX_ARRAY_LIMIT`: counter slot and link
+/// budget (slot 0: not registered).
+#[btf_map]
+pub static IFACES_BY_INDEX: Array<IfaceConfig, IFINDEX_ARRAY_LIMIT> = Array::new();
+/// Registered interfaces of larger ifindex.
 #[btf_map]
 pub static IFACES: HashMap<u32, IfaceConfig, MAX_IFACES> = HashMap::new();
+
+/// The registered interface `ifindex`, if any.
+#[inline(always)]
+pub fn iface(ifindex: u32) -> Option<&'static IfaceConfig> {
+    if ifindex < IFINDEX_ARRAY_LIMIT as u32 {
+        IFACES_BY_INDEX.get(ifindex).filter(|i| i.slot != 0)
+    } else {
+        // SAFETY: hash values are plain data, replaced whole by user space.
+        unsafe { IFACES.get(ifindex) }
+    }
+}
 /// Per interface slot: shared link-budget state.
 #[btf_map]
 pub static LINKS: Array<LinkState, MAX_IFACES> = Array::new();
-/// Flow (by key hash) -> the flow's key and class, tagged with the generation it was
-/// computed under.
+/// Each CPU's direct-mapped flow table (`flow::cache_slot`): the flow's key and class,
+/// tagged with the generation it was computed under. User space sizes it at load
+/// (`flow::cache_entries`); the size here serves one CPU.
 #[btf_map]
-pub static FLOW_CACHE: LruHashMap<u64, FlowEntry, FLOW_CACHE_ENTRIES> = LruHashMap::new();
+pub static FLOW_CACHE: Array<FlowEntry, { 1 << MIN_CACHE_BITS }> = Array::new();
+/// log2 of each CPU's flow-table slots (`flow::cache_bits`), set by user space at load.
+#[no_mangle]
+static FLOW_CACHE_BITS: u32 = MIN_CACHE_BITS;
+
+/// log2 of each CPU's flow-table slots.
+#[inline(always)]
+pub fn flow_cache_bits() -> u32 {
+    // SAFETY: a plain read of a constant the loader set; volatile so the compiler does not
+    // fold in the default.
+    unsafe { core::ptr::read_volatile(&FLOW_CACHE_BITS) }
+}
 /// Reply direction of a TCP flow (by connection key hash) -> the class whose window its
 /// ACKs advertise at most.
 #[btf_map]
-pub static TCP_RETURNS: LruHashMap<u64, ReturnEntry, FLOW_CACHE_ENTRIES> = LruHashMap::new();
+pub static TCP_RETURNS: LruHashMap<u64, ReturnEntry, RETURN_TABLE_ENTRIES> = LruHashMap::new();
 /// Per interface slot and class: packets, bytes, colours, drops, marks.
 #[btf_map]
 pub static CLASS_COUNTERS: PerCpuArray<ClassCounters, { MAX_IFACES * MAX_CLASSES }> =

@@ -17,7 +17,7 @@ use dataplane_common::{
     GENERATION_SLOTS, MAX_CLASSES,
 };
 
-use crate::maps::{CLASSES, CLASS_LEASES, IFACES, LINKS, POLICERS};
+use crate::maps::{CLASSES, CLASS_LEASES, LINKS, POLICERS};
 
 /// Compare-and-swap attempts before a bucket update counts as non-conforming. Each failed
 /// attempt means another CPU just updated the bucket; the bound keeps the verifier happy and
@@ -266,8 +266,7 @@ pub extern "C" fn dataplane_police(ids: u64, ifindex: u64, packet: u64) -> u32 {
         return Policed::plain(Colour::Yellow).pack();
     };
     let link = if packet >> 34 & 1 != 0 {
-        // SAFETY: hash values are plain data, replaced whole by user space.
-        unsafe { IFACES.get(ifindex as u32) }
+        crate::maps::iface(ifindex as u32)
             .map(|i| &i.link)
             .filter(|l| l.is_limited())
     } else {

@@ -8,7 +8,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use dataplane_common::maps::IfaceConfig;
 
-use crate::maps::{IFACES, IFACE_COUNTERS};
+use crate::maps::{iface, IFACE_COUNTERS};
 
 /// Field offsets of `xdp:xdp_redirect_err` (see its `format` file in tracefs).
 const REDIRECT_ERR_INGRESS: usize = 16;
@@ -56,11 +56,8 @@ pub fn devmap_drops(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn count(ingress: i32, egress: i32, frames: u64) {
-    // SAFETY: hash values are plain data, replaced whole by user space.
-    let forwards =
-        unsafe { IFACES.get(ingress as u32) }.is_some_and(|i| i.flags & IfaceConfig::FORWARD != 0);
-    // SAFETY: as above.
-    let Some(egress) = (unsafe { IFACES.get(egress as u32) }) else {
+    let forwards = iface(ingress as u32).is_some_and(|i| i.flags & IfaceConfig::FORWARD != 0);
+    let Some(egress) = iface(egress as u32) else {
         return;
     };
     if !forwards {

@@ -12,20 +12,22 @@ use aya::{
         Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
     },
     programs::{links::FdLink, ProgramError, TracePoint, Xdp, XdpMode},
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
 };
 use dataplane_common::{
     classify::{
         field_table_index, pool_index, PrefixKey, RuleVector, PREFIX_KEY_HEADER_BITS,
         VECTORS_PER_SLOT,
     },
+    flow::{cache_bits, cache_entries},
     maps::{
         class_config_index, class_counter_index, names, rule_class_index, ClassConfig,
-        ClassCounters, FlowEntry, IfaceConfig, IfaceCounters, LinkState, PolicerState, PolicySlot,
+        ClassCounters, FlowEntry, FlowKey, IfaceConfig, IfaceCounters, LinkState, PolicerState,
+        PolicySlot,
     },
     policer::{ns_to_ticks, rescale_tat, BucketParams},
     programs::KernelLogLevel,
-    GENERATION_SLOTS, MAX_CLASSES, MAX_IFACES, MAX_RULES,
+    GENERATION_SLOTS, IFINDEX_ARRAY_LIMIT, MAX_CLASSES, MAX_IFACES, MAX_RULES,
 };
 
 use crate::{
@@ -152,7 +154,12 @@ impl Dataplane {
     /// goes away with this value. No policy is active until [`Dataplane::apply`]; until then
     /// packets pass and count as `no_policy`.
     pub fn load() -> Result<Dataplane, DataplaneError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+        let cpus = possible_cpus()?;
+        let bits = cache_bits(cpus);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::FLOW_CACHE_BITS, &bits, true)
+            .map_max_entries(names::FLOW_CACHE, cache_entries(cpus))
+            .load(EBPF_OBJECT)?;
         for name in [PROGRAM_NAME, PASS_PROGRAM_NAME] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -212,12 +219,13 @@ impl Dataplane {
             let path = layout.map(name);
             let data = MapData::from_pin(&path).map_err(|e| open_failure(&path, e))?;
             let info = data.info().map_err(map_err(name))?;
-            let expected = (
-                def.map_type(),
-                def.key_size(),
-                def.value_size(),
-                def.max_entries(),
-            );
+            // The flow cache is sized at load, by the machine's CPUs.
+            let entries = if name == names::FLOW_CACHE {
+                cache_entries(possible_cpus()?)
+            } else {
+                def.max_entries()
+            };
+            let expected = (def.map_type(), def.key_size(), def.value_size(), entries);
             let found = (
                 info_type(&info),
                 info.key_size(),
@@ -624,11 +632,58 @@ impl Dataplane {
             }),
             ..IfaceConfig::default()
         };
+        self.set_iface_config(ifindex, cfg)
+    }
+
+    /// The entry of registered interface `ifindex`, if any.
+    pub(crate) fn iface_config(&self, ifindex: u32) -> Result<Option<IfaceConfig>, DataplaneError> {
+        if ifindex < IFINDEX_ARRAY_LIMIT as u32 {
+            let cfg = self
+                .array_ro::<IfaceConfig>(names::IFACES_BY_INDEX)?
+                .get(&ifindex, 0)
+                .map_err(map_err(names::IFACES_BY_INDEX))?;
+            return Ok((cfg.slot != 0).then_some(cfg));
+        }
         let name = names::IFACES;
-        let map = self.map_mut(name)?;
+        let ifaces: HashMap<&MapData, u32, IfaceConfig> =
+            HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        match ifaces.get(&ifindex, 0) {
+            Ok(cfg) => Ok(Some(cfg)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(name)(e)),
+        }
+    }
+
+    /// Writes interface `ifindex`'s entry whole, so packets see the old or the new one.
+    pub(crate) fn set_iface_config(
+        &mut self,
+        ifindex: u32,
+        cfg: IfaceConfig,
+    ) -> Result<(), DataplaneError> {
+        if ifindex < IFINDEX_ARRAY_LIMIT as u32 {
+            return self
+                .array::<IfaceConfig>(names::IFACES_BY_INDEX)?
+                .set(ifindex, cfg, 0)
+                .map_err(map_err(names::IFACES_BY_INDEX));
+        }
+        let name = names::IFACES;
         let mut ifaces: HashMap<&mut MapData, u32, IfaceConfig> =
-            HashMap::try_from(map).map_err(map_err(name))?;
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
         ifaces.insert(ifindex, cfg, 0).map_err(map_err(name))
+    }
+
+    /// Forgets interface `ifindex`'s entry (none is no error).
+    fn remove_iface_config(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        if ifindex < IFINDEX_ARRAY_LIMIT as u32 {
+            return self.set_iface_config(ifindex, IfaceConfig::default());
+        }
+        let name = names::IFACES;
+        let mut ifaces: HashMap<&mut MapData, u32, IfaceConfig> =
+            HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        match ifaces.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(name)(e)),
+        }
     }
 
     /// Registers the policy's interfaces (slot = position + 1) and then `attached` ones the
@@ -685,25 +740,12 @@ impl Dataplane {
         let Some(index) = ifindex(name) else {
             return Ok(());
         };
-        let map_name = names::IFACES;
-        let mut ifaces: HashMap<&mut MapData, u32, IfaceConfig> =
-            HashMap::try_from(self.map_mut(map_name)?).map_err(map_err(map_name))?;
-        match ifaces.remove(&index) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(map_name)(e)),
-        }
-        self.route_generation()?.bump().map(drop)
+        self.unregister_ifindex(index)
     }
 
     /// Forgets the interface registered under `ifindex` (a device that is gone).
     pub fn unregister_ifindex(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
-        let map_name = names::IFACES;
-        let mut ifaces: HashMap<&mut MapData, u32, IfaceConfig> =
-            HashMap::try_from(self.map_mut(map_name)?).map_err(map_err(map_name))?;
-        match ifaces.remove(&ifindex) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(map_name)(e)),
-        }
+        self.remove_iface_config(ifindex)?;
         self.route_generation()?.bump().map(drop)
     }
 
@@ -776,17 +818,34 @@ impl Dataplane {
         map.set(index, zeros, 0).map_err(map_err(name))
     }
 
-    /// Every flow the flow cache holds, with what it did (read one entry at a time: a flow
-    /// evicted meanwhile is missing, never an error).
+    /// Every flow the flow cache holds, with what it did: one entry per flow and generation,
+    /// its counts summed over the CPUs that hold it (read one slot at a time: a flow evicted
+    /// meanwhile is missing, never an error).
     pub fn flows(&self) -> Result<Vec<FlowEntry>, DataplaneError> {
-        let name = names::FLOW_CACHE;
-        let cache: HashMap<&MapData, u64, FlowEntry> =
-            HashMap::try_from(self.map(name)?).map_err(map_err(name))?;
-        Ok(cache
+        let cache = self.array_ro::<FlowEntry>(names::FLOW_CACHE)?;
+        let mut flows: std::collections::HashMap<(FlowKey, u32), FlowEntry> =
+            std::collections::HashMap::new();
+        // Generation 0 is no policy's: a slot never filled.
+        for entry in cache
             .iter()
-            .filter_map(|e| e.ok().map(|(_, v)| v))
-            .collect())
+            .filter_map(Result::ok)
+            .filter(|e| e.generation != 0)
+        {
+            flows
+                .entry((entry.key, entry.generation))
+                .and_modify(|e| e.state.add_counts(&entry.state))
+                .or_insert(entry);
+        }
+        Ok(flows.into_values().collect())
     }
+}
+
+/// The machine's possible CPUs (what per-CPU state is sized by).
+fn possible_cpus() -> Result<u32, DataplaneError> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| {
+        DataplaneError::Interface(format!("counting the CPUs ({what}): {e}"))
+    })?;
+    Ok(u32::try_from(cpus).unwrap_or(u32::MAX))
 }
 
 /// The kernel's route generation (see `dataplane_common::flow::NextHop`): moving it puts

@@ -1,16 +1,16 @@
 //! Forwarding in user space: every registered interface goes into the redirect device map
 //! (forwarded packets may leave by any of them), and interfaces whose policy entry says
-//! `forward = true` get the FORWARD flag and their MAC in `IFACES`. Its counters are read in
+//! `forward = true` get the FORWARD flag and their MAC in their interface entry. Its counters are read in
 //! `counters`.
 
-use aya::maps::{xdp::XdpMapError, DevMapHash, HashMap, MapData};
+use aya::maps::{xdp::XdpMapError, DevMapHash, MapData};
 use dataplane_common::maps::{names, IfaceConfig};
 
 use crate::dataplane::{map_err, Dataplane, DataplaneError};
 
 impl Dataplane {
     /// Makes registered interface `name` (`ifindex`) a redirect target and sets its
-    /// forwarding flag and MAC. Called after `register_iface` wrote its `IFACES` entry; the
+    /// forwarding flag and MAC. Called after `register_iface` wrote its entry; the
     /// entry is replaced whole, so packets see the old or the new one.
     pub(crate) fn register_forwarding(
         &mut self,
@@ -31,17 +31,16 @@ impl Dataplane {
             other => DataplaneError::Interface(format!("{name}: device map: {other}")),
         })?;
 
-        let ifaces = names::IFACES;
-        let mut map: HashMap<&mut MapData, u32, IfaceConfig> =
-            HashMap::try_from(self.map_mut(ifaces)?).map_err(map_err(ifaces))?;
-        let mut cfg = map.get(&ifindex, 0).map_err(map_err(ifaces))?;
+        let mut cfg = self.iface_config(ifindex)?.ok_or_else(|| {
+            DataplaneError::Interface(format!("{name}: not registered before forwarding"))
+        })?;
         cfg.mac = mac;
         cfg.flags = if forward {
             cfg.flags | IfaceConfig::FORWARD
         } else {
             cfg.flags & !IfaceConfig::FORWARD
         };
-        map.insert(ifindex, cfg, 0).map_err(map_err(ifaces))
+        self.set_iface_config(ifindex, cfg)
     }
 }
 

@@ -85,11 +85,11 @@ fn assert_rate(what: &str, got: f64, rate_bps: f64, tolerance: f64) {
     );
 }
 
-/// Loads `toml` with the flow cache off. Under BPF_PROG_TEST_RUN a sender whose policy has
-/// the (LRU) flow cache on pauses now and then (measured: about 7% of the time at 1 Gbit/s,
-/// with the code of before the TCP work too), which reads as rate error whatever the
-/// buckets do; the cause is not found yet (see the notes). These tests measure the
-/// buckets, which classification does not touch.
+/// Loads `toml` with the flow cache off. Under BPF_PROG_TEST_RUN a sender whose policy had
+/// the flow cache on paused now and then while the cache was an LRU hash (measured: about 7%
+/// of the time at 1 Gbit/s), which reads as rate error whatever the buckets do; not measured
+/// again since the cache became per-CPU arrays. These tests measure the buckets, which
+/// classification does not touch.
 fn load(toml: &str) -> (Dataplane, dataplane::config::Policy) {
     load_policy(&format!("flow_cache = \"off\"\n{toml}"))
 }
