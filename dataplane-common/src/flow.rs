@@ -3,13 +3,20 @@
 //! skips the route lookup) and the flow's own counters, which `dataplane top` reads. A policy
 //! change starts every flow's entry afresh.
 //!
-//! The flow cache is one direct-mapped table per CPU, all in one array ([`cache_slot`]): a
-//! lookup is an index computation and one load, where a hash map's lookup (hashing the key
-//! again, walking a bucket) cost more than the rest of a cached packet's path together. Each
-//! CPU owns its part, so entries are written without atomics and never torn; a flow that RSS
-//! (or a migrating sender) spreads over several CPUs has an entry on each, and user space
-//! adds them up. A new flow takes its slot from whichever flow held it: a collision costs
-//! the other flow a classification, never a wrong class (the entry's whole key is compared).
+//! The flow cache is one table of two-entry sets per CPU, all in one array ([`cache_set`]):
+//! a lookup is an index computation and one or two loads, where a hash map's lookup (hashing
+//! the key again, walking a bucket) cost more than the rest of a cached packet's path
+//! together. Each CPU owns its part, so entries are written without atomics and never torn;
+//! a flow that RSS (or a migrating sender) spreads over several CPUs has an entry on each,
+//! and user space adds them up. A collision costs a classification, never a wrong class (the
+//! entry's whole key is compared).
+//!
+//! Which flow keeps a contested set is decided by [`admit`]: each entry has a score, one up
+//! per hit and one down per newcomer refused, and a newcomer only displaces an entry whose
+//! score ran out. A flow that sends a packet per newcomer refused in its set holds its entry
+//! against a flood of new flows (a scan, a burst of short RPCs), an idle one gives it up
+//! after at most [`MAX_CACHE_SCORE`] newcomers, and a set cycled through by three flows
+//! still serves two of them, where a direct-mapped table (or an LRU) would miss every time.
 
 /// Flow-cache slots the whole table has at most, as a memory budget (128 bytes each: 32 MiB);
 /// each CPU gets a power-of-two part of it.
@@ -19,6 +26,9 @@ pub const FLOW_CACHE_BUDGET: u32 = 262_144;
 pub const MIN_CACHE_BITS: u32 = 12;
 /// log2 of the most slots one CPU's table has.
 pub const MAX_CACHE_BITS: u32 = 17;
+/// Highest score an entry reaches: a flow that stopped sending loses its entry after at most
+/// this many newcomers were refused in its set.
+pub const MAX_CACHE_SCORE: u32 = 64;
 
 /// log2 of the slots of each CPU's table on a machine of `cpus` possible CPUs: the largest
 /// power of two within the budget's share, clamped to `MIN_CACHE_BITS..=MAX_CACHE_BITS`.
@@ -45,17 +55,45 @@ pub const fn cache_entries(cpus: u32) -> u32 {
     cpus << cache_bits(cpus)
 }
 
-/// The slot of a flow whose key hashes to `hash` in CPU `cpu`'s table of `2^bits` slots:
-/// the hash's halves folded together, times a 64-bit odd constant, top bits (Fibonacci
-/// hashing). The key hash alone would not do: [`crate::maps::FlowKey::hash`] is a sum of
-/// 32 x 32-bit products, so keys that differ in one field (consecutive addresses) get hashes
-/// that grow with the field and share their top bits; without the fold, the multiply still
-/// left a sixth of the slots idle that random ones would use.
+/// The first of the two slots of the set of a flow whose key hashes to `hash`, in CPU
+/// `cpu`'s table of `2^bits` slots (the second is the next one): the hash's halves folded
+/// together, times a 64-bit odd constant, top bits (Fibonacci hashing). The key hash alone
+/// would not do: [`crate::maps::FlowKey::hash`] is a sum of 32 x 32-bit products, so keys
+/// that differ in one field (consecutive addresses) get hashes that grow with the field and
+/// share their top bits; without the fold, the multiply still left a sixth of the sets idle
+/// that random ones would use.
 #[inline(always)]
-pub fn cache_slot(cpu: u32, bits: u32, hash: u64) -> u32 {
+pub fn cache_set(cpu: u32, bits: u32, hash: u64) -> u32 {
     let h = (hash ^ hash >> 32).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let bits = bits.clamp(MIN_CACHE_BITS, MAX_CACHE_BITS);
-    cpu << bits | (h >> (64 - bits)) as u32
+    cpu << bits | (h >> (65 - bits)) as u32 * 2
+}
+
+/// Which entry of its set a flow that missed takes, given the set's two entries and the
+/// policy generation: an entry of another generation (or a slot never filled) first, then
+/// one whose score ran out. When both hold flows of this generation that still score, the
+/// newcomer is refused (it is classified, not cached) and both scores go down by one.
+#[inline(always)]
+pub fn admit(
+    generation: u32,
+    first: &mut crate::maps::FlowEntry,
+    second: &mut crate::maps::FlowEntry,
+) -> Option<usize> {
+    if first.generation != generation {
+        return Some(0);
+    }
+    if second.generation != generation {
+        return Some(1);
+    }
+    if first.state.cache_score == 0 {
+        return Some(0);
+    }
+    if second.state.cache_score == 0 {
+        return Some(1);
+    }
+    first.state.cache_score -= 1;
+    second.state.cache_score -= 1;
+    None
 }
 
 /// Per-flow state, in each flow-cache entry.
@@ -77,8 +115,9 @@ pub struct FlowState {
     pub marked_packets: u32,
     /// TCP retransmissions admitted on the repair allowance (see `policer::repair_limit`).
     pub repaired_packets: u32,
-    /// Padding, always zero.
-    pub _pad: u32,
+    /// The entry's claim on its cache set (see [`admit`]): 1 when cached, one up per hit
+    /// (to [`MAX_CACHE_SCORE`]), one down per newcomer refused.
+    pub cache_score: u32,
     /// What the route lookup answered for the flow's last forwarded packet.
     pub next_hop: NextHop,
 }
@@ -132,6 +171,37 @@ impl NextHop {
 }
 
 impl FlowState {
+    /// A new entry's state.
+    pub const CACHED: FlowState = FlowState {
+        tcp_high: 0,
+        flags: 0,
+        packets: 0,
+        bytes: 0,
+        dropped_packets: 0,
+        marked_packets: 0,
+        repaired_packets: 0,
+        cache_score: 1,
+        next_hop: NextHop {
+            route_generation: 0,
+            egress_ifindex: 0,
+            egress_slot: 0,
+            mtu: 0,
+            dscp: 0,
+            _pad: 0,
+            dst_mac: [0; 6],
+            src_mac: [0; 6],
+            looked_up: 0,
+        },
+    };
+
+    /// Notes a cache hit (see [`admit`]).
+    #[inline(always)]
+    pub fn note_hit(&mut self) {
+        if self.cache_score < MAX_CACHE_SCORE {
+            self.cache_score += 1;
+        }
+    }
+
     /// Adds `other`'s counts (the same flow's entry on another CPU) to these.
     pub fn add_counts(&mut self, other: &FlowState) {
         self.packets += other.packets;
@@ -168,6 +238,9 @@ impl FlowState {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
     use super::*;
 
     #[test]
@@ -186,19 +259,20 @@ mod tests {
     }
 
     #[test]
-    fn slots_stay_inside_their_cpus_part_and_spread_over_it() {
+    fn sets_stay_inside_their_cpus_part_and_spread_over_it() {
         let bits = 12;
-        let mut seen = [0u32; 1 << 12];
+        let mut seen = [0u32; 1 << 11];
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..(1 << 16) {
+        for _ in 0..(1 << 15) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let slot = cache_slot(3, bits, x);
-            assert_eq!(slot >> bits, 3, "CPU 3's part");
-            seen[(slot & ((1 << bits) - 1)) as usize] += 1;
+            let first = cache_set(3, bits, x);
+            assert_eq!(first >> bits, 3, "CPU 3's part");
+            assert_eq!(first % 2, 0, "a set is an even slot and the next");
+            seen[((first & ((1 << bits) - 1)) / 2) as usize] += 1;
         }
-        // 16 flows per slot on average: every slot is used, none holds more than 3×.
+        // 16 flows per set on average: every set is used, none holds more than 3×.
         assert!(
             seen.iter().all(|&n| n > 0 && n < 48),
             "{:?}",
@@ -206,16 +280,108 @@ mod tests {
         );
         for h in [0, 1, u64::MAX, x] {
             assert_eq!(
-                cache_slot(1, 40, h) >> MAX_CACHE_BITS,
+                cache_set(1, 40, h) >> MAX_CACHE_BITS,
                 1,
                 "bits clamped to the most"
             );
             assert_eq!(
-                cache_slot(1, 0, h) >> MIN_CACHE_BITS,
+                cache_set(1, 0, h) >> MIN_CACHE_BITS,
                 1,
                 "bits clamped to the fewest"
             );
         }
+    }
+
+    /// One cache set under a sequence of flow ids; whether each packet hit.
+    fn run_set(generation: u32, flows: impl Iterator<Item = u16>) -> Vec<bool> {
+        use crate::maps::FlowEntry;
+        let mut ways = [FlowEntry::default(), FlowEntry::default()];
+        flows
+            .map(|id| {
+                if let Some(w) = ways
+                    .iter_mut()
+                    .find(|w| w.generation == generation && w.key.src_port == id)
+                {
+                    w.state.note_hit();
+                    return true;
+                }
+                let [first, second] = &mut ways;
+                if let Some(i) = admit(generation, first, second) {
+                    ways[i] = FlowEntry {
+                        generation,
+                        state: FlowState::CACHED,
+                        ..FlowEntry::default()
+                    };
+                    ways[i].key.src_port = id;
+                }
+                false
+            })
+            .collect()
+    }
+
+    #[test]
+    fn three_flows_cycling_through_a_set_keep_two_of_them_cached() {
+        let hits = run_set(1, (0..3000).map(|i| (i % 3) as u16));
+        let late = &hits[300..];
+        let rate = late.iter().filter(|&&h| h).count() as f64 / late.len() as f64;
+        assert!((rate - 2.0 / 3.0).abs() < 0.01, "hit rate {rate}");
+        assert!(run_set(1, (0..100).map(|i| (i % 2) as u16))[2..]
+            .iter()
+            .all(|&h| h));
+    }
+
+    #[test]
+    fn a_flood_of_new_flows_does_not_evict_flows_that_keep_sending() {
+        // Two long flows (1 and 2) send a packet each per new flow that tries the set.
+        let seq = (0..1000u16).flat_map(|i| [1, 2, 1000 + i]);
+        let hits = run_set(1, seq);
+        let long: Vec<bool> = hits.chunks(3).skip(1).flat_map(|c| [c[0], c[1]]).collect();
+        assert!(long.iter().all(|&h| h), "the long flows always hit");
+        assert!(
+            hits.chunks(3).all(|c| !c[2]),
+            "the new flows are classified, not cached"
+        );
+        // At half that rate the long flows' claims run out: newcomers get in.
+        let seq = (0..1000u16).flat_map(|i| [1, 2, 1000 + 2 * i, 1001 + 2 * i]);
+        assert!(run_set(1, seq).chunks(4).any(|c| !c[0] || !c[1]));
+    }
+
+    #[test]
+    fn an_idle_flow_gives_its_entry_up_and_a_new_policy_takes_every_entry() {
+        // Flow 1 goes quiet after 100 packets; flow 2 keeps sending; new flows arrive.
+        let mut seq: Vec<u16> = (0..100).flat_map(|_| [1, 2]).collect();
+        seq.extend((0..200u16).flat_map(|i| [2, 1000 + i]));
+        seq.push(1);
+        let hits = run_set(1, seq.iter().copied());
+        assert!(!hits[hits.len() - 1], "flow 1 lost its entry to a newcomer");
+        assert!(
+            hits[200..600].chunks(2).all(|c| c[0]),
+            "flow 2 kept its entry"
+        );
+
+        let entry = |generation: u32, score: u32| {
+            let mut e = crate::maps::FlowEntry {
+                generation,
+                ..Default::default()
+            };
+            e.state.cache_score = score;
+            e
+        };
+        let (mut first, mut second) = (entry(1, 9), entry(1, 9));
+        assert_eq!(
+            admit(2, &mut first, &mut second),
+            Some(0),
+            "another generation's entry"
+        );
+        let (mut first, mut second) = (entry(2, 9), entry(2, 0));
+        assert_eq!(
+            admit(2, &mut first, &mut second),
+            Some(1),
+            "a score run out"
+        );
+        let (mut first, mut second) = (entry(2, 9), entry(2, 1));
+        assert_eq!(admit(2, &mut first, &mut second), None, "both still score");
+        assert_eq!((first.state.cache_score, second.state.cache_score), (8, 0));
     }
 
     fn hop() -> NextHop {

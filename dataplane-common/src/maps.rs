@@ -393,7 +393,7 @@ pub struct ReturnEntry {
     pub syn_us: u32,
 }
 
-/// A cached classification, in the flow cache at its key's [`crate::flow::cache_slot`].
+/// A cached classification, in the flow cache in its key's [`crate::flow::cache_set`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
@@ -470,8 +470,8 @@ pub mod names {
     pub const IFACES: &str = "IFACES";
     /// `Array<LinkState, MAX_IFACES>`.
     pub const LINKS: &str = "LINKS";
-    /// `Array<FlowEntry>` of `flow::cache_entries(cpus)` entries: each CPU's direct-mapped
-    /// table (`flow::cache_slot`), sized at load.
+    /// `Array<FlowEntry>` of `flow::cache_entries(cpus)` entries: each CPU's table of two-entry
+    /// sets (`flow::cache_set`), sized at load.
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
     /// `LruHashMap<u64 FlowKey::hash, ReturnEntry>`: reply directions under window control.
     pub const TCP_RETURNS: &str = "TCP_RETURNS";
@@ -548,16 +548,16 @@ pub const fn class_counter_index(iface_slot: u32, class: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    /// Distinct slots `keys` take in one CPU's table of 2^17, against what uniform random
-    /// slots would give (`m (1 - e^(-n/m))`).
+    /// Distinct sets `keys` take in one CPU's table of 2^17 slots, against what uniform
+    /// random sets would give (`m (1 - e^(-n/m))`).
     fn occupancy(keys: impl Iterator<Item = super::FlowKey>) -> (f64, f64) {
         extern crate std;
         let bits = crate::flow::MAX_CACHE_BITS;
-        let m = f64::from(1u32 << bits);
-        let mut used = std::vec![false; 1 << bits];
+        let m = f64::from(1u32 << (bits - 1));
+        let mut used = std::vec![false; 1 << (bits - 1)];
         let mut n = 0.0;
         for k in keys {
-            used[crate::flow::cache_slot(0, bits, k.hash()) as usize] = true;
+            used[(crate::flow::cache_set(0, bits, k.hash()) / 2) as usize] = true;
             n += 1.0;
         }
         let distinct = used.iter().filter(|&&u| u).count() as f64;

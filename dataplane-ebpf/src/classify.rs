@@ -6,7 +6,7 @@ use dataplane_common::{
         field_table_index, lowest_common_rule, AddrField, Field, PrefixKey, RuleVector,
         ALL_RULES_VECTOR, FIELD_COUNT, PREFIX_KEY_HEADER_BITS,
     },
-    flow::{cache_slot, FlowState},
+    flow::{admit, cache_set, FlowState},
     maps::{rule_class_index, FlowEntry, FlowKey, IfaceCounters, PolicySlot},
     packet::PacketMeta,
     reason::Reason,
@@ -20,7 +20,7 @@ use crate::maps::{
 
 /// The class of `meta`, from this CPU's flow table when it holds the flow at this
 /// generation, and the flow's entry state (a new flow's first packet, and the first of each
-/// flow after a policy change, start it afresh).
+/// flow after a policy change, start it afresh; a flow its set refuses has none).
 #[inline(always)]
 pub fn class_of(
     meta: &PacketMeta,
@@ -37,26 +37,37 @@ pub fn class_of(
     // SAFETY: helper without preconditions; the program runs with migration disabled, so
     // the CPU stays the same until it returns.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(entry) = FLOW_CACHE.get_ptr_mut(cache_slot(cpu, flow_cache_bits(), key.hash())) else {
+    let set = cache_set(cpu, flow_cache_bits(), key.hash());
+    let (Some(first), Some(second)) =
+        (FLOW_CACHE.get_ptr_mut(set), FLOW_CACHE.get_ptr_mut(set + 1))
+    else {
         // A table not sized for this CPU (an object loaded without our loader) caches nothing.
         bump(counters, |c| c.flow_cache_misses += 1);
         return Ok((rule_class(iface_slot, slot)?, None));
     };
-    // SAFETY: an array value, valid for this run; only this CPU uses its part of the table,
+    // SAFETY: array values, valid for this run; only this CPU uses its part of the table,
     // and XDP does not nest on one CPU.
-    let entry = unsafe { &mut *entry };
-    if entry.generation == policy.generation && entry.key.same_flow(&key) {
-        bump(counters, |c| c.flow_cache_hits += 1);
-        return Ok((entry.class, Some(core::ptr::addr_of_mut!(entry.state))));
+    let (first, second) = unsafe { (&mut *first, &mut *second) };
+    for entry in [&mut *first, &mut *second] {
+        if entry.generation == policy.generation && entry.key.same_flow(&key) {
+            bump(counters, |c| c.flow_cache_hits += 1);
+            entry.state.note_hit();
+            return Ok((entry.class, Some(core::ptr::addr_of_mut!(entry.state))));
+        }
     }
     bump(counters, |c| c.flow_cache_misses += 1);
     let class = rule_class(iface_slot, slot)?;
-    // The flow takes the slot from whichever flow held it.
+    let entry = match admit(policy.generation, first, second) {
+        Some(0) => first,
+        Some(_) => second,
+        // Both entries hold flows that still send: this one is classified, not cached.
+        None => return Ok((class, None)),
+    };
     *entry = FlowEntry {
         key,
         generation: policy.generation,
         class,
-        state: FlowState::default(),
+        state: FlowState::CACHED,
     };
     Ok((class, Some(core::ptr::addr_of_mut!(entry.state))))
 }

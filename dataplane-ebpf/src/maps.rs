@@ -66,7 +66,7 @@ pub fn iface(ifindex: u32) -> Option<&'static IfaceConfig> {
 /// Per interface slot: shared link-budget state.
 #[btf_map]
 pub static LINKS: Array<LinkState, MAX_IFACES> = Array::new();
-/// Each CPU's direct-mapped flow table (`flow::cache_slot`): the flow's key and class,
+/// Each CPU's flow table of two-entry sets (`flow::cache_set`): the flow's key and class,
 /// tagged with the generation it was computed under. User space sizes it at load
 /// (`flow::cache_entries`); the size here serves one CPU.
 #[btf_map]
