@@ -375,7 +375,7 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
         "flow cache, per cached flow".into(),
         format!("{:.0}", flow_cache(&empty) as f64 / f64::from(entries)),
         format!(
-            "{} / {} entries ({cpus} CPUs' direct-mapped tables), preallocated: {} after {} \
+            "{} / {} entries ({cpus} CPUs' tables of two-entry sets), preallocated: {} after {} \
              flows",
             mib(flow_cache(&empty)),
             group_thousands(entries as usize),

@@ -481,12 +481,12 @@ fn report(
         "The policer's state is shared by all CPUs; these runs use one CPU, so the \
          compare-and-swaps never contend here."
             .into(),
-        "The flow rows run on one CPU, so every flow lands in that CPU's table (2^17 slots on \
-         a 2-CPU machine; RSS spreads real flows over all CPUs' tables). A flow that shares \
-         its slot with another misses each time the two alternate: at 100k flows cycled \
-         about half miss (e^(-n/slots) of flows sit alone), and at 1M nearly all do, so that \
-         row is the cost of a miss (lookup, classification, the entry's write). Cycling \
-         through more flows than the caches hold also misses the CPU caches on every packet."
+        "The flow rows run on one CPU, so every flow lands in that CPU's table (2^17 slots \
+         in two-entry sets on a 2-CPU machine; RSS spreads real flows over all CPUs' \
+         tables): at 100k flows about 28% of packets miss (sets of three or more flows), \
+         at 1M nearly all, so that row is the cost of a miss (lookup, classification, the \
+         entry's write). Flows are visited in a scattered order, so at 100k and 1M flows \
+         nearly every lookup also misses the CPU caches."
             .into(),
         "Times are the kernel's mean over all runs of a round, not a per-packet \
          distribution: tails are not visible."
@@ -506,10 +506,10 @@ fn hit_budget_note<'a>(find: &impl Fn(&str) -> Option<&'a Case<'a>>) -> String {
     };
     format!(
         "parse + interface lookup + counting alone cost floor + {} ns (row \"{NO_POLICY}\"); \
-         a cache hit of an unpoliced class floor + {} ns (10-rule row); a green packet of a \
-         class under its rate then spends its CPU's lease (no clock read, no shared line), \
-         and the pipeline's calls into the policer and the rule tables (global BPF functions, \
-         verified once) cost a call each",
+         a cache hit of an unpoliced class floor + {} ns (10-rule row: the flow table's set \
+         is one index computation and load); a green packet of a class under its rate then \
+         spends its CPU's lease inline (no call, no clock read, no shared line), and the \
+         policer (a global BPF function) is called only when the lease runs out",
         at(NO_POLICY),
         at(UNPOLICED_HIT)
     )

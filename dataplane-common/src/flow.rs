@@ -66,7 +66,7 @@ pub const fn cache_entries(cpus: u32) -> u32 {
 pub fn cache_set(cpu: u32, bits: u32, hash: u64) -> u32 {
     let h = (hash ^ hash >> 32).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let bits = bits.clamp(MIN_CACHE_BITS, MAX_CACHE_BITS);
-    cpu << bits | (h >> (65 - bits)) as u32 * 2
+    (cpu << bits) | (((h >> (65 - bits)) as u32) << 1)
 }
 
 /// Which entry of its set a flow that missed takes, given the set's two entries and the

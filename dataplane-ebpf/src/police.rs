@@ -242,6 +242,18 @@ pub fn police(
     if !tcm.peak.is_limited() && !tcm.committed.is_limited() && !limited_link {
         return Policed::plain(Colour::Yellow);
     }
+    // Green from this CPU's lease, without a call: no clock, no shared line. Retransmissions
+    // and interfaces with a link budget take the exact path.
+    if cfg.lease.is_on() && kind == Kind::Plain && !limited_link {
+        if let Some(left) = CLASS_LEASES.get_ptr_mut(class) {
+            // SAFETY: per-CPU value; XDP does not nest on one CPU.
+            if let Some(rest) = lease_spend(unsafe { *left }, bytes) {
+                // SAFETY: as above.
+                unsafe { *left = rest };
+                return Policed::plain(Colour::Green);
+            }
+        }
+    }
     let ids = u64::from(class) | u64::from(slot) << 16 | u64::from(iface_slot) << 32;
     let packet = u64::from(bytes)
         | u64::from(ecn_capable) << 32
@@ -303,21 +315,13 @@ fn police_unpacked(
     if !tcm.peak.is_limited() && !tcm.committed.is_limited() && link.is_none() {
         return Policed::plain(Colour::Yellow);
     }
-    // Green from this CPU's lease: no clock, no shared line. Retransmissions and interfaces
-    // with a link budget take the exact path.
+    // The caller found this CPU's lease short of the packet (see `police`); a green packet
+    // reserves the next one below.
     let lease = if cfg.lease.is_on() && kind == Kind::Plain && link.is_none() {
         CLASS_LEASES.get_ptr_mut(class)
     } else {
         None
     };
-    if let Some(left) = lease {
-        // SAFETY: per-CPU value; XDP does not nest on one CPU.
-        if let Some(rest) = lease_spend(unsafe { *left }, bytes) {
-            // SAFETY: as above.
-            unsafe { *left = rest };
-            return Policed::plain(Colour::Green);
-        }
-    }
     // SAFETY: helper without preconditions.
     let now_ns = unsafe { bpf_ktime_get_ns() };
     let now = ns_to_ticks(now_ns);
