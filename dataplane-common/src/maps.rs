@@ -411,7 +411,7 @@ const _: () = {
     assert!(core::mem::size_of::<PolicySlot>() == 56);
     assert!(core::mem::size_of::<BucketParams>() == 16);
     assert!(core::mem::size_of::<ClassConfig>() == 120);
-    assert!(core::mem::size_of::<PolicerState>() == 56);
+    assert!(core::mem::size_of::<PolicerState>() == 64);
     assert!(core::mem::size_of::<IfaceConfig>() == 32);
     assert!(core::mem::size_of::<LinkState>() == 8);
     assert!(core::mem::size_of::<ClassCounters>() == 112);

@@ -77,6 +77,27 @@ pub struct WindowState {
     /// The round trip of the class's flows (µs, a moving average of handshake samples, see
     /// [`rtt_sample_us`]); 0 until a first sample.
     pub rtt_us: u32,
+    /// Flows of the class that began sending data within [`START_HORIZON_US`] of the
+    /// first of them (see [`note_flow_start`]): how many share the start window.
+    pub flow_starts: u32,
+    /// When (µs, wrapping) the first of those began.
+    pub starts_since_us: u32,
+}
+
+/// How far apart flows may begin and still count as starting together: flows that begin
+/// within it share the class's start window (a job's collective, a client's parallel
+/// streams); the first flow after it starts a new count.
+pub const START_HORIZON_US: u32 = 100_000;
+
+/// Notes that a flow of the class began sending data at `now_us`.
+#[inline(always)]
+pub fn note_flow_start(state: &mut WindowState, now_us: u32) {
+    if state.flow_starts == 0 || now_us.wrapping_sub(state.starts_since_us) > START_HORIZON_US {
+        state.flow_starts = 1;
+        state.starts_since_us = now_us;
+    } else {
+        state.flow_starts = state.flow_starts.saturating_add(1);
+    }
 }
 
 /// The longest handshake-to-data time taken as a round trip sample: a connection that idles
@@ -115,7 +136,10 @@ pub const fn rtt_average_us(average_us: u32, sample_us: u32) -> u32 {
 /// bucket's burst is `burst_ns`), and adjusts the class's window.
 ///
 /// The first packet over the target clamps: the window starts from the start window, scaled
-/// to the class's round trip when that is longer than the data-centre one it assumes. From
+/// to the class's round trip when that is longer than the data-centre one it assumes, and
+/// shared by the flows that started together (many flows starting at once would each take
+/// the whole start window: 16 flows, 16 times the class's rate, and several halvings of
+/// losses before the window came down to their share). From
 /// then on the window moves once per period: an interval, or the class's round trip when
 /// that is longer (senders need a round trip to follow a window; a controller that moves
 /// again before they did overshoots). It follows the smallest backlog of the period, the
@@ -156,7 +180,10 @@ pub fn window_update(
     };
     state.window_bytes = if standing > ctl.target_ns {
         let from = if w == 0 {
-            start_window(ctl, state.rtt_us)
+            max(
+                start_window(ctl, state.rtt_us) / max(state.flow_starts, 1),
+                MIN_WINDOW_BYTES,
+            )
         } else {
             w
         };
@@ -444,6 +471,38 @@ mod tests {
             s.next_update_ns, MS,
             "a short round trip keeps the interval"
         );
+    }
+
+    #[test]
+    fn flows_that_start_together_share_the_start_window() {
+        let mut s = WindowState::default();
+        for i in 0..16 {
+            note_flow_start(&mut s, 1_000 + i * 1_000);
+        }
+        assert_eq!((s.flow_starts, s.starts_since_us), (16, 1_000));
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0);
+        let share = (1u32 << 16) / 16;
+        assert_eq!(
+            s.window_bytes,
+            share - share / 8,
+            "a sixteenth each, less an eighth"
+        );
+
+        note_flow_start(&mut s, 1_000 + START_HORIZON_US + 1);
+        assert_eq!(
+            s.flow_starts, 1,
+            "a flow after the horizon starts a new count"
+        );
+        note_flow_start(&mut s, u32::MAX);
+        note_flow_start(&mut s, 5);
+        assert_eq!(s.flow_starts, 2, "the µs clock wraps");
+
+        let mut s = WindowState {
+            flow_starts: 1_000,
+            ..WindowState::default()
+        };
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0);
+        assert_eq!(s.window_bytes, MIN_WINDOW_BYTES, "never under two segments");
     }
 
     #[test]

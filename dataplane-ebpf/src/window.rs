@@ -9,7 +9,7 @@ use dataplane_common::{
     maps::{FlowKey, PolicySlot, ReturnEntry},
     packet::{tcp_handshake_options, PacketBytes, PacketMeta, TcpMeta},
     reason::Reason,
-    window::{clamp_window, flow_window, rtt_average_us, rtt_sample_us},
+    window::{clamp_window, flow_window, note_flow_start, rtt_average_us, rtt_sample_us},
     wire::TCP_MIN_HLEN,
 };
 
@@ -21,8 +21,8 @@ use crate::{
 };
 
 /// Names `class` in the return table entry of the reply direction of a data-carrying flow
-/// (once per flow entry), and takes the connection's round trip into the class's average
-/// when its SYN was seen.
+/// (once per flow entry), counts the flow's start for the class's start window, and takes
+/// the connection's round trip into the class's average when its SYN was seen.
 #[inline(always)]
 pub fn register(meta: &PacketMeta, flow: &mut FlowState, class: u32, generation: u32) {
     if flow.flags & FlowState::RETURN_REGISTERED != 0 {
@@ -31,38 +31,48 @@ pub fn register(meta: &PacketMeta, flow: &mut FlowState, class: u32, generation:
     // Whether or not the handshake was seen: a connection without an entry stays without.
     flow.flags |= FlowState::RETURN_REGISTERED;
     let key = FlowKey::reply(meta);
-    let Some(entry) = TCP_RETURNS.get_ptr_mut(key.hash()) else {
-        return;
-    };
-    // SAFETY: LRU hash value pointer, valid for this run; plain data.
-    let entry = unsafe { &mut *entry };
-    if !entry.key.same_flow(&key) {
-        return;
+    let mut syn_us = 0;
+    if let Some(entry) = TCP_RETURNS.get_ptr_mut(key.hash()) {
+        // SAFETY: LRU hash value pointer, valid for this run; plain data.
+        let entry = unsafe { &mut *entry };
+        if entry.key.same_flow(&key) {
+            entry.class = class;
+            entry.generation = generation;
+            syn_us = entry.syn_us;
+            entry.syn_us = 0;
+        }
     }
-    entry.class = class;
-    entry.generation = generation;
-    if entry.syn_us != 0 {
-        let syn_us = entry.syn_us;
-        entry.syn_us = 0;
-        sample_rtt(syn_us, class);
-    }
+    flow_started(syn_us, class);
 }
 
-/// Takes the round trip since a connection's SYN into its class's average. A call of its
-/// own (as are the other handshake steps) keeps the verifier's paths through the pipeline
-/// few.
+/// Counts a flow's start in its class's window state ([`note_flow_start`]) and, when its
+/// SYN was seen (`syn_us` not 0), takes the round trip since into the class's average. A
+/// call of its own (as are the other handshake steps) keeps the verifier's paths through
+/// the pipeline few.
 #[inline(never)]
-fn sample_rtt(syn_us: u32, class: u32) {
-    let (Some(sample), Some(state)) =
-        (rtt_sample_us(syn_us, now_us()), POLICERS.get_ptr_mut(class))
-    else {
+fn flow_started(syn_us: u32, class: u32) {
+    let Some(state) = POLICERS.get_ptr_mut(class) else {
         return;
     };
-    // SAFETY: map value pointer; one aligned word that another CPU may rewrite (a lost
-    // sample only slows the average).
+    let now = now_us();
+    // SAFETY: map value pointer; plain words that another CPU may rewrite at the same time
+    // (a lost count or sample only blurs an estimate).
     unsafe {
-        let rtt = core::ptr::addr_of_mut!((*state).window.rtt_us);
-        core::ptr::write_volatile(rtt, rtt_average_us(core::ptr::read_volatile(rtt), sample));
+        let window = core::ptr::addr_of_mut!((*state).window);
+        let mut w = core::ptr::read_volatile(window);
+        note_flow_start(&mut w, now);
+        if let Some(sample) = rtt_sample_us(syn_us, now) {
+            w.rtt_us = rtt_average_us(w.rtt_us, sample);
+        }
+        let fields = (
+            core::ptr::addr_of_mut!((*window).rtt_us),
+            core::ptr::addr_of_mut!((*window).flow_starts),
+            core::ptr::addr_of_mut!((*window).starts_since_us),
+        );
+        // Only the fields this step owns: the controller writes the others.
+        core::ptr::write_volatile(fields.0, w.rtt_us);
+        core::ptr::write_volatile(fields.1, w.flow_starts);
+        core::ptr::write_volatile(fields.2, w.starts_since_us);
     }
 }
 
