@@ -342,14 +342,15 @@ fn tcp_over_a_realistic_round_trip_gets_its_rate_without_loss() {
             "{streams} streams: the class measured a round trip of {} µs over a 5 ms path",
             dp.measured_rtt_us
         );
-        // Measured on 2 cores: 0.91 to 0.93 × rate, 0.96 to 0.97 × HTB; 0.14% to 0.38%
-        // retransmitted; 0 ms added against HTB's 3.5 to 10 ms.
+        // Measured on 2 cores: 0.91 to 0.93 × rate, 0.96 to 0.97 × HTB; nothing
+        // retransmitted; 0 ms added against HTB's 3.4 to 9.9 ms.
         let rate = f64::from(RATE_MBIT) * 1e6;
         assert_beats_htb(&format!("{streams} streams over 5 ms"), &dp, &htb, rate);
-        // The policer's own view of the loss: the class dropped at most 1% of its packets
-        // (measured: none with one stream, 0.1% with four, all while the flows start).
+        // The policer's own view of the loss: the class dropped at most 0.1% of its packets
+        // (measured: none. Before the flows that start together shared the start window,
+        // each took all of it and four streams lost 0.1% to 0.3% while they started).
         assert!(
-            dp.class.dropped_packets * 100 <= dp.class.packets,
+            dp.class.dropped_packets * 1000 <= dp.class.packets,
             "{streams} streams over 5 ms: the class dropped {} of {} packets",
             dp.class.dropped_packets,
             dp.class.packets
