@@ -37,6 +37,14 @@ pub fn load_policy(toml: &str) -> (Dataplane, Policy) {
 /// Ifindex of loopback, the device BPF_PROG_TEST_RUN attributes frames to by default.
 pub const LOOPBACK_IFINDEX: u32 = 1;
 
+/// The context (`struct xdp_md`) of a BPF_PROG_TEST_RUN run of a `frame_len`-byte frame that
+/// arrived on interface `ingress` (which must exist in the caller's namespace).
+pub fn ingress_ctx(ingress: u32, frame_len: usize) -> Vec<u8> {
+    // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    let md: [u32; 6] = [0, frame_len as u32, 0, ingress, 0, 0];
+    md.iter().flat_map(|w| w.to_ne_bytes()).collect()
+}
+
 /// Result of one frame through BPF_PROG_TEST_RUN.
 pub struct Run {
     /// XDP verdict.

@@ -7,7 +7,7 @@ use dataplane::dataplane::{ifindex, Dataplane};
 use dataplane_common::{maps::FlowKey, IFINDEX_ARRAY_LIMIT};
 use dataplane_lab::{
     frames::Frame,
-    kernel::{load_policy, pin_to_cpu, run_once},
+    kernel::{ingress_ctx, load_policy, pin_to_cpu, run_once},
     netns::{in_netns, VethNs},
 };
 
@@ -104,10 +104,7 @@ fn a_flow_on_two_cpus_reads_back_as_one_flow_with_every_packet() {
 /// Runs `frame` once as if it arrived on interface `ingress` (which must exist in the
 /// calling thread's namespace).
 fn run_from(prog: &Xdp, frame: &[u8], ingress: u32) -> Result<u32, ProgramError> {
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-    // egress_ifindex.
-    let md: [u32; 6] = [0, frame.len() as u32, 0, ingress, 0, 0];
-    let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ctx = ingress_ctx(ingress, frame.len());
     let mut out = vec![0u8; frame.len() + 256];
     prog.test_run(TestRunOptions {
         data_in: Some(frame),

@@ -24,7 +24,7 @@ use dataplane::{
 use dataplane_common::{maps::ForwardCounters, reason::Reason};
 use dataplane_lab::{
     frames::{ipv4_header_checksum_ok, Frame},
-    kernel::{pin_to_cpu, require_root},
+    kernel::{ingress_ctx, pin_to_cpu, require_root},
     net::{
         icmp_error, kernel_forwarded, report_ip_fields, set_int_option, tcp_transfer,
         udp_send_paced, udp_socket, IperfServer,
@@ -604,10 +604,7 @@ fn what_the_route_lookup_cannot_finish_goes_to_the_kernel() {
 /// the last run's verdict and output. Single runs: each must start from the original frame
 /// (a repeated run would see its own rewritten MACs).
 fn single_runs(prog: &Xdp, frame: &[u8], ingress: u32, runs: u32) -> (f64, u32, Vec<u8>) {
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-    // egress_ifindex.
-    let md: [u32; 6] = [0, frame.len() as u32, 0, ingress, 0, 0];
-    let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ctx = ingress_ctx(ingress, frame.len());
     let mut total = 0u128;
     let mut last = (0, Vec::new());
     for _ in 0..runs {
