@@ -1,8 +1,9 @@
 //! TCP through a class, against what a user would run instead: real Linux TCP (iperf3, cubic)
 //! from a client through the gateway to a server, with ECN off and on, at several class
 //! rates and stream counts, through (1) the kernel's HTB shaper at the class rate on kernel
-//! forwarding, (2) the dataplane as configured by default (TCP window control and
-//! retransmission repair), (3) the dataplane with `tcp_window = false` (repair only). Each
+//! forwarding, (2) the dataplane as configured by default (TCP window control, retransmission
+//! repair and per-flow fair shares), (3) the dataplane with `flow_fairness = false`, (4) the
+//! dataplane with `tcp_window = false`. Each
 //! run builds its own topology (`dataplane_lab::tcp`). A second sweep adds a realistic
 //! round trip to the path and compares (1) with (2).
 
@@ -20,10 +21,14 @@ use crate::{
 };
 
 /// The enforcers compared, HTB first (the others are measured against it).
-fn enforcers() -> [(&'static str, Enforcer); 3] {
+fn enforcers() -> [(&'static str, Enforcer); 4] {
     [
         ("HTB (kernel forwarding)", Enforcer::Htb),
         ("dataplane defaults", Enforcer::Dataplane(String::new())),
+        (
+            "dataplane, flow_fairness = false",
+            Enforcer::Dataplane("flow_fairness = false".into()),
+        ),
         (
             "dataplane, tcp_window = false",
             Enforcer::Dataplane("tcp_window = false".into()),
@@ -176,9 +181,10 @@ impl Tally {
                 verdict: all(self.fair_met),
                 note: missed(
                     &self.fair_missed,
-                    "one window for all flows of a class: equal round trips give equal rates, \
-                     but where the policer's drops hold the class, they fall on whichever flow \
-                     sends into an empty bucket",
+                    "where only the policer's drops can hold the flows (below two segments \
+                     per round trip), the flows that wait out a loss's timeout fall behind the \
+                     others; fair shares spare the flows under their share and mark those over \
+                     it, but a flow in a timeout sends nothing to be spared",
                 ),
             },
             Target {
@@ -268,8 +274,9 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
         "HTB: kernel forwarding with `tc qdisc htb` at the class rate on the gateway's \
          server-facing interface. Dataplane: forwarding in XDP, one class of that rate \
          (`exceed = \"drop\"`) for TCP to the iperf3 port and ICMP; by default its TCP window \
-         control narrows the windows of the returning ACKs and retransmissions see a second \
-         burst."
+         control narrows the windows of the returning ACKs, retransmissions see a second \
+         burst, and each flow's own phantom queue at its fair share spares the flows under it \
+         and marks those over it (`flow_fairness`)."
             .into(),
         format!(
             "The longer round trip: this kernel has no netem, so a thread holds every packet \

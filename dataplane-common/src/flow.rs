@@ -28,7 +28,7 @@ pub const MIN_CACHE_BITS: u32 = 12;
 pub const MAX_CACHE_BITS: u32 = 17;
 /// Highest score an entry reaches: a flow that stopped sending loses its entry after at most
 /// this many newcomers were refused in its set.
-pub const MAX_CACHE_SCORE: u32 = 64;
+pub const MAX_CACHE_SCORE: u8 = 64;
 
 /// log2 of the slots of each CPU's table on a machine of `cpus` possible CPUs: the largest
 /// power of two within the budget's share, clamped to `MIN_CACHE_BITS..=MAX_CACHE_BITS`.
@@ -104,7 +104,13 @@ pub struct FlowState {
     /// [`FlowState::TCP_SEEN`]).
     pub tcp_high: u32,
     /// [`FlowState::TCP_SEEN`] | [`FlowState::RETURN_REGISTERED`].
-    pub flags: u32,
+    pub flags: u8,
+    /// The entry's claim on its cache set (see [`admit`]): 1 when cached, one up per hit
+    /// (to [`MAX_CACHE_SCORE`]), one down per newcomer refused.
+    pub cache_score: u8,
+    /// Low bits of the epoch of the flow's last packet through its class's fair queues
+    /// (see [`crate::fair`]).
+    pub fair_epoch: u16,
     /// Packets the flow offered.
     pub packets: u64,
     /// Their bytes (whole frames).
@@ -115,9 +121,9 @@ pub struct FlowState {
     pub marked_packets: u32,
     /// TCP retransmissions admitted on the repair allowance (see `policer::repair_limit`).
     pub repaired_packets: u32,
-    /// The entry's claim on its cache set (see [`admit`]): 1 when cached, one up per hit
-    /// (to [`MAX_CACHE_SCORE`]), one down per newcomer refused.
-    pub cache_score: u32,
+    /// The theoretical arrival time (wrapping ns) of the flow's own phantom queue at its fair
+    /// share of its class (see [`crate::fair::charge`]).
+    pub fair_tat_ns: u32,
     /// What the route lookup answered for the flow's last forwarded packet.
     pub next_hop: NextHop,
 }
@@ -175,12 +181,14 @@ impl FlowState {
     pub const CACHED: FlowState = FlowState {
         tcp_high: 0,
         flags: 0,
+        cache_score: 1,
+        fair_epoch: 0,
         packets: 0,
         bytes: 0,
         dropped_packets: 0,
         marked_packets: 0,
         repaired_packets: 0,
-        cache_score: 1,
+        fair_tat_ns: 0,
         next_hop: NextHop {
             route_generation: 0,
             egress_ifindex: 0,
@@ -212,10 +220,10 @@ impl FlowState {
     }
 
     /// `tcp_high` holds a sequence number.
-    pub const TCP_SEEN: u32 = 1;
+    pub const TCP_SEEN: u8 = 1;
     /// The flow's reply direction was registered for window control (entries start afresh
     /// with each policy generation, and so does this).
-    pub const RETURN_REGISTERED: u32 = 2;
+    pub const RETURN_REGISTERED: u8 = 2;
 
     /// Notes a TCP segment whose data ends at `end`; true when the segment resends data the
     /// flow already sent (it ends at or before the highest end seen).
@@ -359,7 +367,7 @@ mod tests {
             "flow 2 kept its entry"
         );
 
-        let entry = |generation: u32, score: u32| {
+        let entry = |generation: u32, score: u8| {
             let mut e = crate::maps::FlowEntry {
                 generation,
                 ..Default::default()

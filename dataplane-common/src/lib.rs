@@ -8,6 +8,7 @@
 pub mod action;
 pub mod checksum;
 pub mod classify;
+pub mod fair;
 pub mod flow;
 pub mod forward;
 pub mod maps;

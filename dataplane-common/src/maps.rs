@@ -52,6 +52,8 @@ pub struct ClassConfig {
     pub window: WindowControl,
     /// Per-CPU token leases of green traffic.
     pub lease: LeaseParams,
+    /// Per-flow fair shares of the enforcing bucket's rate.
+    pub fair: crate::fair::FairControl,
     /// Action per colour (green, yellow, red).
     pub actions: [ColourAction; COLOURS],
     /// Strict priority 0 (lowest) ..= 7 on the link budget.
@@ -72,6 +74,8 @@ pub struct PolicerState {
     pub aqm: AqmState,
     /// The window control's window.
     pub window: WindowState,
+    /// The count of the class's active flows, whose fair shares it sets.
+    pub fair: crate::fair::FairState,
 }
 
 /// A registered interface, keyed by ifindex.
@@ -410,8 +414,8 @@ pub struct FlowEntry {
 const _: () = {
     assert!(core::mem::size_of::<PolicySlot>() == 56);
     assert!(core::mem::size_of::<BucketParams>() == 16);
-    assert!(core::mem::size_of::<ClassConfig>() == 120);
-    assert!(core::mem::size_of::<PolicerState>() == 64);
+    assert!(core::mem::size_of::<ClassConfig>() == 128);
+    assert!(core::mem::size_of::<PolicerState>() == 80);
     assert!(core::mem::size_of::<IfaceConfig>() == 32);
     assert!(core::mem::size_of::<LinkState>() == 8);
     assert!(core::mem::size_of::<ClassCounters>() == 112);

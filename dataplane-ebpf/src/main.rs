@@ -121,6 +121,7 @@ fn pipeline(
         bytes,
         is_ecn_capable(meta.tos),
         kind,
+        flow,
     );
 
     let counters = CLASS_COUNTERS.get_ptr_mut(class_counter_index(iface_slot, class));

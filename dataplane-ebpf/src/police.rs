@@ -4,10 +4,15 @@
 //! traffic of a class well under its rate spends per-CPU leases reserved in the shared
 //! buckets beforehand (`policer::LeaseParams`): no clock read and no shared line per packet.
 
-use core::intrinsics::{atomic_cxchg, AtomicOrdering};
+use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{
+    fair::{
+        charge, epoch_of, is_new_in, roll, sharing_flows, standing, FairControl, FairState,
+        Standing,
+    },
+    flow::FlowState,
     maps::{class_config_index, ClassConfig, IfaceConfig, PolicerState},
     policer::{
         aqm_due, aqm_signalled, backlog_ns, gcra_admit, gcra_force, lease_spend, ns_to_ticks,
@@ -67,7 +72,9 @@ impl Kind {
     }
 }
 
-/// The bucket's test; sets `repaired` when only the repair allowance let the packet in.
+/// The bucket's test; sets `repaired` when only the repair allowance let the packet in. A
+/// flow within its fair share (`protected`) sees the repair allowance too, without counting
+/// as a repair.
 #[inline(always)]
 fn admit(
     tat: *mut u64,
@@ -75,10 +82,15 @@ fn admit(
     now: u64,
     bytes: u32,
     kind: Kind,
+    protected: bool,
     repaired: &mut bool,
 ) -> bool {
     let cost = bucket.cost(bytes);
-    let limit = kind.limit(bucket);
+    let limit = if protected {
+        Kind::Repair.limit(bucket)
+    } else {
+        kind.limit(bucket)
+    };
     let mut over = false;
     let admitted = update(tat, |old| {
         let new = gcra_admit(old, now, cost, limit)?;
@@ -157,10 +169,14 @@ enum Admission {
     Refused,
 }
 
-/// A bucket's test, with the AQM when it manages this bucket (`which`): a due signal goes to
-/// a packet the bucket takes (a packet it refuses is dropped anyway, a signal of its own). An
-/// ECN-capable packet is charged and marked; any other is dropped and charged to nothing, so
-/// the flow's next packets still fit.
+/// A bucket's test, with the AQM when it manages this bucket (`which`) and the flow's fair
+/// standing when its class shares this bucket's rate among its flows (else
+/// [`Standing::Neutral`]). A flow within its share is never signalled and sees the repair
+/// allowance; one over it is marked, when ECN-capable, whatever the AQM's schedule (a flow
+/// over its share that is not ECN-capable is left to the AQM and the bucket); otherwise a due AQM
+/// signal goes to a packet the bucket takes (a packet it refuses is dropped anyway, a signal
+/// of its own). An ECN-capable packet is charged and marked; any other is dropped and
+/// charged to nothing, so the flow's next packets still fit.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn take(
@@ -173,9 +189,11 @@ fn take(
     bytes: u32,
     ecn_capable: bool,
     kind: Kind,
+    standing: Standing,
     repaired: &mut bool,
 ) -> Admission {
     let now = ns_to_ticks(now_ns);
+    let protected = standing == Standing::Within;
     let plain = |admitted| {
         if admitted {
             Admission::Admitted
@@ -183,8 +201,11 @@ fn take(
             Admission::Refused
         }
     };
-    if aqm.bucket != which {
-        return plain(admit(tat, bucket, now, bytes, kind, repaired));
+    let watched = aqm.bucket == which;
+    // Fair shares signal by marks only: early drops are the AQM's, where it is on.
+    let marked_over_share = standing == Standing::Over && ecn_capable;
+    if !watched && !marked_over_share {
+        return plain(admit(tat, bucket, now, bytes, kind, protected, repaired));
     }
     // SAFETY: map value pointers, as in `update`. The AQM state is shared without a lock
     // (see `AqmState`) and written back only when it changes.
@@ -195,26 +216,31 @@ fn take(
         )
     };
     let mut new = old;
-    let due = aqm_due(aqm, &mut new, backlog_ns(old_tat, now), now_ns);
-    let admission = if !due {
-        plain(admit(tat, bucket, now, bytes, kind, repaired))
+    let due = watched && aqm_due(aqm, &mut new, backlog_ns(old_tat, now), now_ns);
+    let signal = !protected && (marked_over_share || due);
+    let admission = if !signal {
+        plain(admit(tat, bucket, now, bytes, kind, protected, repaired))
     } else if ecn_capable {
-        if admit(tat, bucket, now, bytes, kind, repaired) {
-            aqm_signalled(aqm, &mut new, now_ns);
+        if admit(tat, bucket, now, bytes, kind, false, repaired) {
+            if due {
+                aqm_signalled(aqm, &mut new, now_ns);
+            }
             Admission::Marked
         } else {
             Admission::Refused
         }
     } else if kind == Kind::Repair {
         // Never the early drop: a lost retransmission costs a timeout.
-        plain(admit(tat, bucket, now, bytes, kind, repaired))
+        plain(admit(tat, bucket, now, bytes, kind, false, repaired))
     } else if gcra_admit(old_tat, now, bucket.cost(bytes), bucket.burst_ticks).is_some() {
-        aqm_signalled(aqm, &mut new, now_ns);
+        if due {
+            aqm_signalled(aqm, &mut new, now_ns);
+        }
         Admission::EarlyDrop
     } else {
         Admission::Refused
     };
-    if new != old {
+    if watched && new != old {
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile(state, new) };
     }
@@ -235,6 +261,7 @@ pub fn police(
     bytes: u32,
     ecn_capable: bool,
     kind: Kind,
+    flow: Option<*mut FlowState>,
 ) -> Policed {
     let limited_link = iface.is_some_and(|i| i.link.is_limited());
     // A class without rates on an interface without a link budget pays no call.
@@ -259,7 +286,43 @@ pub fn police(
         | u64::from(ecn_capable) << 32
         | u64::from(kind == Kind::Repair) << 33
         | u64::from(limited_link) << 34;
-    Policed::unpack(dataplane_police(ids, u64::from(ifindex), packet))
+    // The flow's fair queue, when its class keeps one: in and out through the call's words.
+    let flow = flow.filter(|_| cfg.fair.is_on());
+    let fair = match flow {
+        // SAFETY: the flow entry's pointer (see classify::class_of); plain data.
+        Some(f) => unsafe { FairWord::pack((*f).fair_tat_ns, (*f).fair_epoch) },
+        None => FairWord::ABSENT,
+    };
+    let result = dataplane_police(ids, u64::from(ifindex), packet, fair);
+    if let (Some(f), Some((tat, epoch))) = (flow, FairWord::unpack(result)) {
+        // SAFETY: as above.
+        unsafe {
+            (*f).fair_tat_ns = tat;
+            (*f).fair_epoch = epoch;
+        }
+    }
+    Policed::unpack((result >> FairWord::FREE_BITS) as u32 & 0xff)
+}
+
+/// A flow's fair queue (see `dataplane_common::fair`) as one word of the policer's call:
+/// whether it is there (bit 0), its epoch's low bits (16-31) and its arrival time (32-63).
+/// Bits 8-15 are free for the policer's result.
+struct FairWord;
+
+impl FairWord {
+    const ABSENT: u64 = 0;
+    /// Where the word leaves room.
+    const FREE_BITS: u32 = 8;
+
+    #[inline(always)]
+    fn pack(tat_ns: u32, epoch: u16) -> u64 {
+        1 | u64::from(epoch) << 16 | u64::from(tat_ns) << 32
+    }
+
+    #[inline(always)]
+    fn unpack(word: u64) -> Option<(u32, u16)> {
+        (word & 1 != 0).then_some(((word >> 32) as u32, (word >> 16) as u16))
+    }
 }
 
 /// The policer as a global BPF function, which the verifier checks once on its own rather
@@ -267,15 +330,17 @@ pub fn police(
 /// again for each, take the program past the verifier's budget). Arguments and result are
 /// packed words: `ids` the class (bits 0-15), the generation slot (16-23) and the interface
 /// slot (32-63); `packet` its bytes (0-31), ECN-capable (32), a TCP retransmission (33),
-/// and whether the interface has a link budget (34, looked up by `ifindex` only then); the
-/// result is [`Policed::pack`].
+/// and whether the interface has a link budget (34, looked up by `ifindex` only then);
+/// `fair` the flow's fair queue ([`FairWord`]). The result is the flow's fair queue after
+/// the packet (a [`FairWord`], absent when the flow keeps none) with [`Policed::pack`] in
+/// its free bits 8-15.
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn dataplane_police(ids: u64, ifindex: u64, packet: u64) -> u32 {
+pub extern "C" fn dataplane_police(ids: u64, ifindex: u64, packet: u64, fair: u64) -> u64 {
     let class = (ids & 0xffff) as u32 % MAX_CLASSES as u32;
     let slot = (ids >> 16 & 0xff) as u32 % GENERATION_SLOTS as u32;
     let Some(cfg) = CLASSES.get(class_config_index(slot, class)) else {
-        return Policed::plain(Colour::Yellow).pack();
+        return u64::from(Policed::plain(Colour::Yellow).pack()) << FairWord::FREE_BITS;
     };
     let link = if packet >> 34 & 1 != 0 {
         crate::maps::iface(ifindex as u32)
@@ -289,7 +354,8 @@ pub extern "C" fn dataplane_police(ids: u64, ifindex: u64, packet: u64) -> u32 {
     } else {
         Kind::Plain
     };
-    police_unpacked(
+    let mut flow = FairWord::unpack(fair);
+    let policed = police_unpacked(
         class,
         cfg,
         link,
@@ -297,11 +363,17 @@ pub extern "C" fn dataplane_police(ids: u64, ifindex: u64, packet: u64) -> u32 {
         packet as u32,
         packet >> 32 & 1 != 0,
         kind,
-    )
-    .pack()
+        &mut flow,
+    );
+    let fair = match flow {
+        Some((tat, epoch)) => FairWord::pack(tat, epoch),
+        None => FairWord::ABSENT,
+    };
+    fair | u64::from(policed.pack()) << FairWord::FREE_BITS
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn police_unpacked(
     class: u32,
     cfg: &ClassConfig,
@@ -310,6 +382,7 @@ fn police_unpacked(
     bytes: u32,
     ecn_capable: bool,
     kind: Kind,
+    flow: &mut Option<(u32, u16)>,
 ) -> Policed {
     let tcm = &cfg.policer;
     if !tcm.peak.is_limited() && !tcm.committed.is_limited() && link.is_none() {
@@ -331,13 +404,34 @@ fn police_unpacked(
         return Policed::plain(Colour::Green);
     };
     // SAFETY: map value pointer; fields are u64-aligned.
-    let (committed_tat, peak_tat, aqm_state, window_state) = unsafe {
+    let (committed_tat, peak_tat, aqm_state, window_state, fair_state) = unsafe {
         (
             core::ptr::addr_of_mut!((*state).committed_tat),
             core::ptr::addr_of_mut!((*state).peak_tat),
             core::ptr::addr_of_mut!((*state).aqm),
             core::ptr::addr_of_mut!((*state).window),
+            core::ptr::addr_of_mut!((*state).fair),
         )
+    };
+    // The flow's standing on the bucket its class shares among its flows.
+    let standing = match flow.as_mut() {
+        Some(flow) => {
+            let (tat, bucket) = if cfg.fair.bucket == Aqm::PEAK {
+                (peak_tat, &tcm.peak)
+            } else {
+                (committed_tat, &tcm.committed)
+            };
+            // SAFETY: map value pointers, as in `update`.
+            unsafe { fair_standing(&cfg.fair, fair_state, flow, tat, bucket, now_ns, bytes) }
+        }
+        None => Standing::Neutral,
+    };
+    let on = |which: u32| {
+        if cfg.fair.bucket == which {
+            standing
+        } else {
+            Standing::Neutral
+        }
     };
     let aqm = &cfg.aqm;
     let mut signal = Signal::None;
@@ -353,6 +447,7 @@ fn police_unpacked(
             bytes,
             ecn_capable,
             kind,
+            on(Aqm::PEAK),
             &mut repaired,
         ) {
             Admission::Admitted => {}
@@ -379,6 +474,7 @@ fn police_unpacked(
             bytes,
             ecn_capable,
             kind,
+            on(Aqm::COMMITTED),
             &mut repaired,
         ) {
             Admission::Admitted => Colour::Green,
@@ -461,6 +557,64 @@ unsafe fn take_lease(left: *mut u32, cfg: &ClassConfig, state: *mut PolicerState
     }
     // SAFETY: the caller's per-CPU pointer.
     unsafe { *left += lease.bytes };
+}
+
+/// Counts the flow in its class's epoch, charges the packet to the flow's fair queue
+/// (`flow`: its arrival time and epoch, updated) and gives the flow's standing (see
+/// `dataplane_common::fair`).
+///
+/// # Safety
+/// `state` and `tat` point into the class's policer state.
+#[inline(always)]
+unsafe fn fair_standing(
+    ctl: &FairControl,
+    state: *mut FairState,
+    flow: &mut (u32, u16),
+    tat: *mut u64,
+    bucket: &BucketParams,
+    now_ns: u64,
+    bytes: u32,
+) -> Standing {
+    let epoch = epoch_of(now_ns);
+    // SAFETY: the caller's pointers; the count is shared without a lock (see `FairState`).
+    let (old, class_tat) = unsafe {
+        (
+            core::ptr::read_volatile(state),
+            core::ptr::read_volatile(tat),
+        )
+    };
+    let mut count = roll(old, epoch);
+    if count != old {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(state, count) };
+    }
+    if is_new_in(flow.1, epoch) {
+        // SAFETY: as above; an aligned u32 of the map value.
+        unsafe {
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
+                core::ptr::addr_of_mut!((*state).active),
+                1,
+            )
+        };
+        count.active += 1;
+    }
+    let cost_ns = bucket.cost(bytes) / TICKS_PER_NS * u64::from(sharing_flows(&count));
+    let (fair_backlog, fair_tat) = charge(
+        flow.0,
+        flow.1,
+        epoch,
+        now_ns,
+        cost_ns,
+        ctl.tolerance_ns.saturating_mul(2),
+    );
+    *flow = (fair_tat, epoch as u16);
+    let now = ns_to_ticks(now_ns);
+    standing(
+        ctl,
+        fair_backlog,
+        backlog_ns(class_tat, now),
+        bucket.burst_ticks / TICKS_PER_NS,
+    )
 }
 
 /// Lets the class's window follow its phantom queue (at most once per interval; written

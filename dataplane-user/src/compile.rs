@@ -11,6 +11,7 @@ use dataplane_common::{
         lowest_common_rule, mask, AddrField, Field, Prefix, Range, RuleSpec, RuleVector,
         FIELD_COUNT,
     },
+    fair::FairControl,
     maps::{ClassConfig, PolicySlot},
     packet::{Family, PacketMeta},
     policer::{Aqm, BucketParams, LeaseParams, TrTcm},
@@ -251,6 +252,20 @@ fn class_window(c: &ClassSpec) -> WindowControl {
     }
 }
 
+/// Per-flow fairness on the class's enforcing bucket: flows are within their share while
+/// their own phantom queue holds at most half the bucket's burst time.
+fn class_fair(c: &ClassSpec) -> FairControl {
+    match enforcing(c).filter(|_| c.flow_fairness) {
+        Some((bucket, rate, burst)) => FairControl {
+            bucket,
+            tolerance_ns: u32::try_from(burst_time_ns(rate, burst) / 2)
+                .unwrap_or(u32::MAX)
+                .min(FairControl::MAX_TOLERANCE_NS),
+        },
+        None => FairControl::OFF,
+    }
+}
+
 /// The kernel form of a class.
 pub fn class_config(c: &ClassSpec) -> ClassConfig {
     let committed = if c.rate_bytes_per_sec > 0 {
@@ -283,6 +298,7 @@ pub fn class_config(c: &ClassSpec) -> ClassConfig {
         aqm,
         window,
         lease: LeaseParams::for_class(&committed, c.burst_bytes, &peak, targets_ns),
+        fair: class_fair(c),
         actions,
         priority: c.priority,
         _pad: 0,
@@ -605,6 +621,31 @@ mod tests {
         assert_eq!(t.vectors.len(), 1002);
         assert_eq!(t.rule_words(), 16);
         assert_eq!(t.active_fields, Field::DstPort.bit());
+    }
+
+    #[test]
+    fn fairness_shares_the_enforcing_bucket_with_half_its_burst_as_tolerance() {
+        let class = |keys: &str| {
+            let text = format!("[[class]]\nname = \"default\"\n{keys}");
+            class_config(&Policy::from_toml_str(&text, "test").expect("valid").classes[0])
+        };
+        // 100 Mbit/s, a 125 kB burst: 10 ms.
+        let committed = class("rate = \"100Mbit\"\nburst = \"125kB\"\nexceed = \"drop\"\n");
+        assert_eq!(
+            committed.fair,
+            FairControl {
+                bucket: Aqm::COMMITTED,
+                tolerance_ns: 5_000_000
+            }
+        );
+        let peak = class("ceil = \"100Mbit\"\nceil_burst = \"125kB\"\nviolate = \"drop\"\n");
+        assert_eq!(peak.fair.bucket, Aqm::PEAK);
+        let off = class("rate = \"100Mbit\"\nexceed = \"drop\"\nflow_fairness = false\n");
+        assert!(!off.fair.is_on());
+        assert!(!class("rate = \"100Mbit\"\n").fair.is_on(), "nothing drops");
+        // A burst of minutes: the tolerance stays within the flow queue's time range.
+        let long = class("rate = \"1Mbit\"\nburst = \"1GB\"\nexceed = \"drop\"\n");
+        assert_eq!(long.fair.tolerance_ns, FairControl::MAX_TOLERANCE_NS);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | `dataplane_class_packets_total`, `dataplane_class_bytes_total` | iface, class | every classified packet |
 //! | `dataplane_class_dropped_packets_total`, `dataplane_class_dropped_bytes_total` | iface, class | dropped by policy |
 //! | `dataplane_class_ecn_marked_packets_total` | iface, class | newly marked CE |
-//! | `dataplane_class_early_marked_packets_total`, `dataplane_class_early_dropped_packets_total` | iface, class | early signals of the phantom queue's AQM (subsets of the marked and dropped) |
+//! | `dataplane_class_early_marked_packets_total`, `dataplane_class_early_dropped_packets_total` | iface, class | early signals of the phantom queue's AQM, and the fair shares' marks (subsets of the marked and dropped) |
 //! | `dataplane_class_repaired_packets_total` | iface, class | TCP retransmissions admitted on the repair allowance |
 //! | `dataplane_class_remarked_packets_total` | iface, class | DSCP rewritten |
 //! | `dataplane_class_forwarded_packets_total` | iface, class | forwarded past the kernel stack, by egress interface |
@@ -343,7 +343,7 @@ const CLASS_COUNTERS: [ClassCounterDef; 10] = [
     ),
     (
         "dataplane_class_early_marked_packets",
-        "Packets of the class marked CE early by the phantom queue's AQM (the bucket still had room).",
+        "Packets of the class marked CE early by the phantom queue's AQM or, being over their flow's fair share, by flow fairness (the bucket still had room).",
         |s| s.counters.early_marked_packets,
     ),
     (

@@ -25,7 +25,7 @@ use std::{
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/dataplane";
 /// The layout this binary writes and adopts. Bump it whenever a map's type, key, value or size
 /// changes meaning in a way the size check below would not catch.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Where bpffs is mounted when the system has not mounted it.
 const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 /// `statfs.f_type` of a bpf filesystem.
@@ -382,18 +382,18 @@ mod tests {
     #[test]
     fn paths_follow_the_documented_layout() {
         let l = PinLayout::new("/sys/fs/bpf/dataplane");
-        assert_eq!(l.dir(), Path::new("/sys/fs/bpf/dataplane/v4"));
+        assert_eq!(l.dir(), Path::new("/sys/fs/bpf/dataplane/v5"));
         assert_eq!(
             l.map("CLASS_COUNTERS"),
-            Path::new("/sys/fs/bpf/dataplane/v4/maps/CLASS_COUNTERS")
+            Path::new("/sys/fs/bpf/dataplane/v5/maps/CLASS_COUNTERS")
         );
         assert_eq!(
             l.program("dataplane"),
-            Path::new("/sys/fs/bpf/dataplane/v4/programs/dataplane")
+            Path::new("/sys/fs/bpf/dataplane/v5/programs/dataplane")
         );
         assert_eq!(
             l.link("eth0"),
-            Path::new("/sys/fs/bpf/dataplane/v4/links/eth0")
+            Path::new("/sys/fs/bpf/dataplane/v5/links/eth0")
         );
     }
 
@@ -401,16 +401,16 @@ mod tests {
     fn other_versions_and_foreign_entries_are_refused() {
         let root = std::env::temp_dir().join(format!("dp-pins-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("v4")).expect("mkdir");
+        std::fs::create_dir_all(root.join("v5")).expect("mkdir");
         let l = PinLayout::new(&root);
         assert!(l.check_version().is_ok());
-        std::fs::create_dir_all(root.join("v3")).expect("mkdir");
+        std::fs::create_dir_all(root.join("v4")).expect("mkdir");
         let err = l
             .check_version()
             .expect_err("the previous layout is refused")
             .to_string();
-        assert!(err.contains("layout v3"), "{err}");
-        std::fs::remove_dir(root.join("v3")).expect("rmdir");
+        assert!(err.contains("layout v4"), "{err}");
+        std::fs::remove_dir(root.join("v4")).expect("rmdir");
         std::fs::create_dir_all(root.join("v7")).expect("mkdir");
         let err = l.check_version().expect_err("v7 is refused").to_string();
         assert!(

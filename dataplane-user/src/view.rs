@@ -4,9 +4,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dataplane_common::{
-    maps::{ClassCounters, FlowEntry, FlowKey, IfaceCounters},
+    fair::{epoch_of, flows_sharing_at},
+    maps::{ClassCounters, FlowEntry, FlowKey, IfaceCounters, PolicerState},
     reason::Reason,
-    window::WindowState,
 };
 use serde::Serialize;
 
@@ -497,19 +497,47 @@ pub struct ClassFlows {
     /// The round trip of the class's TCP connections as the window control measured it from
     /// their handshakes (µs), 0 before a first one.
     pub round_trip_us: u32,
+    /// The flows its rate is shared by (`flow_fairness`: the flows that sent in the last
+    /// epoch while the class was near its rate); 0 while none did.
+    pub sharing_flows: u32,
     /// The heaviest flows by rate over the interval, then by bytes.
     pub top: Vec<FlowRow>,
 }
 
-/// What `dataplane top` shows: per class of `classes` (name, id, window control state), its `limit` heaviest flows
-/// between two reads of the flow cache `secs` apart. Entries of other generations than
-/// `generation` belong to an older policy's classes and are left out.
+/// A class's shared policer state as `dataplane top` read it.
+pub struct ClassReading {
+    /// Class name.
+    pub name: String,
+    /// Class id.
+    pub id: u32,
+    /// Its policer state.
+    pub state: PolicerState,
+    /// The fair-share epoch at the read (`dataplane_common::fair::epoch_of` of the kernel
+    /// clock).
+    pub epoch: u32,
+}
+
+impl ClassReading {
+    /// Reads class `id`'s state now.
+    pub fn read(dp: &Dataplane, name: String, id: u32) -> Result<ClassReading, DataplaneError> {
+        Ok(ClassReading {
+            name,
+            id,
+            state: dp.policer_state(id)?,
+            epoch: epoch_of(crate::dataplane::monotonic_ns()),
+        })
+    }
+}
+
+/// What `dataplane top` shows: per class of `classes`, its `limit` heaviest flows between two
+/// reads of the flow cache `secs` apart. Entries of other generations than `generation`
+/// belong to an older policy's classes and are left out.
 pub fn top_flows(
     before: &[FlowEntry],
     after: &[FlowEntry],
     secs: f64,
     generation: u32,
-    classes: &[(String, u32, WindowState)],
+    classes: &[ClassReading],
     ifaces: &[(String, u32)],
     limit: usize,
 ) -> Vec<ClassFlows> {
@@ -518,10 +546,10 @@ pub fn top_flows(
         before.iter().map(|e| (e.key, e)).collect();
     classes
         .iter()
-        .map(|(name, id, window)| {
+        .map(|c| {
             let mut rows: Vec<FlowRow> = after
                 .iter()
-                .filter(|e| e.generation == generation && e.class == *id)
+                .filter(|e| e.generation == generation && e.class == c.id)
                 .map(|e| {
                     // A flow new in the interval offered all its bytes in it.
                     let then = earlier
@@ -547,11 +575,12 @@ pub fn top_flows(
             let flows = rows.len();
             rows.truncate(limit);
             ClassFlows {
-                class: name.clone(),
+                class: c.name.clone(),
                 flows,
                 bytes_per_sec: total,
-                tcp_window_bytes: window.window_bytes,
-                round_trip_us: window.rtt_us,
+                tcp_window_bytes: c.state.window.window_bytes,
+                round_trip_us: c.state.window.rtt_us,
+                sharing_flows: flows_sharing_at(&c.state.fair, c.epoch),
                 top: rows,
             }
         })
@@ -598,7 +627,7 @@ fn flow_row(e: &FlowEntry, ifaces: &[(String, u32)], bytes_per_sec: f64) -> Flow
 
 #[cfg(test)]
 mod tests {
-    use dataplane_common::flow::FlowState;
+    use dataplane_common::{fair::FairState, flow::FlowState, window::WindowState};
 
     use super::*;
 
@@ -634,19 +663,38 @@ mod tests {
             flow(4, 0, 2, 9_000_000), // another class
             flow(5, 1, 1, 9_000_000), // an older policy's class 1
         ];
-        let window = WindowState {
-            window_bytes: 2896,
-            rtt_us: 5_000,
-            ..WindowState::default()
+        let state = PolicerState {
+            window: WindowState {
+                window_bytes: 2896,
+                rtt_us: 5_000,
+                ..WindowState::default()
+            },
+            fair: FairState {
+                epoch: 40,
+                active: 2,
+                active_last: 3,
+                _pad: 0,
+            },
+            ..PolicerState::default()
         };
-        let classes = [("bulk".to_string(), 1, window)];
+        let classes = [ClassReading {
+            name: "bulk".to_string(),
+            id: 1,
+            state,
+            epoch: 40,
+        }];
         let ifaces = [("g0".to_string(), 1)];
         let top = top_flows(&before, &after, 2.0, 2, &classes, &ifaces, 2);
         assert_eq!(top.len(), 1);
         let bulk = &top[0];
         assert_eq!(
-            (bulk.flows, bulk.tcp_window_bytes, bulk.round_trip_us),
-            (3, 2896, 5_000)
+            (
+                bulk.flows,
+                bulk.tcp_window_bytes,
+                bulk.round_trip_us,
+                bulk.sharing_flows
+            ),
+            (3, 2896, 5_000, 3)
         );
         assert_eq!(bulk.bytes_per_sec, 250_000.0);
         let rows: Vec<(&str, f64, f64)> = bulk

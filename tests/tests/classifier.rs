@@ -167,6 +167,7 @@ fn passing_class(id: u32) -> ClassSpec {
         violate: ColourAction::PASS,
         aqm: None,
         tcp_window: false,
+        flow_fairness: false,
         fleet_budget: false,
     }
 }

@@ -177,6 +177,8 @@ pub struct ClassSpec {
     /// TCP window control on the enforcing bucket's phantom queue (see
     /// `dataplane_common::window`).
     pub tcp_window: bool,
+    /// Per-flow fair shares of the enforcing bucket's rate (see `dataplane_common::fair`).
+    pub flow_fairness: bool,
     /// The rates are the fleet's: each gateway enforces a share (see `crate::fleet::shares`).
     pub fleet_budget: bool,
 }

@@ -118,6 +118,13 @@ pub struct ClassText {
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_window: Option<bool>,
+    /// Share the rate fairly among the class's flows: each cached flow has a phantom queue
+    /// at its fair share, flows within it are spared the bucket's limit, and flows over it
+    /// take the class's drops (or marks). Default: true on a class with a bucket whose
+    /// overflow is dropped or marked.
+    #[cfg_attr(feature = "cli", arg(long))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_fairness: Option<bool>,
     /// The class's rate and ceiling are for the whole fleet (`run --etcd`): each gateway
     /// enforces a share, recomputed continuously from the demand every gateway reports.
     /// Default: false (every gateway enforces the whole rate on its own).

@@ -218,6 +218,7 @@ fn full_example_builds_the_expected_policy() {
                 violate: ColourAction::DROP,
                 aqm: None,
                 tcp_window: false,
+                flow_fairness: false,
                 fleet_budget: false,
             },
             ClassSpec {
@@ -232,6 +233,7 @@ fn full_example_builds_the_expected_policy() {
                 violate: ColourAction::ECN,
                 aqm: None,
                 tcp_window: true,
+                flow_fairness: true,
                 fleet_budget: false,
             },
             ClassSpec {
@@ -246,6 +248,7 @@ fn full_example_builds_the_expected_policy() {
                 violate: ColourAction::DROP,
                 aqm: None,
                 tcp_window: true,
+                flow_fairness: true,
                 fleet_budget: false,
             },
         ],
@@ -636,6 +639,42 @@ fn aqm_defaults_bounds_and_round_trip() {
         )
         .expect("a ceil whose overflow is marked");
     assert!(peak.classes[2].aqm.is_some());
+}
+
+#[test]
+fn flow_fairness_defaults_validation_and_round_trip() {
+    let class = |extra: &str| {
+        with_base(&format!(
+            "[[class]]\nname = \"x\"\nrate = \"100Mbit\"\nexceed = \"drop\"\n{extra}"
+        ))
+    };
+    assert!(
+        class("").expect("valid").classes[2].flow_fairness,
+        "on by default where a bucket drops"
+    );
+    let off = class("flow_fairness = false\n").expect("valid");
+    assert!(!off.classes[2].flow_fairness);
+    let text = off.to_toml_string().expect("writable");
+    assert!(text.contains("flow_fairness = false"), "{text}");
+    assert_eq!(load(&text).expect("valid"), off, "{text}");
+    let on = class("").expect("valid");
+    let text = on.to_toml_string().expect("writable");
+    assert!(
+        !text.contains("flow_fairness"),
+        "the default is not written: {text}"
+    );
+    assert_err(
+        with_base("[[class]]\nname = \"x\"\nrate = \"1Gbit\"\nflow_fairness = true\n"),
+        "class[2].flow_fairness",
+        "no rate to share",
+    );
+    assert!(
+        !with_base("[[class]]\nname = \"x\"\nrate = \"1Gbit\"\n")
+            .expect("valid")
+            .classes[2]
+            .flow_fairness,
+        "off where nothing drops or marks"
+    );
 }
 
 #[test]

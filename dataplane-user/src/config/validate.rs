@@ -271,6 +271,13 @@ impl Validator<'_> {
             ));
         }
         let tcp_window = enforcing.is_some() && f.tcp_window != Some(false);
+        if f.flow_fairness == Some(true) && enforcing.is_none() {
+            return Err(self.err(
+                class_field(i, "flow_fairness"),
+                "no bucket of this class drops or marks what exceeds it: there is no rate to share",
+            ));
+        }
+        let flow_fairness = enforcing.is_some() && f.flow_fairness != Some(false);
         if f.fleet_budget == Some(true) && rate == 0 && ceil.is_none() {
             return Err(self.err(
                 class_field(i, "fleet_budget"),
@@ -289,6 +296,7 @@ impl Validator<'_> {
             violate,
             aqm,
             tcp_window,
+            flow_fairness,
             fleet_budget: f.fleet_budget == Some(true),
         })
     }

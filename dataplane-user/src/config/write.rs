@@ -110,6 +110,15 @@ impl Writer<'_> {
             }
             (a, b) => a.or(b).map(i64::from),
         };
+        let enforces = enforcing_bucket(
+            c.rate_bytes_per_sec,
+            c.burst_bytes,
+            c.ceil_bytes_per_sec,
+            c.ceil_burst_bytes,
+            c.exceed,
+            c.violate,
+        )
+        .is_some();
         Ok(ClassText {
             name: c.name.clone(),
             priority: Some(i64::from(c.priority)),
@@ -124,18 +133,9 @@ impl Writer<'_> {
             aqm: c.aqm.map(|_| true),
             aqm_target: c.aqm.map(|a| units::format_duration_ns(a.target_ns)),
             aqm_interval: c.aqm.map(|a| units::format_duration_ns(a.interval_ns)),
-            // Written only where it differs from the default.
-            tcp_window: (!c.tcp_window
-                && enforcing_bucket(
-                    c.rate_bytes_per_sec,
-                    c.burst_bytes,
-                    c.ceil_bytes_per_sec,
-                    c.ceil_burst_bytes,
-                    c.exceed,
-                    c.violate,
-                )
-                .is_some())
-            .then_some(false),
+            // Written only where they differ from the default.
+            tcp_window: (!c.tcp_window && enforces).then_some(false),
+            flow_fairness: (!c.flow_fairness && enforces).then_some(false),
             fleet_budget: c.fleet_budget.then_some(true),
         })
     }

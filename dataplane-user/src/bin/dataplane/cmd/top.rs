@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use dataplane::{
     units::{format_bytes, format_rate},
-    view::{top_flows, Running},
+    view::{top_flows, ClassReading, Running},
 };
 use serde_json::json;
 
@@ -20,8 +20,7 @@ fn show(running: &Running, o: &TopArgs) -> Result<()> {
     let mut classes = Vec::new();
     for (name, id) in running.classes() {
         if o.class.as_ref().is_none_or(|c| c == &name) {
-            let window = running.dp.policer_state(id)?.window;
-            classes.push((name, id, window));
+            classes.push(ClassReading::read(&running.dp, name, id)?);
         }
     }
     if let Some(class) = &o.class {
@@ -66,8 +65,13 @@ fn show(running: &Running, o: &TopArgs) -> Result<()> {
         } else {
             format!(", round trip {:.2} ms", f64::from(c.round_trip_us) / 1e3)
         };
+        let sharing = if c.sharing_flows == 0 {
+            String::new()
+        } else {
+            format!(", rate shared by {} flows", c.sharing_flows)
+        };
         println!(
-            "{}: {} flows, {} offered, TCP window {window}{round_trip}",
+            "{}: {} flows, {} offered, TCP window {window}{round_trip}{sharing}",
             c.class,
             c.flows,
             format_rate(c.bytes_per_sec as u64)

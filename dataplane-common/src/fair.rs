@@ -1,0 +1,307 @@
+//! Fairness inside a class: every cached flow has a phantom queue of its own, a GCRA at its
+//! fair share of the class's rate (the rate divided by the flows that sent in the current or
+//! the last epoch of [`EPOCH_NS`]), kept in its flow-cache entry. Where the class's bucket
+//! is congested, the flow's standing in its own queue decides its packet (see [`standing`]):
+//!
+//! - a flow within its share is protected: the class's bucket takes its packets up to twice
+//!   its burst (as it takes TCP retransmissions), and the AQM does not signal it;
+//! - a flow over its share while the class's phantom queue holds more than half its burst
+//!   gets the early signal (CE when ECN-capable, else an early drop), so the class's drops
+//!   fall on the flows that take more than their share instead of on whichever flow sends
+//!   into a full bucket;
+//! - otherwise the class's bucket decides, as without fairness.
+//!
+//! Everything admitted is still charged to the class's bucket, so the class's rate stays
+//! exact; a flow's own queue only decides which packets the bucket's limit falls on. This is
+//! max-min fairness by demand: flows under their share get all they send, the others share
+//! the rest. Only the exact path (a class near its rate) keeps these queues: green traffic
+//! spent from per-CPU leases, a class well under its rate, needs no fairness.
+
+/// log2 of an epoch in ns (8.4 ms): long enough that a flow of the class sends at least one
+/// packet in it while it is active (a window per round trip, or a paced stream), short enough
+/// that flows that stopped leave the count within two epochs.
+pub const EPOCH_SHIFT: u32 = 23;
+/// One epoch, ns.
+pub const EPOCH_NS: u64 = 1 << EPOCH_SHIFT;
+
+/// A class's fairness configuration (user space fills it; `bucket` is
+/// [`crate::policer::Aqm::NONE`] when off).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FairControl {
+    /// The bucket whose rate is shared: [`crate::policer::Aqm::COMMITTED`] or
+    /// [`crate::policer::Aqm::PEAK`], or [`crate::policer::Aqm::NONE`] when off.
+    pub bucket: u32,
+    /// The fair backlog (ns) up to which a flow is within its share: half the bucket's
+    /// burst time. Its queue holds at most twice this ([`charge`]).
+    pub tolerance_ns: u32,
+}
+
+impl Default for FairControl {
+    fn default() -> Self {
+        FairControl::OFF
+    }
+}
+
+impl FairControl {
+    /// No per-flow fairness.
+    pub const OFF: FairControl = FairControl {
+        bucket: crate::policer::Aqm::NONE,
+        tolerance_ns: 0,
+    };
+    /// The largest tolerance: a flow's queue spans at most a second, so its wrapping 32-bit
+    /// time stays unambiguous.
+    pub const MAX_TOLERANCE_NS: u32 = 500_000_000;
+
+    /// Whether the class shares its rate among its flows.
+    #[inline(always)]
+    pub const fn is_on(&self) -> bool {
+        self.bucket != crate::policer::Aqm::NONE
+    }
+}
+
+/// A class's count of its active flows, shared by all CPUs without a lock (a lost count or
+/// a racing rollover only blurs the share for an epoch).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FairState {
+    /// The epoch `active` counts (see [`epoch_of`]).
+    pub epoch: u32,
+    /// Flows that sent in that epoch (through the exact path).
+    pub active: u32,
+    /// Flows that sent in the epoch before it (0 when the class was idle then).
+    pub active_last: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+/// The epoch of time `now_ns`.
+#[inline(always)]
+pub const fn epoch_of(now_ns: u64) -> u32 {
+    (now_ns >> EPOCH_SHIFT) as u32
+}
+
+/// The class's count for `epoch`: `state` itself while it counts that epoch, else a new
+/// count that keeps the one it had as the last epoch's when that epoch was the one before.
+#[inline(always)]
+pub const fn roll(state: FairState, epoch: u32) -> FairState {
+    if state.epoch == epoch {
+        return state;
+    }
+    FairState {
+        epoch,
+        active: 0,
+        active_last: if epoch.wrapping_sub(state.epoch) == 1 {
+            state.active
+        } else {
+            0
+        },
+        _pad: 0,
+    }
+}
+
+/// The flows the class's rate is shared by: the larger of this epoch's count so far and the
+/// last epoch's, at least one.
+#[inline(always)]
+pub const fn sharing_flows(state: &FairState) -> u32 {
+    let n = if state.active > state.active_last {
+        state.active
+    } else {
+        state.active_last
+    };
+    if n == 0 {
+        1
+    } else {
+        n
+    }
+}
+
+/// The flows sharing the class's rate as seen at a time in epoch `epoch` (for display): the
+/// count of `state` while it is current, its count as the last epoch's one epoch later, and
+/// 0 once the class has sent nothing through its exact path for a whole epoch.
+pub const fn flows_sharing_at(state: &FairState, epoch: u32) -> u32 {
+    match epoch.wrapping_sub(state.epoch) {
+        0 => sharing_flows(state),
+        1 => {
+            if state.active == 0 {
+                1
+            } else {
+                state.active
+            }
+        }
+        _ => 0,
+    }
+}
+
+/// Whether a flow whose last packet fell in the epoch with low bits `flow_epoch` is new in
+/// `epoch` (and is to be counted in it).
+#[inline(always)]
+pub const fn is_new_in(flow_epoch: u16, epoch: u32) -> bool {
+    flow_epoch != epoch as u16
+}
+
+/// Charges a packet that costs `cost_ns` at the flow's share (its cost at the class's rate
+/// times the flows sharing it) to the flow's queue, whose theoretical arrival time is
+/// `tat_ns` (wrapping ns) and whose last packet fell in the epoch with low bits
+/// `flow_epoch`, at `now_ns` in epoch `epoch`. Returns the flow's fair backlog after the
+/// packet (ns) and its new arrival time. A flow idle for an epoch or more starts empty (its
+/// stored time may be of any age); the backlog never exceeds `cap_ns`, so a flow that
+/// slows to its share is within it again after at most `cap_ns`.
+#[inline(always)]
+pub const fn charge(
+    tat_ns: u32,
+    flow_epoch: u16,
+    epoch: u32,
+    now_ns: u64,
+    cost_ns: u64,
+    cap_ns: u32,
+) -> (u32, u32) {
+    let now = now_ns as u32;
+    let recent = (epoch as u16).wrapping_sub(flow_epoch) <= 1;
+    let lead = tat_ns.wrapping_sub(now) as i32;
+    let backlog = if recent && lead > 0 { lead as u64 } else { 0 };
+    let after = backlog + cost_ns;
+    let after = if after > cap_ns as u64 {
+        cap_ns
+    } else {
+        after as u32
+    };
+    (after, now.wrapping_add(after))
+}
+
+/// Where a flow stands in its class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Within its share: protected from the bucket's limit and from early signals.
+    Within,
+    /// Over its share while the class is congested: signalled early.
+    Over,
+    /// Neither: the class's bucket decides.
+    Neutral,
+}
+
+/// A flow's standing from its fair backlog after the packet (`fair_backlog_ns`, see
+/// [`charge`]) and the class's phantom backlog (`class_backlog_ns`, burst `burst_ns`).
+#[inline(always)]
+pub const fn standing(
+    ctl: &FairControl,
+    fair_backlog_ns: u32,
+    class_backlog_ns: u64,
+    burst_ns: u64,
+) -> Standing {
+    if fair_backlog_ns <= ctl.tolerance_ns {
+        Standing::Within
+    } else if class_backlog_ns > burst_ns / 2 {
+        Standing::Over
+    } else {
+        Standing::Neutral
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn ctl() -> FairControl {
+        FairControl {
+            bucket: crate::policer::Aqm::COMMITTED,
+            tolerance_ns: 5 * MS as u32,
+        }
+    }
+
+    #[test]
+    fn epochs_keep_the_last_count_only_when_adjacent() {
+        let s = FairState {
+            epoch: 7,
+            active: 12,
+            active_last: 3,
+            _pad: 0,
+        };
+        assert_eq!(roll(s, 7), s);
+        let next = roll(s, 8);
+        assert_eq!((next.epoch, next.active, next.active_last), (8, 0, 12));
+        assert_eq!(sharing_flows(&next), 12);
+        let later = roll(s, 10);
+        assert_eq!((later.active, later.active_last), (0, 0));
+        assert_eq!(sharing_flows(&later), 1);
+        // Wrapping epochs.
+        let wrapped = roll(
+            FairState {
+                epoch: u32::MAX,
+                active: 4,
+                ..s
+            },
+            0,
+        );
+        assert_eq!(wrapped.active_last, 4);
+        // What a reader sees at later times.
+        assert_eq!(flows_sharing_at(&s, 7), 12);
+        assert_eq!(flows_sharing_at(&s, 8), 12);
+        assert_eq!(flows_sharing_at(&s, 9), 0, "idle for a whole epoch");
+    }
+
+    #[test]
+    fn a_flow_is_counted_once_per_epoch() {
+        assert!(is_new_in(0, 1));
+        assert!(!is_new_in(1, 1));
+        assert!(!is_new_in(0x1234, 0xabcd_1234));
+    }
+
+    #[test]
+    fn a_flow_at_its_share_stays_within_and_one_above_it_goes_over() {
+        // 4 flows sharing: each packet costs 4 x its class cost.
+        let (mut at_share, mut above) = ((0u32, 0u16), (0u32, 0u16));
+        let cost = 100_000; // 100 µs per packet at the flow's share
+        let mut now = 10 * MS;
+        for _ in 0..1000 {
+            let epoch = epoch_of(now);
+            // One packet per 100 µs: exactly the share.
+            let (b, t) = charge(at_share.0, at_share.1, epoch, now, cost, 10 * MS as u32);
+            at_share = (t, epoch as u16);
+            assert!(standing(&ctl(), b, 9 * MS, 10 * MS) == Standing::Within);
+            // Two per 100 µs: twice the share.
+            for _ in 0..2 {
+                let (b, t) = charge(above.0, above.1, epoch, now, cost, 10 * MS as u32);
+                above = (t, epoch as u16);
+                let _ = b;
+            }
+            now += 100_000;
+        }
+        let (b, _) = charge(above.0, above.1, epoch_of(now), now, cost, 10 * MS as u32);
+        assert_eq!(b, 10 * MS as u32, "capped");
+        assert_eq!(standing(&ctl(), b, 9 * MS, 10 * MS), Standing::Over);
+        assert_eq!(standing(&ctl(), b, 4 * MS, 10 * MS), Standing::Neutral);
+    }
+
+    #[test]
+    fn a_flow_back_from_idle_starts_empty() {
+        // A full queue, then two epochs of silence: the stale time is not taken as backlog.
+        let now = 100 * EPOCH_NS;
+        let (b, t) = charge(0, 0, epoch_of(now), now, 1_000, 10 * MS as u32);
+        assert_eq!(b, 1_000);
+        let later = now + 3 * EPOCH_NS;
+        let (b, _) = charge(
+            t.wrapping_add(5 * MS as u32),
+            epoch_of(now) as u16,
+            epoch_of(later),
+            later,
+            1_000,
+            10 * MS as u32,
+        );
+        assert_eq!(b, 1_000);
+        // Within an epoch the backlog carries over, wrapping time included.
+        let wrap = (u32::MAX as u64 + 1) * 3 - 500;
+        let (b1, t1) = charge(0, 0, epoch_of(wrap), wrap, 2_000, 10 * MS as u32);
+        let (b2, _) = charge(
+            t1,
+            epoch_of(wrap) as u16,
+            epoch_of(wrap + 1_000),
+            wrap + 1_000,
+            2_000,
+            10 * MS as u32,
+        );
+        assert_eq!((b1, b2), (2_000, 3_000));
+    }
+}

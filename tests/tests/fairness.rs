@@ -1,0 +1,157 @@
+//! Fairness inside a class, in the real kernel (BPF_PROG_TEST_RUN): an elephant flow floods
+//! a class far above its rate while a small flow of the same class sends well under its fair
+//! share. With `flow_fairness` (the default) the small flow loses nothing and an ECN-capable
+//! elephant gets the class's early marks; with it off, the full bucket drops whichever
+//! packet comes, the small flow's as much as the elephant's.
+
+use std::sync::{Mutex, MutexGuard};
+
+use dataplane::view::ClassReading;
+use dataplane_common::fair::flows_sharing_at;
+use dataplane_lab::{
+    frames::Frame,
+    kernel::{load_policy, pin_to_cpu, run_once},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const FRAME_BYTES: usize = 1000;
+/// Elephant frames per small-flow frame. A test run takes at least a few hundred ns, so the
+/// small flow's frames come at least 300 µs apart: at most 27 Mbit/s of 1000-byte frames,
+/// against a fair share of 50 Mbit/s (100 Mbit/s, two flows). The elephant offers at least
+/// 100 times the rate on any machine that runs a test run in under 80 µs.
+const ELEPHANT_PER_SMALL: usize = 1000;
+/// Small-flow frames per run: bounds the run (300 000 test runs, well under a second).
+const SMALL_FRAMES: usize = 300;
+
+/// Rate-measuring tests must not share the CPUs with each other.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn policy(flow_fairness: bool) -> String {
+    format!(
+        r#"
+[[class]]
+name = "default"
+
+[[class]]
+name = "bulk"
+rate = "100Mbit"
+exceed = "drop"
+flow_fairness = {flow_fairness}
+
+[[rule]]
+class = "bulk"
+protocol = "udp"
+dst_port = 5001
+"#
+    )
+}
+
+fn frame(src_port: u16, tos: u8) -> Vec<u8> {
+    Frame::eth()
+        .ipv4([198, 18, 0, 1], [198, 19, 0, 1])
+        .tos(tos)
+        .udp(src_port, 5001)
+        .pad_to(FRAME_BYTES)
+        .build()
+}
+
+/// What one flow's frames met.
+#[derive(Debug, Default)]
+struct Met {
+    sent: u64,
+    dropped: u64,
+    marked: u64,
+}
+
+impl Met {
+    fn note(&mut self, action: u32, output: &[u8]) {
+        self.sent += 1;
+        match action {
+            XDP_DROP => self.dropped += 1,
+            XDP_PASS => {
+                // The IPv4 TOS byte's ECN bits: CE is 0b11.
+                if output.get(15).is_some_and(|tos| tos & 0b11 == 0b11) {
+                    self.marked += 1;
+                }
+            }
+            other => panic!("unexpected verdict {other}"),
+        }
+    }
+}
+
+/// The elephant and the small flow through one class on one CPU, both with `tos`, and the
+/// flows the class's rate was shared by as `dataplane top` reads it right after.
+fn run(flow_fairness: bool, tos: u8) -> (Met, Met, u32) {
+    let (dp, p) = load_policy(&policy(flow_fairness));
+    let class = p.class_id("bulk").expect("class");
+    let prog = dp.program().expect("program");
+    let (elephant_frame, small_frame) = (frame(40000, tos), frame(40001, tos));
+    let (mut elephant, mut small) = (Met::default(), Met::default());
+    for _ in 0..SMALL_FRAMES {
+        for _ in 0..ELEPHANT_PER_SMALL {
+            let r = run_once(prog, &elephant_frame);
+            elephant.note(r.action, &r.output);
+        }
+        let r = run_once(prog, &small_frame);
+        small.note(r.action, &r.output);
+    }
+    let reading = ClassReading::read(&dp, "bulk".into(), class).expect("policer state");
+    let sharing = flows_sharing_at(&reading.state.fair, reading.epoch);
+    eprintln!(
+        "flow_fairness = {flow_fairness}, tos {tos:#04b}: elephant {elephant:?}, small {small:?}, \
+         shared by {sharing} flows"
+    );
+    (elephant, small, sharing)
+}
+
+#[test]
+fn a_flow_under_its_share_is_spared_the_full_bucket() {
+    let _serial = serial();
+    pin_to_cpu(0);
+    let (elephant, small, sharing) = run(true, 0);
+    assert_eq!(sharing, 2, "the class counts both flows");
+    assert!(
+        elephant.dropped * 2 > elephant.sent,
+        "the elephant is held to the class's rate (most of its frames dropped)"
+    );
+    assert!(
+        small.dropped * 100 <= small.sent,
+        "a flow under its fair share loses at most 1% of its frames, lost {} of {}",
+        small.dropped,
+        small.sent
+    );
+    // Without fairness the full bucket drops the small flow's frames as it drops the
+    // elephant's: the assertion above can fail.
+    let (_, unfair, sharing) = run(false, 0);
+    assert_eq!(sharing, 0, "without flow_fairness nothing is counted");
+    assert!(
+        unfair.dropped * 2 > unfair.sent,
+        "without flow_fairness the small flow loses most of its frames ({} of {})",
+        unfair.dropped,
+        unfair.sent
+    );
+}
+
+#[test]
+fn an_ecn_capable_flow_over_its_share_is_marked_and_one_under_it_is_not() {
+    let _serial = serial();
+    pin_to_cpu(0);
+    const ECT0: u8 = 0b10;
+    let (elephant, small, _) = run(true, ECT0);
+    assert!(
+        elephant.marked > 0,
+        "the elephant, over its share in a congested class, gets CE marks"
+    );
+    assert_eq!(small.marked, 0, "the flow under its share is never marked");
+    assert!(small.dropped * 100 <= small.sent, "nor dropped");
+    let (elephant, _, _) = run(false, ECT0);
+    assert_eq!(
+        elephant.marked, 0,
+        "without flow_fairness (and without aqm) a class that drops never marks"
+    );
+}
