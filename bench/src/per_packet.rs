@@ -145,6 +145,22 @@ fn load(policy: &Policy, flow_cache: bool) -> Result<Dataplane> {
     Ok(dp)
 }
 
+/// One class of 1 Mbit/s for RoCEv2, far below what the test runs offer.
+fn over_rate_policy(flow_fairness: bool) -> String {
+    format!(
+        "[[class]]\nname = \"default\"\n[[class]]\nname = \"capped\"\nrate = \"1Mbit\"\n\
+         exceed = \"drop\"\nflow_fairness = {flow_fairness}\n[[rule]]\nclass = \"capped\"\n\
+         protocol = \"udp\"\ndst_port = 4791\n"
+    )
+}
+
+fn over_rate_label(flow_fairness: bool) -> String {
+    format!(
+        "IPv4 RoCEv2 BTH, class over its rate (exact path), cache hit, flow_fairness = \
+         {flow_fairness}"
+    )
+}
+
 /// `n` rules on distinct UDP destination ports, all of class "bulk" (not policed).
 pub fn port_rules(n: u32) -> String {
     let mut toml = String::from("[[class]]\nname = \"default\"\n[[class]]\nname = \"bulk\"\n");
@@ -224,6 +240,15 @@ fn measure(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
         }
     }
 
+    bar.set_message("loading over-rate cases");
+    // A class far over its rate: every packet takes the policer's exact path (no lease), with
+    // and without the flows' fair queues.
+    let mut over_rate = Vec::new();
+    for fairness in [true, false] {
+        let policy = Policy::from_toml_str(&over_rate_policy(fairness), "over-rate policy")?;
+        over_rate.push((fairness, load(&policy, true)?));
+    }
+
     bar.set_message("loading flow-cache cases");
     let flow_policy = Policy::from_toml_str(&port_rules(FLOW_POLICY_RULES), "flow policy")?;
     let flow_frame = v4_udp(1_000);
@@ -283,6 +308,14 @@ fn measure(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
             miss.program()?,
             &frame,
             Some(miss),
+        ));
+    }
+    for (fairness, dp) in &over_rate {
+        cases.push(Case::new(
+            over_rate_label(*fairness),
+            dp.program()?,
+            &v4_roce,
+            Some(dp),
         ));
     }
     cases.push(Case::new(
@@ -355,6 +388,11 @@ fn report(
             .into(),
         "Rule rows: N rules on distinct UDP destination ports, the matching rule last, of a \
          class without rates (the policer is skipped)."
+            .into(),
+        "Over-rate rows: one class of 1 Mbit/s (`exceed = \"drop\"`) for the RoCEv2 frame, \
+         far below what the runs offer, so every packet takes the policer's exact path (clock \
+         read, compare-and-swap on the shared buckets; no lease) and nearly all are dropped; \
+         with and without the flows' fair queues (`flow_fairness`)."
             .into(),
         format!(
             "Flow rows: `bench_vary` (a helper program) rewrites each run's source address \
