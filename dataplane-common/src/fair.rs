@@ -35,6 +35,12 @@ pub struct FairControl {
     /// The fair backlog (ns) up to which a flow is within its share: half the bucket's
     /// burst time. Its queue holds at most twice this ([`charge`]).
     pub tolerance_ns: u32,
+    /// The class's rate per epoch in units of [`UNIT_BYTES`] (see [`counted_units`]); set
+    /// wherever the class counts its flows (fair shares or a shared TCP window), 0 where it
+    /// counts none.
+    pub epoch_units: u32,
+    /// Padding.
+    pub _pad: u32,
 }
 
 impl Default for FairControl {
@@ -48,6 +54,8 @@ impl FairControl {
     pub const OFF: FairControl = FairControl {
         bucket: crate::policer::Aqm::NONE,
         tolerance_ns: 0,
+        epoch_units: 0,
+        _pad: 0,
     };
     /// The largest tolerance: a flow's queue spans at most a second, so its wrapping 32-bit
     /// time stays unambiguous.
@@ -67,12 +75,29 @@ impl FairControl {
 pub struct FairState {
     /// The epoch `active` counts (see [`epoch_of`]).
     pub epoch: u32,
-    /// Flows that sent in that epoch (through the exact path).
+    /// Flows that sent enough in that epoch (through the exact path) to count.
     pub active: u32,
-    /// Flows that sent in the epoch before it (0 when the class was idle then).
+    /// Flows counted in the epoch before it (0 when the class was idle then).
     pub active_last: u32,
     /// Padding.
     pub _pad: u32,
+}
+
+/// The flows a class counted in its epoch, one bit per flow hash ([`seen_bit`]): a flow that
+/// RSS or a migrating sender spreads over CPUs has a cache entry on each, and is counted
+/// once. Cleared when the epoch rolls over.
+pub type SeenFlows = [u64; SEEN_WORDS];
+
+/// Words of [`SeenFlows`]: 256 bits, so that 16 flows collide with about 40%
+/// probability (one of them then uncounted), 64 with one or two uncounted on average.
+pub const SEEN_WORDS: usize = 4;
+
+/// The word and bit of a flow's hash in [`SeenFlows`].
+#[inline(always)]
+pub const fn seen_bit(flow_hash: u64) -> (usize, u64) {
+    // The hash's top bits, after a multiply that spreads every input bit over them.
+    let h = (flow_hash ^ flow_hash >> 32).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56;
+    ((h as usize >> 6) % SEEN_WORDS, 1 << (h & 63))
 }
 
 /// The epoch of time `now_ns`.
@@ -133,11 +158,54 @@ pub const fn flows_sharing_at(state: &FairState, epoch: u32) -> u32 {
     }
 }
 
-/// Whether a flow whose last packet fell in the epoch with low bits `flow_epoch` is new in
-/// `epoch` (and is to be counted in it).
+/// Bytes of a flow's epoch count unit ([`note_sent`]).
+pub const UNIT_BYTES: u32 = 512;
+/// The fewest units a flow sends in an epoch to count as sharing the class (2 KiB: more than
+/// a ping per epoch or a control connection's few messages).
+pub const MIN_COUNTED_UNITS: u32 = 4;
+
+/// The units a flow sends in an epoch to count among the flows sharing the class, whose
+/// rate is `epoch_units` per epoch and which `sharing` flows shared so far: an eighth of the
+/// share, at least [`MIN_COUNTED_UNITS`], at most 255. A flow that sends less takes so little
+/// that counting it would only cut the others' shares (and shares that jump whenever a ping
+/// falls into an epoch or not).
 #[inline(always)]
-pub const fn is_new_in(flow_epoch: u16, epoch: u32) -> bool {
-    flow_epoch != epoch as u16
+pub const fn counted_units(epoch_units: u32, sharing: u32) -> u8 {
+    let sharing = if sharing == 0 { 1 } else { sharing };
+    let units = epoch_units / sharing / 8;
+    if units < MIN_COUNTED_UNITS {
+        MIN_COUNTED_UNITS as u8
+    } else if units > 255 {
+        255
+    } else {
+        units as u8
+    }
+}
+
+/// Notes `bytes` sent by a flow whose epoch count is `flow_units` in the epoch with low bits
+/// `flow_epoch`, in `epoch`: the flow's new epoch and count (units of [`UNIT_BYTES`], rounded
+/// up, saturating), and whether it has just reached `threshold` units and is to be counted
+/// in the class's epoch (once per epoch).
+#[inline(always)]
+pub const fn note_sent(
+    flow_epoch: u8,
+    flow_units: u8,
+    epoch: u32,
+    bytes: u32,
+    threshold: u8,
+) -> (u8, u8, bool) {
+    let before = if flow_epoch == epoch as u8 {
+        flow_units
+    } else {
+        0
+    };
+    let units = bytes.div_ceil(UNIT_BYTES);
+    let after = if units >= 255 {
+        255
+    } else {
+        before.saturating_add(units as u8)
+    };
+    (epoch as u8, after, before < threshold && after >= threshold)
 }
 
 /// Charges a packet that costs `cost_ns` at the flow's share (its cost at the class's rate
@@ -150,14 +218,14 @@ pub const fn is_new_in(flow_epoch: u16, epoch: u32) -> bool {
 #[inline(always)]
 pub const fn charge(
     tat_ns: u32,
-    flow_epoch: u16,
+    flow_epoch: u8,
     epoch: u32,
     now_ns: u64,
     cost_ns: u64,
     cap_ns: u32,
 ) -> (u32, u32) {
     let now = now_ns as u32;
-    let recent = (epoch as u16).wrapping_sub(flow_epoch) <= 1;
+    let recent = (epoch as u8).wrapping_sub(flow_epoch) <= 1;
     let lead = tat_ns.wrapping_sub(now) as i32;
     let backlog = if recent && lead > 0 { lead as u64 } else { 0 };
     let after = backlog + cost_ns;
@@ -208,6 +276,8 @@ mod tests {
         FairControl {
             bucket: crate::policer::Aqm::COMMITTED,
             tolerance_ns: 5 * MS as u32,
+            epoch_units: 205,
+            _pad: 0,
         }
     }
 
@@ -243,28 +313,63 @@ mod tests {
     }
 
     #[test]
-    fn a_flow_is_counted_once_per_epoch() {
-        assert!(is_new_in(0, 1));
-        assert!(!is_new_in(1, 1));
-        assert!(!is_new_in(0x1234, 0xabcd_1234));
+    fn flow_hashes_spread_over_the_seen_bits() {
+        let mut bits = [0u64; SEEN_WORDS];
+        for f in 0..64u64 {
+            // Consecutive ports: hashes as FlowKey::hash gives them differ in few bits.
+            let (w, b) = seen_bit(0x1234_5678_0000_0000 + f * 0x1_0001);
+            bits[w] |= b;
+        }
+        let set: u32 = bits.iter().map(|w| w.count_ones()).sum();
+        assert!(set >= 50, "64 flows set {set} of 256 bits");
+    }
+
+    #[test]
+    fn a_flow_is_counted_once_per_epoch_and_only_when_it_sends_enough() {
+        // 100 Mbit/s: 105 kB per epoch, 205 units; 4 flows: a share of 51, counted at 6.
+        let threshold = counted_units(205, 4);
+        assert_eq!(threshold, 6);
+        let (mut e, mut u) = (0u8, 0u8);
+        let mut counted = 0;
+        for _ in 0..10 {
+            let (ne, nu, c) = note_sent(e, u, 7, 1514, threshold);
+            (e, u) = (ne, nu);
+            counted += u32::from(c);
+        }
+        assert_eq!((e, u, counted), (7, 30, 1), "once, at the second frame");
+        // A new epoch starts the count over.
+        let (e2, u2, c) = note_sent(e, u, 8, 1514, threshold);
+        assert_eq!((e2, u2, c), (8, 3, false));
+        // A ping per epoch never counts.
+        let (_, u, c) = note_sent(0, 0, 9, 98, threshold);
+        assert_eq!((u, c), (1, false));
+        // Bounds: at least 4 units, at most 255; one large frame may cross at once.
+        assert_eq!(counted_units(10, 100), MIN_COUNTED_UNITS as u8);
+        assert_eq!(counted_units(u32::MAX, 0), 255);
+        assert_eq!(note_sent(0, 254, 0, 64 * 1024, 255), (0, 255, true));
+        assert_eq!(
+            note_sent(3, 255, 3, 1514, 255),
+            (3, 255, false),
+            "saturates"
+        );
     }
 
     #[test]
     fn a_flow_at_its_share_stays_within_and_one_above_it_goes_over() {
         // 4 flows sharing: each packet costs 4 x its class cost.
-        let (mut at_share, mut above) = ((0u32, 0u16), (0u32, 0u16));
+        let (mut at_share, mut above) = ((0u32, 0u8), (0u32, 0u8));
         let cost = 100_000; // 100 µs per packet at the flow's share
         let mut now = 10 * MS;
         for _ in 0..1000 {
             let epoch = epoch_of(now);
             // One packet per 100 µs: exactly the share.
             let (b, t) = charge(at_share.0, at_share.1, epoch, now, cost, 10 * MS as u32);
-            at_share = (t, epoch as u16);
+            at_share = (t, epoch as u8);
             assert!(standing(&ctl(), b, 9 * MS, 10 * MS) == Standing::Within);
             // Two per 100 µs: twice the share.
             for _ in 0..2 {
                 let (b, t) = charge(above.0, above.1, epoch, now, cost, 10 * MS as u32);
-                above = (t, epoch as u16);
+                above = (t, epoch as u8);
                 let _ = b;
             }
             now += 100_000;
@@ -284,7 +389,7 @@ mod tests {
         let later = now + 3 * EPOCH_NS;
         let (b, _) = charge(
             t.wrapping_add(5 * MS as u32),
-            epoch_of(now) as u16,
+            epoch_of(now) as u8,
             epoch_of(later),
             later,
             1_000,
@@ -296,7 +401,7 @@ mod tests {
         let (b1, t1) = charge(0, 0, epoch_of(wrap), wrap, 2_000, 10 * MS as u32);
         let (b2, _) = charge(
             t1,
-            epoch_of(wrap) as u16,
+            epoch_of(wrap) as u8,
             epoch_of(wrap + 1_000),
             wrap + 1_000,
             2_000,

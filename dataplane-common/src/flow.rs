@@ -108,9 +108,12 @@ pub struct FlowState {
     /// The entry's claim on its cache set (see [`admit`]): 1 when cached, one up per hit
     /// (to [`MAX_CACHE_SCORE`]), one down per newcomer refused.
     pub cache_score: u8,
-    /// Low bits of the epoch of the flow's last packet through its class's fair queues
-    /// (see [`crate::fair`]).
-    pub fair_epoch: u16,
+    /// Low bits of the epoch of the flow's last packet through its class's exact path (see
+    /// [`crate::fair`]).
+    pub fair_epoch: u8,
+    /// What the flow sent in that epoch, in units of [`crate::fair::UNIT_BYTES`] (see
+    /// [`crate::fair::note_sent`]).
+    pub fair_epoch_units: u8,
     /// Packets the flow offered.
     pub packets: u64,
     /// Their bytes (whole frames).
@@ -183,6 +186,7 @@ impl FlowState {
         flags: 0,
         cache_score: 1,
         fair_epoch: 0,
+        fair_epoch_units: 0,
         packets: 0,
         bytes: 0,
         dropped_packets: 0,

@@ -76,6 +76,8 @@ pub struct PolicerState {
     pub window: WindowState,
     /// The count of the class's active flows, whose fair shares it sets.
     pub fair: crate::fair::FairState,
+    /// The flows counted in the count's epoch.
+    pub fair_seen: crate::fair::SeenFlows,
 }
 
 /// A registered interface, keyed by ifindex.
@@ -414,8 +416,8 @@ pub struct FlowEntry {
 const _: () = {
     assert!(core::mem::size_of::<PolicySlot>() == 56);
     assert!(core::mem::size_of::<BucketParams>() == 16);
-    assert!(core::mem::size_of::<ClassConfig>() == 128);
-    assert!(core::mem::size_of::<PolicerState>() == 80);
+    assert!(core::mem::size_of::<ClassConfig>() == 136);
+    assert!(core::mem::size_of::<PolicerState>() == 112);
     assert!(core::mem::size_of::<IfaceConfig>() == 32);
     assert!(core::mem::size_of::<LinkState>() == 8);
     assert!(core::mem::size_of::<ClassCounters>() == 112);

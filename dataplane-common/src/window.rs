@@ -4,9 +4,11 @@
 //! queues the rest in its own socket buffer: the network path gains no queue, and the
 //! sender loses no packets (the failure of TCP behind plain policers).
 //!
-//! One window per class, in bytes, applies to every flow of the class: flows with the same
-//! round-trip time get the same rate, which is per-flow fairness without per-flow queues.
-//! The window follows the class's phantom queue (the enforcing bucket's backlog, the delay a
+//! One window per class, in bytes, is shared by the flows of the class: each flow's ACKs
+//! advertise the window divided by the flows that sent in the last epoch (the count the
+//! class keeps for its fair shares, `crate::fair`), so flows with the same round-trip time
+//! get the same rate, and a flow that joins or leaves changes every flow's share within an
+//! epoch, without waiting for the controller. The window follows the class's phantom queue (the enforcing bucket's backlog, the delay a
 //! shaper would add): above the target it shrinks, below half the target it grows. The
 //! window is advertised in each connection's own scale, learnt from its SYN-ACK.
 
@@ -71,33 +73,17 @@ pub struct WindowState {
     /// of the queue a shaper would hold, without the bursts that come and go within a
     /// round trip.
     pub min_backlog_ns: u64,
-    /// The window (bytes) advertised to the class's flows; 0 until the class first runs
-    /// above its target (no clamp).
+    /// The class's window (bytes), shared by its flows; 0 until the class first runs above
+    /// its target (no clamp).
     pub window_bytes: u32,
     /// The round trip of the class's flows (µs, a moving average of handshake samples, see
     /// [`rtt_sample_us`]); 0 until a first sample.
     pub rtt_us: u32,
-    /// Flows of the class that began sending data within [`START_HORIZON_US`] of the
-    /// first of them (see [`note_flow_start`]): how many share the start window.
-    pub flow_starts: u32,
-    /// When (µs, wrapping) the first of those began.
-    pub starts_since_us: u32,
-}
-
-/// How far apart flows may begin and still count as starting together: flows that begin
-/// within it share the class's start window (a job's collective, a client's parallel
-/// streams); the first flow after it starts a new count.
-pub const START_HORIZON_US: u32 = 100_000;
-
-/// Notes that a flow of the class began sending data at `now_us`.
-#[inline(always)]
-pub fn note_flow_start(state: &mut WindowState, now_us: u32) {
-    if state.flow_starts == 0 || now_us.wrapping_sub(state.starts_since_us) > START_HORIZON_US {
-        state.flow_starts = 1;
-        state.starts_since_us = now_us;
-    } else {
-        state.flow_starts = state.flow_starts.saturating_add(1);
-    }
+    /// Each flow's share of the window ([`share_of`] the flows sharing it), kept with the
+    /// window by the policer so that the ACK path reads one word; 0 while no clamp.
+    pub flow_bytes: u32,
+    /// Padding.
+    pub _pad: u32,
 }
 
 /// The longest handshake-to-data time taken as a round trip sample: a connection that idles
@@ -133,21 +119,20 @@ pub const fn rtt_average_us(average_us: u32, sample_us: u32) -> u32 {
 }
 
 /// Follows the phantom backlog `backlog_ns` of one packet of the class seen at `now_ns` (the
-/// bucket's burst is `burst_ns`), and adjusts the class's window.
+/// bucket's burst is `burst_ns`; `flows` share the window), and adjusts the class's window.
 ///
 /// The first packet over the target clamps: the window starts from the start window, scaled
-/// to the class's round trip when that is longer than the data-centre one it assumes, and
-/// shared by the flows that started together (many flows starting at once would each take
-/// the whole start window: 16 flows, 16 times the class's rate, and several halvings of
-/// losses before the window came down to their share). From
-/// then on the window moves once per period: an interval, or the class's round trip when
+/// to the class's round trip when that is longer than the data-centre one it assumes (the
+/// flows then share it: many flows starting at once each took the whole start window when
+/// it was per flow, 16 flows 16 times the class's rate). From then on the window moves once per period: an interval, or the class's round trip when
 /// that is longer (senders need a round trip to follow a window; a controller that moves
 /// again before they did overshoots). It follows the smallest backlog of the period, the
 /// standing queue: a window-limited sender sends its window in one burst per round trip, so
 /// the backlog peaks at a window's worth each round trip even when the class is not
 /// overloaded. Above the target the window shrinks (halves above half the burst, where drops
-/// are near), below half the target it grows. Returns whether the state changed (to be
-/// written back).
+/// are near), below half the target it grows; it never goes under two segments per flow
+/// (shrinking further would only delay its growth: every flow keeps two). Returns whether
+/// the state changed (to be written back).
 #[inline(always)]
 pub fn window_update(
     ctl: &WindowControl,
@@ -155,6 +140,7 @@ pub fn window_update(
     backlog_ns: u64,
     burst_ns: u64,
     now_ns: u64,
+    flows: u32,
 ) -> bool {
     let w = state.window_bytes;
     let standing = if w == 0 {
@@ -180,10 +166,7 @@ pub fn window_update(
     };
     state.window_bytes = if standing > ctl.target_ns {
         let from = if w == 0 {
-            max(
-                start_window(ctl, state.rtt_us) / max(state.flow_starts, 1),
-                MIN_WINDOW_BYTES,
-            )
+            start_window(ctl, state.rtt_us)
         } else {
             w
         };
@@ -192,7 +175,11 @@ pub fn window_update(
         } else {
             from - from / 8
         };
-        max(shrunk, MIN_WINDOW_BYTES)
+        let floor = min(
+            MIN_WINDOW_BYTES.saturating_mul(max(flows, 1)),
+            max(ctl.max_bytes, MIN_WINDOW_BYTES),
+        );
+        max(shrunk, floor)
     } else if standing < ctl.target_ns / 2 {
         min(w.saturating_add(w / 16 + 1), ctl.max_bytes)
     } else {
@@ -207,6 +194,18 @@ pub fn window_update(
         ctl.interval_ns
     };
     state.next_update_ns = now_ns.wrapping_add(period);
+    true
+}
+
+/// Keeps [`WindowState::flow_bytes`] at the share of the window `flows` flows get; whether
+/// it changed.
+#[inline(always)]
+pub fn share_window(state: &mut WindowState, flows: u32) -> bool {
+    let share = share_of(state.window_bytes, flows);
+    if share == state.flow_bytes {
+        return false;
+    }
+    state.flow_bytes = share;
     true
 }
 
@@ -237,8 +236,9 @@ pub const DEFAULT_SEGMENT_BYTES: u32 = 1460;
 /// (per flow, from its acknowledgement number, so no clock is read on the ACK path).
 const DITHER_SHIFT: u32 = 16;
 
-/// The window one flow is given under a class window of `window_bytes`: the class window
-/// moved by a draw in [-½, ½) segment, and never under two segments.
+/// The window one flow is given under a share of `window_bytes` (see
+/// [`WindowState::flow_bytes`]): the share moved by a draw in [-½, ½) segment, and never
+/// under two segments.
 ///
 /// Senders fill a window in whole segments, so every flow of a window of 2.9 segments sends
 /// 2 per round trip: with many flows, each near two segments, the class's rate moves in
@@ -271,6 +271,13 @@ pub const fn flow_window(window_bytes: u32, segment_bytes: u16, flow_hash: u64, 
     } else {
         w as u32
     }
+}
+
+/// One flow's share of a class window of `window_bytes` shared by `flows` (before the draw
+/// and the floor of [`flow_window`]).
+#[inline(always)]
+pub const fn share_of(window_bytes: u32, flows: u32) -> u32 {
+    window_bytes / if flows == 0 { 1 } else { flows }
 }
 
 /// A 64-bit finalizer (MurmurHash3's): every input bit moves every output bit, so close
@@ -340,9 +347,9 @@ mod tests {
     /// period's end), which decides.
     fn period(s: &mut WindowState, backlogs: &[u64], last: u64, at: u64) -> bool {
         for &b in backlogs {
-            window_update(&ctl(), s, b, 10 * MS, at - 1);
+            window_update(&ctl(), s, b, 10 * MS, at - 1, 1);
         }
-        window_update(&ctl(), s, last, 10 * MS, at)
+        window_update(&ctl(), s, last, 10 * MS, at, 1)
     }
 
     fn clamped(window_bytes: u32) -> WindowState {
@@ -357,13 +364,13 @@ mod tests {
     #[test]
     fn no_clamp_until_the_class_runs_over_its_target() {
         let mut s = WindowState::default();
-        assert!(!window_update(&ctl(), &mut s, 0, 10 * MS, 0));
+        assert!(!window_update(&ctl(), &mut s, 0, 10 * MS, 0, 1));
         assert!(
-            !window_update(&ctl(), &mut s, MS, 10 * MS, MS),
+            !window_update(&ctl(), &mut s, MS, 10 * MS, MS, 1),
             "at the target"
         );
         assert_eq!(s, WindowState::default(), "nothing written while unclamped");
-        assert!(window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 2 * MS));
+        assert!(window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 2 * MS, 1));
         assert_eq!(
             s.window_bytes,
             (1 << 16) - (1 << 13),
@@ -371,7 +378,7 @@ mod tests {
         );
         assert_eq!(s.next_update_ns, 3 * MS, "a period starts");
         s = WindowState::default();
-        window_update(&ctl(), &mut s, 6 * MS, 10 * MS, 0);
+        window_update(&ctl(), &mut s, 6 * MS, 10 * MS, 0, 1);
         assert_eq!(s.window_bytes, 1 << 15, "halved above half the burst");
     }
 
@@ -409,11 +416,11 @@ mod tests {
         period(&mut s, &[9 * MS], 9 * MS, MS);
         assert_eq!(s.window_bytes, MIN_WINDOW_BYTES, "never below two segments");
         s = clamped(100_000);
-        assert!(window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS));
+        assert!(window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS, 1));
         assert_eq!(s.window_bytes, 50_000);
-        assert!(window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS + 1));
+        assert!(window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS + 1, 1));
         assert!(
-            !window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS + 2),
+            !window_update(&ctl(), &mut s, 9 * MS, 10 * MS, MS + 2, 1),
             "too soon, and no new minimum: nothing to write"
         );
         assert_eq!(s.window_bytes, 50_000);
@@ -443,7 +450,7 @@ mod tests {
             min_backlog_ns: u64::MAX,
             ..WindowState::default()
         };
-        assert!(window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0));
+        assert!(window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0, 1));
         let start = (1u32 << 16) * 5;
         assert_eq!(
             s.window_bytes,
@@ -451,22 +458,22 @@ mod tests {
             "five data-centre windows"
         );
         assert_eq!(s.next_update_ns, 5 * MS, "the next one a round trip later");
-        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 4 * MS);
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 4 * MS, 1);
         assert_eq!(s.window_bytes, start - start / 8, "too soon");
-        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 5 * MS);
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 5 * MS, 1);
         assert!(s.window_bytes < start - start / 8);
         s = WindowState {
             rtt_us: 900_000,
             min_backlog_ns: u64::MAX,
             ..WindowState::default()
         };
-        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0);
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0, 1);
         assert_eq!(s.window_bytes, (1 << 20) - (1 << 17), "the start is capped");
         s = WindowState {
             rtt_us: 200,
             ..WindowState::default()
         };
-        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0);
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0, 1);
         assert_eq!(
             s.next_update_ns, MS,
             "a short round trip keeps the interval"
@@ -474,35 +481,40 @@ mod tests {
     }
 
     #[test]
-    fn flows_that_start_together_share_the_start_window() {
+    fn flows_share_the_class_window_and_it_keeps_two_segments_each() {
+        // 16 flows: the start window is the class's, a sixteenth each.
         let mut s = WindowState::default();
-        for i in 0..16 {
-            note_flow_start(&mut s, 1_000 + i * 1_000);
-        }
-        assert_eq!((s.flow_starts, s.starts_since_us), (16, 1_000));
-        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0);
-        let share = (1u32 << 16) / 16;
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0, 16);
+        let start = 1u32 << 16;
         assert_eq!(
             s.window_bytes,
-            share - share / 8,
-            "a sixteenth each, less an eighth"
+            start - start / 8,
+            "the class's start window"
         );
-
-        note_flow_start(&mut s, 1_000 + START_HORIZON_US + 1);
+        assert_eq!(share_of(s.window_bytes, 16), (start - start / 8) / 16);
+        // Each flow's share follows the count: a seventeenth flow shrinks every share at once.
+        assert!(share_window(&mut s, 16));
+        assert_eq!(s.flow_bytes, (start - start / 8) / 16);
+        assert!(!share_window(&mut s, 16), "unchanged: nothing to write");
+        assert!(share_window(&mut s, 17));
+        assert_eq!(s.flow_bytes, (start - start / 8) / 17);
+        // The window never sinks below two segments per flow.
+        let mut s = clamped(100_000);
+        period(&mut s, &[9 * MS], 9 * MS, MS);
+        assert_eq!(s.window_bytes, 50_000);
+        window_update(&ctl(), &mut s, 9 * MS, 10 * MS, 2 * MS, 40);
         assert_eq!(
-            s.flow_starts, 1,
-            "a flow after the horizon starts a new count"
+            s.window_bytes,
+            40 * MIN_WINDOW_BYTES,
+            "two segments for each of 40"
         );
-        note_flow_start(&mut s, u32::MAX);
-        note_flow_start(&mut s, 5);
-        assert_eq!(s.flow_starts, 2, "the µs clock wraps");
-
-        let mut s = WindowState {
-            flow_starts: 1_000,
-            ..WindowState::default()
-        };
-        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0);
-        assert_eq!(s.window_bytes, MIN_WINDOW_BYTES, "never under two segments");
+        window_update(&ctl(), &mut s, 9 * MS, 10 * MS, 3 * MS, 1_000);
+        assert_eq!(
+            s.window_bytes,
+            1 << 20,
+            "and never above the largest window"
+        );
+        assert_eq!(share_of(1000, 0), 1000, "no count yet: one flow");
     }
 
     #[test]

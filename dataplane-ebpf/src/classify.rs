@@ -14,16 +14,18 @@ use dataplane_common::{
 };
 
 use crate::maps::{
-    flow_cache_bits, FIELD_TABLE, FLOW_CACHE, PACKET_SCRATCH, POLICY_SLOTS, PREFIXES, RULE_CLASSES,
-    VECTOR_POOL,
+    flow_cache_bits, PacketScratch, FIELD_TABLE, FLOW_CACHE, PACKET_SCRATCH, POLICY_SLOTS,
+    PREFIXES, RULE_CLASSES, VECTOR_POOL,
 };
 
 /// The class of `meta`, from this CPU's flow table when it holds the flow at this
 /// generation, and the flow's entry state (a new flow's first packet, and the first of each
-/// flow after a policy change, start it afresh; a flow its set refuses has none).
+/// flow after a policy change, start it afresh; a flow its set refuses has none). The flow
+/// key's hash is left in `scratch` (the scratch `meta` lies in) for the policer.
 #[inline(always)]
 pub fn class_of(
     meta: &PacketMeta,
+    scratch: *mut PacketScratch,
     iface_slot: u32,
     slot: u32,
     policy: &PolicySlot,
@@ -34,10 +36,13 @@ pub fn class_of(
         return Ok((rule_class(iface_slot, slot)?, None));
     }
     let key = FlowKey::of(meta, iface_slot as u8);
+    let hash = key.hash();
+    // SAFETY: the per-CPU scratch, past the PacketMeta that `meta` borrows.
+    unsafe { core::ptr::addr_of_mut!((*scratch).flow_hash).write(hash) };
     // SAFETY: helper without preconditions; the program runs with migration disabled, so
     // the CPU stays the same until it returns.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let set = cache_set(cpu, flow_cache_bits(), key.hash());
+    let set = cache_set(cpu, flow_cache_bits(), hash);
     let (Some(first), Some(second)) =
         (FLOW_CACHE.get_ptr_mut(set), FLOW_CACHE.get_ptr_mut(set + 1))
     else {

@@ -83,12 +83,12 @@ fn pipeline(
     iface: Option<&IfaceConfig>,
     iface_slot: u32,
 ) -> Result<u32, Reason> {
-    let meta = PACKET_SCRATCH
+    let scratch = PACKET_SCRATCH
         .get_ptr_mut(0)
         .ok_or(Reason::ScratchUnavailable)?;
     // SAFETY: per-CPU map value with room and alignment for a PacketMeta (checked at compile
     // time in maps.rs); XDP does not nest on one CPU; parse_into overwrites every field.
-    let meta = unsafe { &mut *meta.cast::<PacketMeta>() };
+    let meta = unsafe { &mut *scratch.cast::<PacketMeta>() };
     parse_into(frame, meta)?;
     let meta: &PacketMeta = meta;
 
@@ -98,7 +98,8 @@ fn pipeline(
         return Err(Reason::NoPolicy);
     }
     let iface_counters: Option<*mut IfaceCounters> = IFACE_COUNTERS.get_ptr_mut(iface_slot);
-    let (class, flow) = classify::class_of(meta, iface_slot, slot, policy, iface_counters)?;
+    let (class, flow) =
+        classify::class_of(meta, scratch, iface_slot, slot, policy, iface_counters)?;
     if class >= MAX_CLASSES as u32 {
         return Err(Reason::ClassifierMiss);
     }

@@ -122,9 +122,13 @@ pub static PACKET_SCRATCH: PerCpuArray<PacketScratch, 1> = PerCpuArray::new();
 /// Room for one [`dataplane_common::packet::PacketMeta`]: parsed on the stack, its addresses
 /// were split into single bytes and spilled into one 8-byte slot each, most of the stack.
 /// The map value is plain words (PacketMeta is not `#[repr(C)]`, so it gets no BTF of its own).
+/// After it, the hash of the packet's flow key, which the classifier leaves for the policer
+/// (valid while the packet has a flow-cache entry).
 #[repr(C)]
 pub struct PacketScratch {
     words: [u64; core::mem::size_of::<PacketMeta>().div_ceil(8)],
+    /// The packet's flow-key hash.
+    pub flow_hash: u64,
 }
 
 const _: () =

@@ -4,13 +4,13 @@
 //! traffic of a class well under its rate spends per-CPU leases reserved in the shared
 //! buckets beforehand (`policer::LeaseParams`): no clock read and no shared line per packet.
 
-use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
+use core::intrinsics::{atomic_cxchg, atomic_or, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{
     fair::{
-        charge, epoch_of, is_new_in, roll, sharing_flows, standing, FairControl, FairState,
-        Standing,
+        charge, counted_units, epoch_of, note_sent, roll, seen_bit, sharing_flows, standing,
+        FairControl, Standing, SEEN_WORDS,
     },
     flow::FlowState,
     maps::{class_config_index, ClassConfig, IfaceConfig, PolicerState},
@@ -18,11 +18,11 @@ use dataplane_common::{
         aqm_due, aqm_signalled, backlog_ns, gcra_admit, gcra_force, lease_spend, ns_to_ticks,
         priority_limit, repair_limit, Aqm, AqmState, BucketParams, Colour, TICKS_PER_NS,
     },
-    window::{window_update, WindowControl, WindowState},
+    window::{share_window, window_update, WindowControl, WindowState},
     GENERATION_SLOTS, MAX_CLASSES,
 };
 
-use crate::maps::{CLASSES, CLASS_LEASES, LINKS, POLICERS};
+use crate::maps::{CLASSES, CLASS_LEASES, LINKS, PACKET_SCRATCH, POLICERS};
 
 /// Compare-and-swap attempts before a bucket update counts as non-conforming. Each failed
 /// attempt means another CPU just updated the bucket; the bound keeps the verifier happy and
@@ -286,27 +286,32 @@ pub fn police(
         | u64::from(ecn_capable) << 32
         | u64::from(kind == Kind::Repair) << 33
         | u64::from(limited_link) << 34;
-    // The flow's fair queue, when its class keeps one: in and out through the call's words.
-    let flow = flow.filter(|_| cfg.fair.is_on());
+    // The flow's fair queue and epoch, where its class counts its flows (for fair shares or
+    // to share its TCP window): in and out through the call's words.
+    let flow = flow.filter(|_| cfg.fair.is_on() || cfg.window.is_on());
     let fair = match flow {
         // SAFETY: the flow entry's pointer (see classify::class_of); plain data.
-        Some(f) => unsafe { FairWord::pack((*f).fair_tat_ns, (*f).fair_epoch) },
+        Some(f) => unsafe {
+            FairWord::pack((*f).fair_tat_ns, (*f).fair_epoch, (*f).fair_epoch_units)
+        },
         None => FairWord::ABSENT,
     };
     let result = dataplane_police(ids, u64::from(ifindex), packet, fair);
-    if let (Some(f), Some((tat, epoch))) = (flow, FairWord::unpack(result)) {
+    if let (Some(f), Some((tat, epoch, units))) = (flow, FairWord::unpack(result)) {
         // SAFETY: as above.
         unsafe {
             (*f).fair_tat_ns = tat;
             (*f).fair_epoch = epoch;
+            (*f).fair_epoch_units = units;
         }
     }
     Policed::unpack((result >> FairWord::FREE_BITS) as u32 & 0xff)
 }
 
-/// A flow's fair queue (see `dataplane_common::fair`) as one word of the policer's call:
-/// whether it is there (bit 0), its epoch's low bits (16-31) and its arrival time (32-63).
-/// Bits 8-15 are free for the policer's result.
+/// A flow's fair queue and epoch count (see `dataplane_common::fair`) as one word of the
+/// policer's call: whether it is there (bit 0), its epoch's low bits (16-23), what it sent in
+/// that epoch (24-31) and its queue's arrival time (32-63). Bits 8-15 are free for the
+/// policer's result.
 struct FairWord;
 
 impl FairWord {
@@ -315,13 +320,13 @@ impl FairWord {
     const FREE_BITS: u32 = 8;
 
     #[inline(always)]
-    fn pack(tat_ns: u32, epoch: u16) -> u64 {
-        1 | u64::from(epoch) << 16 | u64::from(tat_ns) << 32
+    fn pack(tat_ns: u32, epoch: u8, units: u8) -> u64 {
+        1 | u64::from(epoch) << 16 | u64::from(units) << 24 | u64::from(tat_ns) << 32
     }
 
     #[inline(always)]
-    fn unpack(word: u64) -> Option<(u32, u16)> {
-        (word & 1 != 0).then_some(((word >> 32) as u32, (word >> 16) as u16))
+    fn unpack(word: u64) -> Option<(u32, u8, u8)> {
+        (word & 1 != 0).then_some(((word >> 32) as u32, (word >> 16) as u8, (word >> 24) as u8))
     }
 }
 
@@ -366,7 +371,7 @@ pub extern "C" fn dataplane_police(ids: u64, ifindex: u64, packet: u64, fair: u6
         &mut flow,
     );
     let fair = match flow {
-        Some((tat, epoch)) => FairWord::pack(tat, epoch),
+        Some((tat, epoch, units)) => FairWord::pack(tat, epoch, units),
         None => FairWord::ABSENT,
     };
     fair | u64::from(policed.pack()) << FairWord::FREE_BITS
@@ -382,7 +387,7 @@ fn police_unpacked(
     bytes: u32,
     ecn_capable: bool,
     kind: Kind,
-    flow: &mut Option<(u32, u16)>,
+    flow: &mut Option<(u32, u8, u8)>,
 ) -> Policed {
     let tcm = &cfg.policer;
     if !tcm.peak.is_limited() && !tcm.committed.is_limited() && link.is_none() {
@@ -413,18 +418,32 @@ fn police_unpacked(
             core::ptr::addr_of_mut!((*state).fair),
         )
     };
-    // The flow's standing on the bucket its class shares among its flows.
-    let standing = match flow.as_mut() {
+    // The flows sharing the class (this one counted), and the flow's standing on the bucket
+    // its class shares among its flows.
+    let (sharing, standing) = match flow.as_mut() {
         Some(flow) => {
-            let (tat, bucket) = if cfg.fair.bucket == Aqm::PEAK {
-                (peak_tat, &tcm.peak)
+            // SAFETY: map value pointer, as in `update`.
+            let (sharing, epoch, units) =
+                unsafe { count_flow(&cfg.fair, state, flow, now_ns, bytes) };
+            let standing = if cfg.fair.is_on() {
+                let (tat, bucket) = if cfg.fair.bucket == Aqm::PEAK {
+                    (peak_tat, &tcm.peak)
+                } else {
+                    (committed_tat, &tcm.committed)
+                };
+                // SAFETY: map value pointer, as in `update`.
+                unsafe { fair_standing(&cfg.fair, sharing, flow, tat, bucket, now_ns, bytes) }
             } else {
-                (committed_tat, &tcm.committed)
+                Standing::Neutral
             };
-            // SAFETY: map value pointers, as in `update`.
-            unsafe { fair_standing(&cfg.fair, fair_state, flow, tat, bucket, now_ns, bytes) }
+            (flow.1, flow.2) = (epoch, units);
+            (sharing, standing)
         }
-        None => Standing::Neutral,
+        // SAFETY: map value pointer, as in `update`.
+        None => (
+            sharing_flows(&unsafe { core::ptr::read_volatile(fair_state) }),
+            Standing::Neutral,
+        ),
     };
     let on = |which: u32| {
         if cfg.fair.bucket == which {
@@ -502,7 +521,7 @@ fn police_unpacked(
             (committed_tat, &tcm.committed)
         };
         // SAFETY: map value pointers, as in `update`.
-        unsafe { steer_window(&cfg.window, window_state, tat, bucket, now_ns) };
+        unsafe { steer_window(&cfg.window, window_state, tat, bucket, now_ns, sharing) };
     }
     let colour = match link {
         Some(link) => link_budget(colour, link, iface_slot, cfg.priority, now, bytes),
@@ -559,46 +578,90 @@ unsafe fn take_lease(left: *mut u32, cfg: &ClassConfig, state: *mut PolicerState
     unsafe { *left += lease.bytes };
 }
 
-/// Counts the flow in its class's epoch, charges the packet to the flow's fair queue
-/// (`flow`: its arrival time and epoch, updated) and gives the flow's standing (see
-/// `dataplane_common::fair`).
+/// Notes the packet's `bytes` in its flow's epoch count (`flow`: its fair queue's arrival
+/// time, its epoch and count) at `now_ns`, and counts the flow in
+/// its class's epoch once it has sent enough in it ([`note_sent`]), once whatever the CPUs
+/// its entries are on ([`seen_bit`]). Returns the flows sharing the class and the flow's
+/// new epoch and count, for the caller to write once the flow's queue is charged (`charge`
+/// reads the old epoch).
 ///
 /// # Safety
-/// `state` and `tat` point into the class's policer state.
+/// `state` points into the class's policer state.
+#[inline(always)]
+unsafe fn count_flow(
+    ctl: &FairControl,
+    policer: *mut PolicerState,
+    flow: &(u32, u8, u8),
+    now_ns: u64,
+    bytes: u32,
+) -> (u32, u8, u8) {
+    let epoch = epoch_of(now_ns);
+    // SAFETY: the caller's pointer; the count is shared without a lock (see `FairState`).
+    let (state, seen) = unsafe {
+        (
+            core::ptr::addr_of_mut!((*policer).fair),
+            core::ptr::addr_of_mut!((*policer).fair_seen).cast::<u64>(),
+        )
+    };
+    // SAFETY: as above.
+    let old = unsafe { core::ptr::read_volatile(state) };
+    let mut count = roll(old, epoch);
+    if count != old {
+        // SAFETY: as above; `seen` has SEEN_WORDS words.
+        unsafe {
+            core::ptr::write_volatile(state, count);
+            for word in 0..SEEN_WORDS {
+                core::ptr::write_volatile(seen.add(word), 0);
+            }
+        }
+    }
+    let threshold = counted_units(ctl.epoch_units, sharing_flows(&count));
+    let (flow_epoch, units, counted) = note_sent(flow.1, flow.2, epoch, bytes, threshold);
+    if counted {
+        // Once per flow, not per CPU entry: the first entry to set the flow's bit counts it.
+        // The classifier left the flow's key hash in the scratch.
+        let flow_hash = PACKET_SCRATCH
+            .get_ptr(0)
+            // SAFETY: per-CPU scratch; XDP does not nest on one CPU.
+            .map_or(0, |p| unsafe { (*p).flow_hash });
+        let (word, bit) = seen_bit(flow_hash);
+        // SAFETY: as above; aligned words of the map value, `word` below SEEN_WORDS.
+        let was = unsafe {
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(seen.add(word % SEEN_WORDS), bit)
+        };
+        if was & bit == 0 {
+            // SAFETY: as above.
+            unsafe {
+                atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
+                    core::ptr::addr_of_mut!((*state).active),
+                    1,
+                )
+            };
+            count.active += 1;
+        }
+    }
+    (sharing_flows(&count), flow_epoch, units)
+}
+
+/// Charges the packet to the flow's fair queue at its share of the class (`sharing` flows;
+/// `flow` updated) and gives the flow's standing (see `dataplane_common::fair`).
+///
+/// # Safety
+/// `tat` points into the class's policer state.
 #[inline(always)]
 unsafe fn fair_standing(
     ctl: &FairControl,
-    state: *mut FairState,
-    flow: &mut (u32, u16),
+    sharing: u32,
+    flow: &mut (u32, u8, u8),
     tat: *mut u64,
     bucket: &BucketParams,
     now_ns: u64,
     bytes: u32,
 ) -> Standing {
     let epoch = epoch_of(now_ns);
-    // SAFETY: the caller's pointers; the count is shared without a lock (see `FairState`).
-    let (old, class_tat) = unsafe {
-        (
-            core::ptr::read_volatile(state),
-            core::ptr::read_volatile(tat),
-        )
-    };
-    let mut count = roll(old, epoch);
-    if count != old {
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(state, count) };
-    }
-    if is_new_in(flow.1, epoch) {
-        // SAFETY: as above; an aligned u32 of the map value.
-        unsafe {
-            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
-                core::ptr::addr_of_mut!((*state).active),
-                1,
-            )
-        };
-        count.active += 1;
-    }
-    let cost_ns = bucket.cost(bytes) / TICKS_PER_NS * u64::from(sharing_flows(&count));
+    // SAFETY: the caller's pointer.
+    let class_tat = unsafe { core::ptr::read_volatile(tat) };
+    let cost_ns = bucket.cost(bytes) / TICKS_PER_NS * u64::from(sharing);
     let (fair_backlog, fair_tat) = charge(
         flow.0,
         flow.1,
@@ -607,7 +670,7 @@ unsafe fn fair_standing(
         cost_ns,
         ctl.tolerance_ns.saturating_mul(2),
     );
-    *flow = (fair_tat, epoch as u16);
+    flow.0 = fair_tat;
     let now = ns_to_ticks(now_ns);
     standing(
         ctl,
@@ -629,6 +692,7 @@ unsafe fn steer_window(
     tat: *mut u64,
     bucket: &BucketParams,
     now_ns: u64,
+    flows: u32,
 ) {
     // SAFETY: the caller's pointers.
     let (old, tat) = unsafe {
@@ -640,7 +704,8 @@ unsafe fn steer_window(
     let mut new = old;
     let backlog = backlog_ns(tat, ns_to_ticks(now_ns));
     let burst_ns = bucket.burst_ticks / TICKS_PER_NS;
-    if window_update(ctl, &mut new, backlog, burst_ns, now_ns) {
+    let adjusted = window_update(ctl, &mut new, backlog, burst_ns, now_ns, flows);
+    if share_window(&mut new, flows) || adjusted {
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile(state, new) };
     }

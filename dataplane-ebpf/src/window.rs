@@ -9,7 +9,7 @@ use dataplane_common::{
     maps::{FlowKey, PolicySlot, ReturnEntry},
     packet::{tcp_handshake_options, PacketBytes, PacketMeta, TcpMeta},
     reason::Reason,
-    window::{clamp_window, flow_window, note_flow_start, rtt_average_us, rtt_sample_us},
+    window::{clamp_window, flow_window, rtt_average_us, rtt_sample_us},
     wire::TCP_MIN_HLEN,
 };
 
@@ -21,8 +21,8 @@ use crate::{
 };
 
 /// Names `class` in the return table entry of the reply direction of a data-carrying flow
-/// (once per flow entry), counts the flow's start for the class's start window, and takes
-/// the connection's round trip into the class's average when its SYN was seen.
+/// (once per flow entry), and takes the connection's round trip into the class's average
+/// when its SYN was seen.
 #[inline(always)]
 pub fn register(meta: &PacketMeta, flow: &mut FlowState, class: u32, generation: u32) {
     if flow.flags & FlowState::RETURN_REGISTERED != 0 {
@@ -42,37 +42,27 @@ pub fn register(meta: &PacketMeta, flow: &mut FlowState, class: u32, generation:
             entry.syn_us = 0;
         }
     }
-    flow_started(syn_us, class);
+    if syn_us != 0 {
+        sample_round_trip(syn_us, class);
+    }
 }
 
-/// Counts a flow's start in its class's window state ([`note_flow_start`]) and, when its
-/// SYN was seen (`syn_us` not 0), takes the round trip since into the class's average. A
-/// call of its own (as are the other handshake steps) keeps the verifier's paths through
-/// the pipeline few.
+/// Takes the round trip since a connection's SYN (at `syn_us`) into its class's average. A
+/// call of its own (as are the other handshake steps) keeps the verifier's paths through the
+/// pipeline few.
 #[inline(never)]
-fn flow_started(syn_us: u32, class: u32) {
+fn sample_round_trip(syn_us: u32, class: u32) {
     let Some(state) = POLICERS.get_ptr_mut(class) else {
         return;
     };
-    let now = now_us();
-    // SAFETY: map value pointer; plain words that another CPU may rewrite at the same time
-    // (a lost count or sample only blurs an estimate).
+    let Some(sample) = rtt_sample_us(syn_us, now_us()) else {
+        return;
+    };
+    // SAFETY: map value pointer; one aligned word that another CPU may rewrite at the same
+    // time (a lost sample only blurs the average). Only this step writes it.
     unsafe {
-        let window = core::ptr::addr_of_mut!((*state).window);
-        let mut w = core::ptr::read_volatile(window);
-        note_flow_start(&mut w, now);
-        if let Some(sample) = rtt_sample_us(syn_us, now) {
-            w.rtt_us = rtt_average_us(w.rtt_us, sample);
-        }
-        let fields = (
-            core::ptr::addr_of_mut!((*window).rtt_us),
-            core::ptr::addr_of_mut!((*window).flow_starts),
-            core::ptr::addr_of_mut!((*window).starts_since_us),
-        );
-        // Only the fields this step owns: the controller writes the others.
-        core::ptr::write_volatile(fields.0, w.rtt_us);
-        core::ptr::write_volatile(fields.1, w.flow_starts);
-        core::ptr::write_volatile(fields.2, w.starts_since_us);
+        let rtt = core::ptr::addr_of_mut!((*state).window.rtt_us);
+        core::ptr::write_volatile(rtt, rtt_average_us(core::ptr::read_volatile(rtt), sample));
     }
 }
 
@@ -117,10 +107,11 @@ pub fn on_tcp(
     let Some(state) = POLICERS.get_ptr(entry.class) else {
         return Ok(());
     };
-    // SAFETY: map value pointer; the window is one aligned word another CPU may rewrite.
-    let window =
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*state).window.window_bytes)) };
-    narrow(frame, tcp, entry, hash, window)
+    // SAFETY: map value pointer; the flows' share is one aligned word another CPU may
+    // rewrite.
+    let share =
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*state).window.flow_bytes)) };
+    narrow(frame, tcp, entry, hash, share)
 }
 
 /// A SYN opens the entry of its reply direction with its time.
@@ -191,15 +182,16 @@ fn handshake_options(frame: &Frame, tcp: &TcpMeta) -> Option<u32> {
     Some(u32::from(found.window_scale.unwrap_or(0)) | u32::from(found.mss.unwrap_or(0)) << 8)
 }
 
-/// Writes the flow's share of the class window (see [`flow_window`]) into the ACK's TCP
-/// header when it is narrower, with the checksum updated incrementally.
+/// Writes the flow's window under the flows' share `share_bytes` of the class window (see
+/// [`flow_window`]) into the ACK's TCP header when it is narrower, with the checksum updated
+/// incrementally.
 #[inline(always)]
 fn narrow(
     frame: &Frame,
     tcp: &TcpMeta,
     entry: &ReturnEntry,
     flow_hash: u64,
-    window_bytes: u32,
+    share_bytes: u32,
 ) -> Result<(), Reason> {
     let h = frame
         .slice_mut::<{ TcpMeta::CHECKSUM_OFFSET + 2 }>(tcp.offset)
@@ -208,7 +200,7 @@ fn narrow(
     let h = unsafe { &mut *h };
     let ack = TcpMeta::ACK_OFFSET;
     let ack = u32::from_be_bytes([h[ack], h[ack + 1], h[ack + 2], h[ack + 3]]);
-    let window_bytes = flow_window(window_bytes, entry.mss, flow_hash, ack);
+    let window_bytes = flow_window(share_bytes, entry.mss, flow_hash, ack);
     let at = TcpMeta::WINDOW_OFFSET;
     let old = u16::from_be_bytes([h[at], h[at + 1]]);
     let Some(new) = clamp_window(old, entry.window_scale, window_bytes) else {

@@ -11,7 +11,7 @@ use dataplane_common::{
         lowest_common_rule, mask, AddrField, Field, Prefix, Range, RuleSpec, RuleVector,
         FIELD_COUNT,
     },
-    fair::FairControl,
+    fair::{FairControl, EPOCH_NS, UNIT_BYTES},
     maps::{ClassConfig, PolicySlot},
     packet::{Family, PacketMeta},
     policer::{Aqm, BucketParams, LeaseParams, TrTcm},
@@ -252,17 +252,31 @@ fn class_window(c: &ClassSpec) -> WindowControl {
     }
 }
 
-/// Per-flow fairness on the class's enforcing bucket: flows are within their share while
-/// their own phantom queue holds at most half the bucket's burst time.
+/// The class's count of its flows and fair shares on its enforcing bucket: it counts its
+/// flows where it shares their rate (`flow_fairness`) or a TCP window (`tcp_window`); flows
+/// are within their share while their own phantom queue holds at most half the bucket's
+/// burst time.
 fn class_fair(c: &ClassSpec) -> FairControl {
-    match enforcing(c).filter(|_| c.flow_fairness) {
-        Some((bucket, rate, burst)) => FairControl {
-            bucket,
-            tolerance_ns: u32::try_from(burst_time_ns(rate, burst) / 2)
-                .unwrap_or(u32::MAX)
-                .min(FairControl::MAX_TOLERANCE_NS),
-        },
-        None => FairControl::OFF,
+    let Some((bucket, rate, burst)) = enforcing(c).filter(|_| c.flow_fairness || c.tcp_window)
+    else {
+        return FairControl::OFF;
+    };
+    let epoch_units =
+        u128::from(rate) * u128::from(EPOCH_NS) / 1_000_000_000 / u128::from(UNIT_BYTES);
+    let epoch_units = u32::try_from(epoch_units).unwrap_or(u32::MAX);
+    if !c.flow_fairness {
+        return FairControl {
+            epoch_units,
+            ..FairControl::OFF
+        };
+    }
+    FairControl {
+        bucket,
+        tolerance_ns: u32::try_from(burst_time_ns(rate, burst) / 2)
+            .unwrap_or(u32::MAX)
+            .min(FairControl::MAX_TOLERANCE_NS),
+        epoch_units,
+        _pad: 0,
     }
 }
 
@@ -635,13 +649,24 @@ mod tests {
             committed.fair,
             FairControl {
                 bucket: Aqm::COMMITTED,
-                tolerance_ns: 5_000_000
+                tolerance_ns: 5_000_000,
+                // 12.5 MB/s over 8.4 ms, in 512-byte units.
+                epoch_units: 204,
+                _pad: 0,
             }
         );
         let peak = class("ceil = \"100Mbit\"\nceil_burst = \"125kB\"\nviolate = \"drop\"\n");
         assert_eq!(peak.fair.bucket, Aqm::PEAK);
         let off = class("rate = \"100Mbit\"\nexceed = \"drop\"\nflow_fairness = false\n");
         assert!(!off.fair.is_on());
+        assert_eq!(
+            off.fair.epoch_units, 204,
+            "the TCP window's flows are still counted"
+        );
+        let neither = class(
+            "rate = \"100Mbit\"\nexceed = \"drop\"\nflow_fairness = false\ntcp_window = false\n",
+        );
+        assert_eq!(neither.fair, FairControl::OFF);
         assert!(!class("rate = \"100Mbit\"\n").fair.is_on(), "nothing drops");
         // A burst of minutes: the tolerance stays within the flow queue's time range.
         let long = class("rate = \"1Mbit\"\nburst = \"1GB\"\nexceed = \"drop\"\n");

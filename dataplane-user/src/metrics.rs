@@ -26,7 +26,7 @@
 //! | `dataplane_class_ceil_bytes_per_second` | class | peak rate; absent = unlimited |
 //! | `dataplane_class_priority` | class | 0 ..= 7 |
 //! | `dataplane_class_phantom_backlog_seconds` | class | the enforcing bucket's backlog: how long a shaper at its rate would hold the next packet; 0 within rate |
-//! | `dataplane_class_tcp_window_bytes` | class | the window the class's TCP window control advertises to its flows; 0 while it narrows none |
+//! | `dataplane_class_tcp_window_bytes` | class | the window the class's TCP window control advertises to each of its flows (its share of the class window); 0 while it narrows none |
 //! | `dataplane_class_tcp_round_trip_seconds` | class | the round trip of the class's TCP connections, measured from their handshakes; 0 before one |
 //! | `dataplane_xdp_attached` | iface, mode (`native`/`generic`, `none` when detached) | 1 while attached |
 //! | `dataplane_config_generation` | | policy generation in force |
@@ -257,15 +257,21 @@ pub fn snapshot(
     let windows = view
         .classes
         .iter()
-        .map(|(_, class)| reader.policer_state(*class).map(|s| s.window))
+        .map(|(_, class)| reader.policer_state(*class))
         .collect::<Result<Vec<_>, DataplaneError>>()?;
     Ok(MetricsSnapshot {
         generation: view.generation,
         reloads: view.reloads,
         classes: view.classes.iter().map(|(c, _)| c.clone()).collect(),
         phantom_backlog_seconds,
-        tcp_window_bytes: windows.iter().map(|w| u64::from(w.window_bytes)).collect(),
-        tcp_round_trip_seconds: windows.iter().map(|w| f64::from(w.rtt_us) / 1e6).collect(),
+        tcp_window_bytes: windows
+            .iter()
+            .map(|s| u64::from(s.window.flow_bytes))
+            .collect(),
+        tcp_round_trip_seconds: windows
+            .iter()
+            .map(|s| f64::from(s.window.rtt_us) / 1e6)
+            .collect(),
         ifaces,
         fleet: view.fleet.clone(),
     })
@@ -529,7 +535,7 @@ impl Collector for Exposition {
         class_gauge(
             &mut encoder,
             "dataplane_class_tcp_window_bytes",
-            "The receive window the class's TCP window control advertises to its flows on their returning ACKs (0 while it narrows none).",
+            "The receive window the class's TCP window control advertises to each of its flows on their returning ACKs: its share of the class window (0 while it narrows none).",
             &s.classes,
             &s.tcp_window_bytes,
         )?;

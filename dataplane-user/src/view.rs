@@ -492,7 +492,8 @@ pub struct ClassFlows {
     pub flows: usize,
     /// Bytes per second its flows offered over the interval.
     pub bytes_per_sec: f64,
-    /// The class's TCP window (bytes), 0 while it narrows none.
+    /// The TCP window each of the class's flows gets (bytes, its share of the class window),
+    /// 0 while it narrows none.
     pub tcp_window_bytes: u32,
     /// The round trip of the class's TCP connections as the window control measured it from
     /// their handshakes (µs), 0 before a first one.
@@ -578,7 +579,7 @@ pub fn top_flows(
                 class: c.name.clone(),
                 flows,
                 bytes_per_sec: total,
-                tcp_window_bytes: c.state.window.window_bytes,
+                tcp_window_bytes: c.state.window.flow_bytes,
                 round_trip_us: c.state.window.rtt_us,
                 sharing_flows: flows_sharing_at(&c.state.fair, c.epoch),
                 top: rows,
@@ -665,8 +666,9 @@ mod tests {
         ];
         let state = PolicerState {
             window: WindowState {
-                window_bytes: 2896,
+                window_bytes: 3 * 2896,
                 rtt_us: 5_000,
+                flow_bytes: 2896,
                 ..WindowState::default()
             },
             fair: FairState {

@@ -8,6 +8,7 @@
 
 use dataplane::dataplane::Dataplane;
 use dataplane_common::{
+    fair::sharing_flows,
     maps::FlowKey,
     packet::parse,
     window::{flow_window, MIN_WINDOW_BYTES},
@@ -98,9 +99,9 @@ fn window_of(frame: &[u8]) -> u16 {
     tcp.window_size
 }
 
-/// The window the kernel gives the flow of ACK `frame` under class window `window`, its
-/// connection's MSS being `mss`: `flow_window` on the host, from the same flow hash and
-/// acknowledgement number.
+/// The window the kernel gives the flow of ACK `frame` under the flows' share `window` of the
+/// class window, its connection's MSS being `mss`: `flow_window` on the host, from the same
+/// flow hash and acknowledgement number.
 fn flow_share(frame: &[u8], window: u32, mss: u16) -> u32 {
     let meta = parse(frame).expect("the ACK parses");
     let h = PacketHeaders::from_ethernet_slice(frame).expect("a TCP/IPv4 frame");
@@ -143,13 +144,10 @@ fn returning_acks_advertise_at_most_the_class_window() {
     // Data far above 1 Mbit/s: the class narrows its window to two segments.
     let mut seq = 1;
     send_data(&dp, &mut seq, 50);
-    assert_eq!(
-        dp.policer_state(1)
-            .expect("policer state")
-            .window
-            .window_bytes,
-        MIN_WINDOW_BYTES
-    );
+    let state = dp.policer_state(1).expect("policer state");
+    assert_eq!(state.window.window_bytes, MIN_WINDOW_BYTES);
+    assert_eq!(sharing_flows(&state.fair), 1, "one flow shares the window");
+    assert_eq!(state.window.flow_bytes, MIN_WINDOW_BYTES, "all of it");
     // The flow's share of the class window (at least two of the connection's 1460-byte
     // segments), in units of 2^7, rounded up.
     let share = flow_share(&ack, MIN_WINDOW_BYTES, 1460);
@@ -347,8 +345,8 @@ fn tcp_over_a_realistic_round_trip_gets_its_rate_without_loss() {
         let rate = f64::from(RATE_MBIT) * 1e6;
         assert_beats_htb(&format!("{streams} streams over 5 ms"), &dp, &htb, rate);
         // The policer's own view of the loss: the class dropped at most 0.1% of its packets
-        // (measured: none. Before the flows that start together shared the start window,
-        // each took all of it and four streams lost 0.1% to 0.3% while they started).
+        // (measured: none. Before the streams shared the class's start window, each took all
+        // of it and four streams lost 0.1% to 0.3% while they started).
         assert!(
             dp.class.dropped_packets * 1000 <= dp.class.packets,
             "{streams} streams over 5 ms: the class dropped {} of {} packets",
