@@ -416,6 +416,12 @@ fn share_of(gateway: &Gateway) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// How long each load runs (s): its admitted rate is measured from the settling time to half
+/// a second before this. A window of 3 s or more keeps the buckets' burst (64 KiB against
+/// 1.5 MB/s: 4% of a second) and the sink's timing within a percent or two; with 1.5 s, a
+/// full-suite run on 2 cores once measured -7%.
+const MEASURED_UNTIL_SECS: f64 = 5.5;
+
 /// Offers `offered_bps` (bits/s of frames) of the shared class through each gateway for
 /// `secs`, and measures the frames each gateway admits (its sink receives) from `settle`
 /// seconds after the start to the end: frames per second per gateway. Also returns how long
@@ -513,7 +519,7 @@ fn a_fleet_budget_follows_the_demand_across_gateways() {
         let expected = dataplane::fleet::shares(24_000_000 / 8, &demands);
         // Measured from 2 s after the change: the shares have followed by then.
         let (bytes, started) = (etcd_client_bytes(&etcd.endpoints()), Instant::now());
-        let (admitted, converged) = run_load(&gateways, &bps, &expected, 2.0, 4.5);
+        let (admitted, converged) = run_load(&gateways, &bps, &expected, 2.0, MEASURED_UNTIL_SECS);
         let etcd_rate = (etcd_client_bytes(&etcd.endpoints()) - bytes)
             / started.elapsed().as_secs_f64()
             / gateways.len() as f64;
@@ -524,16 +530,26 @@ fn a_fleet_budget_follows_the_demand_across_gateways() {
             "{what}: the shares took {converged:?}"
         );
         let fleet: f64 = admitted.iter().sum();
-        let error = (fleet - budget) / budget;
+        // What the loaded gateways may admit: the budget less the floor the idle ones keep
+        // (1% each of 3% here: the whole budget is not theirs to take).
+        let allowed: f64 = split
+            .iter()
+            .zip(&expected)
+            .filter(|(&f, _)| f > 0.0)
+            .map(|(_, &share)| share as f64 / FRAME)
+            .sum();
+        let error = (fleet - allowed) / allowed;
         eprintln!(
-            "{what}: admitted {:.0} frames/s per gateway {:?}, fleet {:+.2}% of the budget",
+            "{what}: admitted {:.0} frames/s per gateway {:?}, fleet {:+.2}% of the {allowed:.0} \
+             the loaded gateways' shares allow ({budget:.0} budget)",
             budget,
             admitted.iter().map(|a| a.round()).collect::<Vec<_>>(),
             error * 100.0
         );
         assert!(
             error.abs() <= 0.05,
-            "{what}: the fleet admitted {fleet:.0} frames/s of a {budget:.0} budget ({:+.1}%)",
+            "{what}: the fleet admitted {fleet:.0} frames/s of the {allowed:.0} its loaded \
+             gateways' shares allow ({:+.1}%)",
             error * 100.0
         );
         for (i, (&f, &a)) in split.iter().zip(&admitted).enumerate() {
@@ -551,7 +567,7 @@ fn a_fleet_budget_follows_the_demand_across_gateways() {
     let bps = [0.5 * offered, 0.5 * offered];
     let demands: Vec<u64> = bps.iter().map(|b| (b / 8.0) as u64).collect();
     let expected = dataplane::fleet::shares(24_000_000 / 8, &demands);
-    let (admitted, converged) = run_load(live, &bps, &expected, 2.0, 4.5);
+    let (admitted, converged) = run_load(live, &bps, &expected, 2.0, MEASURED_UNTIL_SECS);
     let fleet: f64 = admitted.iter().sum();
     eprintln!(
         "gw2 gone: shares converged {converged:?}, admitted {:?} frames/s ({:+.2}%)",
@@ -575,7 +591,7 @@ fn a_fleet_budget_follows_the_demand_across_gateways() {
             "shares moved while etcd was lost: {frozen:?}, were {expected:?}"
         );
     }
-    let (admitted, _) = run_load(live, &bps, &expected, 1.0, 3.0);
+    let (admitted, _) = run_load(live, &bps, &expected, 1.0, MEASURED_UNTIL_SECS);
     let fleet: f64 = admitted.iter().sum();
     eprintln!(
         "etcd lost: shares frozen at {frozen:?}, admitted {:?} frames/s ({:+.2}%)",
