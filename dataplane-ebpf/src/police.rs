@@ -72,9 +72,7 @@ impl Kind {
     }
 }
 
-/// The bucket's test; sets `repaired` when only the repair allowance let the packet in. A
-/// flow within its fair share (`protected`) sees the repair allowance too, without counting
-/// as a repair.
+/// The bucket's test; sets `repaired` when only the repair allowance let the packet in.
 #[inline(always)]
 fn admit(
     tat: *mut u64,
@@ -82,15 +80,10 @@ fn admit(
     now: u64,
     bytes: u32,
     kind: Kind,
-    protected: bool,
     repaired: &mut bool,
 ) -> bool {
     let cost = bucket.cost(bytes);
-    let limit = if protected {
-        Kind::Repair.limit(bucket)
-    } else {
-        kind.limit(bucket)
-    };
+    let limit = kind.limit(bucket);
     let mut over = false;
     let admitted = update(tat, |old| {
         let new = gcra_admit(old, now, cost, limit)?;
@@ -171,8 +164,7 @@ enum Admission {
 
 /// A bucket's test, with the AQM when it manages this bucket (`which`) and the flow's fair
 /// standing when its class shares this bucket's rate among its flows (else
-/// [`Standing::Neutral`]). A flow within its share is never signalled and sees the repair
-/// allowance; one over it is marked, when ECN-capable, whatever the AQM's schedule (a flow
+/// [`Standing::Neutral`]). A flow within its share is never signalled; one over it is marked, when ECN-capable, whatever the AQM's schedule (a flow
 /// over its share that is not ECN-capable is left to the AQM and the bucket); otherwise a due AQM
 /// signal goes to a packet the bucket takes (a packet it refuses is dropped anyway, a signal
 /// of its own). An ECN-capable packet is charged and marked; any other is dropped and
@@ -193,7 +185,7 @@ fn take(
     repaired: &mut bool,
 ) -> Admission {
     let now = ns_to_ticks(now_ns);
-    let protected = standing == Standing::Within;
+    let within = standing == Standing::Within;
     let plain = |admitted| {
         if admitted {
             Admission::Admitted
@@ -205,7 +197,7 @@ fn take(
     // Fair shares signal by marks only: early drops are the AQM's, where it is on.
     let marked_over_share = standing == Standing::Over && ecn_capable;
     if !watched && !marked_over_share {
-        return plain(admit(tat, bucket, now, bytes, kind, protected, repaired));
+        return plain(admit(tat, bucket, now, bytes, kind, repaired));
     }
     // SAFETY: map value pointers, as in `update`. The AQM state is shared without a lock
     // (see `AqmState`) and written back only when it changes.
@@ -217,11 +209,11 @@ fn take(
     };
     let mut new = old;
     let due = watched && aqm_due(aqm, &mut new, backlog_ns(old_tat, now), now_ns);
-    let signal = !protected && (marked_over_share || due);
+    let signal = !within && (marked_over_share || due);
     let admission = if !signal {
-        plain(admit(tat, bucket, now, bytes, kind, protected, repaired))
+        plain(admit(tat, bucket, now, bytes, kind, repaired))
     } else if ecn_capable {
-        if admit(tat, bucket, now, bytes, kind, false, repaired) {
+        if admit(tat, bucket, now, bytes, kind, repaired) {
             if due {
                 aqm_signalled(aqm, &mut new, now_ns);
             }
@@ -231,7 +223,7 @@ fn take(
         }
     } else if kind == Kind::Repair {
         // Never the early drop: a lost retransmission costs a timeout.
-        plain(admit(tat, bucket, now, bytes, kind, false, repaired))
+        plain(admit(tat, bucket, now, bytes, kind, repaired))
     } else if gcra_admit(old_tat, now, bucket.cost(bytes), bucket.burst_ticks).is_some() {
         if due {
             aqm_signalled(aqm, &mut new, now_ns);
