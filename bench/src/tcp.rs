@@ -183,8 +183,8 @@ impl Tally {
                     &self.fair_missed,
                     "where only the policer's drops can hold the flows (below two segments \
                      per round trip), the flows that wait out a loss's timeout fall behind the \
-                     others; fair shares spare the flows under their share and mark those over \
-                     it, but a flow in a timeout sends nothing to be spared",
+                     others; fair shares mark the flows over their share and leave those under \
+                     it alone, but a flow in a timeout sends nothing to leave alone",
                 ),
             },
             Target {
@@ -275,8 +275,8 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
          server-facing interface. Dataplane: forwarding in XDP, one class of that rate \
          (`exceed = \"drop\"`) for TCP to the iperf3 port and ICMP; by default its TCP window \
          control narrows the windows of the returning ACKs, retransmissions see a second \
-         burst, and each flow's own phantom queue at its fair share spares the flows under it \
-         and marks those over it (`flow_fairness`)."
+         burst, and each flow's own phantom queue at its fair share marks the flows over it \
+         and leaves those under it alone (`flow_fairness`)."
             .into(),
         format!(
             "The longer round trip: this kernel has no netem, so a thread holds every packet \

@@ -119,9 +119,9 @@ pub struct ClassText {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_window: Option<bool>,
     /// Share the rate fairly among the class's flows: each cached flow has a phantom queue
-    /// at its fair share, flows within it are spared the bucket's limit, and flows over it
-    /// take the class's drops (or marks). Default: true on a class with a bucket whose
-    /// overflow is dropped or marked.
+    /// at its fair share; flows within it are never signalled early, and the ECN-capable
+    /// packets of flows over it are marked CE while the class is congested. Default: true on
+    /// a class with a bucket whose overflow is dropped or marked.
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_fairness: Option<bool>,
