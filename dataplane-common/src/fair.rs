@@ -157,6 +157,9 @@ pub const fn flows_sharing_at(state: &FairState, epoch: u32) -> u32 {
     }
 }
 
+/// The flows [`counted_units`] adds to those counted so far.
+pub const MORE_FLOWS: u32 = 7;
+
 /// Bytes of a flow's epoch count unit ([`note_sent`]).
 pub const UNIT_BYTES: u32 = 512;
 /// The fewest units a flow sends in an epoch to count as sharing the class (2 KiB: more than
@@ -165,14 +168,20 @@ pub const MIN_COUNTED_UNITS: u32 = 4;
 
 /// The units a flow sends in an epoch to count among the flows sharing the class, whose
 /// rate is `epoch_units` per epoch and which `sharing` flows shared so far: an eighth of the
-/// share, at least [`MIN_COUNTED_UNITS`], at most 255. A flow that sends less takes so little
-/// that counting it would only cut the others' shares (and shares that jump whenever a ping
-/// falls into an epoch or not).
+/// share each would get with [`MORE_FLOWS`] more, at least [`MIN_COUNTED_UNITS`], at most
+/// 255. A flow that sends less takes so little that counting it would only cut the others'
+/// shares (and shares that jump whenever a ping falls into an epoch or not). The flows to
+/// come let flows that start together count in their first round trips: counted against
+/// the whole rate, 16 flows' initial windows (15 kB each) at 300 Mbit/s each fell short of
+/// the 39 kB to count, the class shared its window by one flow, and their slow starts
+/// overran its burst. (A sum, not a bound: one more branch here took the verifier's count
+/// past its limit.)
 #[inline(always)]
 pub const fn counted_units(epoch_units: u32, sharing: u32) -> u8 {
-    let sharing = if sharing == 0 { 1 } else { sharing };
-    let units = epoch_units / sharing / 8;
-    if units < MIN_COUNTED_UNITS {
+    // In u64: the divisor cannot wrap to zero (a possible division by zero panics, which
+    // the kernel refuses).
+    let units = epoch_units as u64 / (sharing as u64 + MORE_FLOWS as u64) / 8;
+    if units < MIN_COUNTED_UNITS as u64 {
         MIN_COUNTED_UNITS as u8
     } else if units > 255 {
         255
@@ -205,6 +214,34 @@ pub const fn note_sent(
         before.saturating_add(units as u8)
     };
     (epoch as u8, after, before < threshold && after >= threshold)
+}
+
+/// Notes `bytes` a flow sent from a CPU's lease, which knew the class in `epoch` with
+/// threshold `threshold` (see [`crate::policer::Lease`]): the flow's new fair queue arrival
+/// time, epoch and count, and whether it has just reached the threshold and is to be counted
+/// ([`note_sent`]); `None` when the lease's epoch is behind the flow's (another CPU's exact
+/// path saw it later: its count stays there). A flow back from idle starts its fair queue
+/// empty, as [`charge`] would start it: the epoch's start is past.
+#[inline(always)]
+pub const fn note_leased(
+    flow_tat_ns: u32,
+    flow_epoch: u8,
+    flow_units: u8,
+    epoch: u32,
+    bytes: u32,
+    threshold: u8,
+) -> Option<(u32, u8, u8, bool)> {
+    let behind = (epoch as u8).wrapping_sub(flow_epoch);
+    if behind > u8::MAX / 2 {
+        return None;
+    }
+    let tat = if behind <= 1 {
+        flow_tat_ns
+    } else {
+        ((epoch as u64) << EPOCH_SHIFT) as u32
+    };
+    let (flow_epoch, units, counted) = note_sent(flow_epoch, flow_units, epoch, bytes, threshold);
+    Some((tat, flow_epoch, units, counted))
 }
 
 /// Charges a packet that costs `cost_ns` at the flow's share (its cost at the class's rate
@@ -325,9 +362,14 @@ mod tests {
 
     #[test]
     fn a_flow_is_counted_once_per_epoch_and_only_when_it_sends_enough() {
-        // 100 Mbit/s: 105 kB per epoch, 205 units; 4 flows: a share of 51, counted at 6.
+        // 1 Gbit/s: 1 MB per epoch, 2048 units; 16 flows counted: 11 units to count.
+        assert_eq!(counted_units(2048, 16), 11);
+        // One flow counted so far: an eighth of an eighth of the rate, 32 units (16 kB).
+        assert_eq!(counted_units(2048, 1), 32);
+        assert_eq!(counted_units(2048, 0), 36);
+        // 100 Mbit/s: 105 kB per epoch, 205 units; 2 units, so the least.
         let threshold = counted_units(205, 4);
-        assert_eq!(threshold, 6);
+        assert_eq!(threshold, MIN_COUNTED_UNITS as u8);
         let (mut e, mut u) = (0u8, 0u8);
         let mut counted = 0;
         for _ in 0..10 {
@@ -377,6 +419,45 @@ mod tests {
         assert_eq!(b, 10 * MS as u32, "capped");
         assert_eq!(standing(&ctl(), b, 9 * MS, 10 * MS), Standing::Over);
         assert_eq!(standing(&ctl(), b, 4 * MS, 10 * MS), Standing::Neutral);
+    }
+
+    #[test]
+    fn leased_packets_count_their_flows_and_a_flow_back_from_idle_starts_empty() {
+        // 4 units (2 KiB) to count: two 1500-byte packets in one epoch.
+        assert_eq!(
+            note_leased(7, 10, 0, 10, 1500, 4),
+            Some((7, 10, 3, false)),
+            "a recent flow keeps its queue"
+        );
+        assert_eq!(note_leased(7, 10, 3, 10, 1500, 4), Some((7, 10, 6, true)));
+        assert_eq!(
+            note_leased(7, 10, 6, 10, 1500, 4),
+            Some((7, 10, 9, false)),
+            "counted once per epoch"
+        );
+        assert_eq!(
+            note_leased(7, 10, 9, 11, 1500, 4),
+            Some((7, 11, 3, false)),
+            "a new epoch counts anew"
+        );
+        let (tat, epoch, units, counted) = note_leased(7, 10, 9, 13, 64, 4).expect("ahead");
+        assert_eq!((epoch, units, counted), (13, 1, false));
+        assert_eq!(
+            tat,
+            (13u64 << EPOCH_SHIFT) as u32,
+            "idle: the epoch's start"
+        );
+        let now = (13u64 << EPOCH_SHIFT) + 1_000;
+        assert_eq!(
+            charge(tat, epoch, 13, now, 500, u32::MAX).0,
+            500,
+            "so its queue is empty at the exact path"
+        );
+        assert_eq!(
+            note_leased(7, 12, 5, 11, 1500, 4),
+            None,
+            "a lease behind the flow's epoch leaves it alone"
+        );
     }
 
     #[test]

@@ -319,6 +319,25 @@ impl LeaseParams {
     }
 }
 
+/// One CPU's lease of a class: the bytes left of it, and what the CPU's last exact-path
+/// packet of the class knew of its flow count, so that the packets spent from the lease count
+/// their flows too (see [`crate::fair::note_leased`]). Without that, a class held under its
+/// rate (where its window control keeps it) counted only the flows whose packets happened to
+/// find the lease empty: one of 16 at 1 Gbit/s.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// Bytes left of the lease.
+    pub left: u32,
+    /// The epoch ([`crate::fair::epoch_of`]) of the CPU's last exact-path packet of the class.
+    pub epoch: u32,
+    /// The units a flow sends in that epoch to count ([`crate::fair::counted_units`]); 0 when
+    /// the class does not count its flows.
+    pub count_units: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
 /// Spends `bytes` of a CPU's lease holding `left`: the bytes left after, or `None` when the
 /// lease cannot cover the packet (the packet takes the exact path).
 #[inline(always)]

@@ -124,9 +124,10 @@ pub const fn rtt_average_us(average_us: u32, sample_us: u32) -> u32 {
 /// The first packet over the target clamps: the window starts from the start window, scaled
 /// to the class's round trip when that is longer than the data-centre one it assumes (the
 /// flows then share it: many flows starting at once each took the whole start window when
-/// it was per flow, 16 flows 16 times the class's rate). From then on the window moves once per period: an interval, or the class's round trip when
-/// that is longer (senders need a round trip to follow a window; a controller that moves
-/// again before they did overshoots). It follows the smallest backlog of the period, the
+/// it was per flow, 16 flows 16 times the class's rate). From then on the window moves once
+/// per period: an interval, or the class's round trip when that is longer (senders need a
+/// round trip to follow a window; a controller that moves again before they did
+/// overshoots), and two periods after a shrink (the queue it leaves takes another to drain). It follows the smallest backlog of the period, the
 /// standing queue: a window-limited sender sends its window in one burst per round trip, so
 /// the backlog peaks at a window's worth each round trip even when the class is not
 /// overloaded. Above the target the window shrinks (halves above half the burst, where drops
@@ -164,7 +165,8 @@ pub fn window_update(
         }
         standing
     };
-    state.window_bytes = if standing > ctl.target_ns {
+    let shrinking = standing > ctl.target_ns;
+    state.window_bytes = if shrinking {
         let from = if w == 0 {
             start_window(ctl, state.rtt_us)
         } else {
@@ -193,6 +195,11 @@ pub fn window_update(
     } else {
         ctl.interval_ns
     };
+    // After a shrink, the period's minimum still holds the queue built before it: senders
+    // follow a window a round trip later, and the queue then drains for another. Judged
+    // after one period, it shrank again (16 flows at 100 Mbit/s over 5 ms: three shrinks in
+    // a row down to the floor, then a slow climb).
+    let period = if shrinking { 2 * period } else { period };
     state.next_update_ns = now_ns.wrapping_add(period);
     true
 }
@@ -376,7 +383,11 @@ mod tests {
             (1 << 16) - (1 << 13),
             "the start window less an eighth"
         );
-        assert_eq!(s.next_update_ns, 3 * MS, "a period starts");
+        assert_eq!(
+            s.next_update_ns,
+            4 * MS,
+            "a shrink: the next period waits for the senders to follow it"
+        );
         s = WindowState::default();
         window_update(&ctl(), &mut s, 6 * MS, 10 * MS, 0, 1);
         assert_eq!(s.window_bytes, 1 << 15, "halved above half the burst");
@@ -457,10 +468,14 @@ mod tests {
             start - start / 8,
             "five data-centre windows"
         );
-        assert_eq!(s.next_update_ns, 5 * MS, "the next one a round trip later");
-        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 4 * MS, 1);
+        assert_eq!(
+            s.next_update_ns,
+            10 * MS,
+            "the next one two round trips after a shrink"
+        );
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 9 * MS, 1);
         assert_eq!(s.window_bytes, start - start / 8, "too soon");
-        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 5 * MS, 1);
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 10 * MS, 1);
         assert!(s.window_bytes < start - start / 8);
         s = WindowState {
             rtt_us: 900_000,
@@ -475,8 +490,9 @@ mod tests {
         };
         window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0, 1);
         assert_eq!(
-            s.next_update_ns, MS,
-            "a short round trip keeps the interval"
+            s.next_update_ns,
+            2 * MS,
+            "a short round trip keeps the interval (twice, after a shrink)"
         );
     }
 
@@ -502,13 +518,13 @@ mod tests {
         let mut s = clamped(100_000);
         period(&mut s, &[9 * MS], 9 * MS, MS);
         assert_eq!(s.window_bytes, 50_000);
-        window_update(&ctl(), &mut s, 9 * MS, 10 * MS, 2 * MS, 40);
+        window_update(&ctl(), &mut s, 9 * MS, 10 * MS, 3 * MS, 40);
         assert_eq!(
             s.window_bytes,
             40 * MIN_WINDOW_BYTES,
             "two segments for each of 40"
         );
-        window_update(&ctl(), &mut s, 9 * MS, 10 * MS, 3 * MS, 1_000);
+        window_update(&ctl(), &mut s, 9 * MS, 10 * MS, 5 * MS, 1_000);
         assert_eq!(
             s.window_bytes,
             1 << 20,

@@ -14,6 +14,7 @@ use dataplane_common::{
         LinkState, PolicerState, PolicySlot, ReturnEntry,
     },
     packet::{PacketMeta, TCP_OPTIONS_ROOM},
+    policer::Lease,
     GENERATION_SLOTS, IFINDEX_ARRAY_LIMIT, MAX_CLASSES, MAX_IFACES, MAX_RULES, PREFIX_ENTRIES,
     RETURN_TABLE_ENTRIES, VECTOR_POOL_ENTRIES,
 };
@@ -42,9 +43,9 @@ pub static VECTOR_POOL: Array<RuleVector, VECTOR_POOL_ENTRIES> = Array::new();
 /// Per class id: shared trTCM state, updated with compare-and-swap.
 #[btf_map]
 pub static POLICERS: Array<PolicerState, MAX_CLASSES> = Array::new();
-/// Per CPU and class id: bytes left of the CPU's green lease (`policer::LeaseParams`).
+/// Per CPU and class id: the CPU's green lease (`policer::LeaseParams`, `policer::Lease`).
 #[btf_map]
-pub static CLASS_LEASES: PerCpuArray<u32, MAX_CLASSES> = PerCpuArray::new();
+pub static CLASS_LEASES: PerCpuArray<Lease, MAX_CLASSES> = PerCpuArray::new();
 /// Registered interfaces by ifindex below `IFINDEX_ARRAY_LIMIT`: counter slot and link
 /// budget (slot 0: not registered).
 #[btf_map]

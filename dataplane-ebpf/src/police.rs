@@ -9,14 +9,14 @@ use core::intrinsics::{atomic_cxchg, atomic_or, atomic_xadd, AtomicOrdering};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use dataplane_common::{
     fair::{
-        charge, counted_units, epoch_of, note_sent, roll, seen_bit, sharing_flows, standing,
-        FairControl, Standing, SEEN_WORDS,
+        charge, counted_units, epoch_of, note_leased, note_sent, roll, seen_bit, sharing_flows,
+        standing, FairControl, FairState, Standing, SEEN_WORDS,
     },
     flow::FlowState,
     maps::{class_config_index, ClassConfig, IfaceConfig, PolicerState},
     policer::{
         aqm_due, aqm_signalled, backlog_ns, gcra_admit, gcra_force, lease_spend, ns_to_ticks,
-        priority_limit, repair_limit, Aqm, AqmState, BucketParams, Colour, TICKS_PER_NS,
+        priority_limit, repair_limit, Aqm, AqmState, BucketParams, Colour, Lease, TICKS_PER_NS,
     },
     window::{share_window, window_update, WindowControl, WindowState},
     GENERATION_SLOTS, MAX_CLASSES,
@@ -264,11 +264,15 @@ pub fn police(
     // Green from this CPU's lease, without a call: no clock, no shared line. Retransmissions
     // and interfaces with a link budget take the exact path.
     if cfg.lease.is_on() && kind == Kind::Plain && !limited_link {
-        if let Some(left) = CLASS_LEASES.get_ptr_mut(class) {
+        if let Some(lease) = CLASS_LEASES.get_ptr_mut(class) {
             // SAFETY: per-CPU value; XDP does not nest on one CPU.
-            if let Some(rest) = lease_spend(unsafe { *left }, bytes) {
-                // SAFETY: as above.
-                unsafe { *left = rest };
+            let lease = unsafe { &mut *lease };
+            if let Some(rest) = lease_spend(lease.left, bytes) {
+                lease.left = rest;
+                if let Some(flow) = flow.filter(|_| lease.count_units != 0) {
+                    // SAFETY: the flow entry's pointer (see classify::class_of).
+                    count_leased(class, lease, unsafe { &mut *flow }, bytes);
+                }
                 return Policed::plain(Colour::Green);
             }
         }
@@ -298,6 +302,83 @@ pub fn police(
         }
     }
     Policed::unpack((result >> FairWord::FREE_BITS) as u32 & 0xff)
+}
+
+/// Notes a packet spent from this CPU's `lease` in its flow's epoch count, and counts the
+/// flow in its class when it has just sent enough ([`note_leased`]). A call of its own: the
+/// pipeline's frame and the policer's together stay within the verifier's 512 bytes.
+#[inline(never)]
+fn count_leased(class: u32, lease: &Lease, flow: &mut FlowState, bytes: u32) {
+    let Some((tat, epoch, units, counted)) = note_leased(
+        flow.fair_tat_ns,
+        flow.fair_epoch,
+        flow.fair_epoch_units,
+        lease.epoch,
+        bytes,
+        lease.count_units as u8,
+    ) else {
+        return;
+    };
+    flow.fair_tat_ns = tat;
+    flow.fair_epoch = epoch;
+    flow.fair_epoch_units = units;
+    if counted {
+        dataplane_count_flow(u64::from(class), u64::from(lease.epoch));
+    }
+}
+
+/// Counts the flow whose key hash the classifier left in the packet scratch among the flows
+/// of class `class` in `epoch`, when the class's count is of that epoch (a lease's epoch may
+/// be behind; the flow is then counted at the exact path). A global function, verified once.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dataplane_count_flow(class: u64, epoch: u64) -> u64 {
+    let Some(policer) = POLICERS.get_ptr_mut(class as u32 % MAX_CLASSES as u32) else {
+        return 0;
+    };
+    // SAFETY: map value pointer; the count is shared without a lock (see `FairState`).
+    let (state, seen) = unsafe {
+        (
+            core::ptr::addr_of_mut!((*policer).fair),
+            core::ptr::addr_of_mut!((*policer).fair_seen).cast::<u64>(),
+        )
+    };
+    // SAFETY: as above.
+    if unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*state).epoch)) } != epoch as u32 {
+        return 0;
+    }
+    // SAFETY: as above.
+    u64::from(unsafe { count_seen(state, seen) })
+}
+
+/// Counts the flow whose key hash the classifier left in the packet scratch in the class's
+/// epoch count `state`, once whatever the CPUs its entries are on ([`seen_bit`]); whether
+/// it was new.
+///
+/// # Safety
+/// `state` and `seen` (of [`SEEN_WORDS`] words) point into the class's policer state.
+#[inline(always)]
+unsafe fn count_seen(state: *mut FairState, seen: *mut u64) -> bool {
+    let flow_hash = PACKET_SCRATCH
+        .get_ptr(0)
+        // SAFETY: per-CPU scratch; XDP does not nest on one CPU.
+        .map_or(0, |p| unsafe { (*p).flow_hash });
+    let (word, bit) = seen_bit(flow_hash);
+    // SAFETY: the caller's pointers; aligned words of the map value, `word` below SEEN_WORDS.
+    let was = unsafe {
+        atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(seen.add(word % SEEN_WORDS), bit)
+    };
+    if was & bit != 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe {
+        atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
+            core::ptr::addr_of_mut!((*state).active),
+            1,
+        )
+    };
+    true
 }
 
 /// A flow's fair queue and epoch count (see `dataplane_common::fair`) as one word of the
@@ -416,7 +497,7 @@ fn police_unpacked(
         Some(flow) => {
             // SAFETY: map value pointer, as in `update`.
             let (sharing, epoch, units) =
-                unsafe { count_flow(&cfg.fair, state, flow, now_ns, bytes) };
+                unsafe { count_flow(&cfg.fair, state, flow, now_ns, bytes, lease) };
             let standing = if cfg.fair.is_on() {
                 let (tat, bucket) = if cfg.fair.bucket == Aqm::PEAK {
                     (peak_tat, &tcm.peak)
@@ -519,10 +600,10 @@ fn police_unpacked(
         Some(link) => link_budget(colour, link, iface_slot, cfg.priority, now, bytes),
         None => colour,
     };
-    if let Some(left) = lease {
+    if let Some(lease) = lease {
         if colour == Colour::Green && signal == Signal::None {
-            // SAFETY: the per-CPU lease and the class's policer state.
-            unsafe { take_lease(left, cfg, state, now) };
+            // SAFETY: the per-CPU lease; the class's policer state.
+            unsafe { take_lease(lease, cfg, state, now) };
         }
     }
     Policed {
@@ -533,14 +614,14 @@ fn police_unpacked(
 }
 
 /// Reserves a lease in the class's buckets (peak first, then committed; the peak's share is
-/// given back when the committed bucket refuses) and adds it to this CPU's `left`. A bucket
+/// given back when the committed bucket refuses) and adds it to this CPU's `lease`. A bucket
 /// refuses while the lease would leave its backlog above its lease limit.
 ///
 /// # Safety
-/// `left` is this CPU's lease of the class; `state` the class's policer state.
+/// `lease` is this CPU's lease of the class; `state` the class's policer state.
 #[inline(always)]
-unsafe fn take_lease(left: *mut u32, cfg: &ClassConfig, state: *mut PolicerState, now: u64) {
-    let (lease, tcm) = (&cfg.lease, &cfg.policer);
+unsafe fn take_lease(lease: *mut Lease, cfg: &ClassConfig, state: *mut PolicerState, now: u64) {
+    let (params, tcm) = (&cfg.lease, &cfg.policer);
     // SAFETY: the caller's pointer.
     let (committed_tat, peak_tat) = unsafe {
         (
@@ -548,17 +629,17 @@ unsafe fn take_lease(left: *mut u32, cfg: &ClassConfig, state: *mut PolicerState
             core::ptr::addr_of_mut!((*state).peak_tat),
         )
     };
-    let peak_cost = tcm.peak.cost(lease.bytes);
+    let peak_cost = tcm.peak.cost(params.bytes);
     if tcm.peak.is_limited()
         && !update(peak_tat, |old| {
-            gcra_admit(old, now, peak_cost, lease.peak_limit_ticks)
+            gcra_admit(old, now, peak_cost, params.peak_limit_ticks)
         })
     {
         return;
     }
-    let committed_cost = tcm.committed.cost(lease.bytes);
+    let committed_cost = tcm.committed.cost(params.bytes);
     if !update(committed_tat, |old| {
-        gcra_admit(old, now, committed_cost, lease.committed_limit_ticks)
+        gcra_admit(old, now, committed_cost, params.committed_limit_ticks)
     }) {
         if tcm.peak.is_limited() {
             // The reservation moved the peak's TAT to max(TAT, now) + cost: this undoes it.
@@ -567,18 +648,19 @@ unsafe fn take_lease(left: *mut u32, cfg: &ClassConfig, state: *mut PolicerState
         return;
     }
     // SAFETY: the caller's per-CPU pointer.
-    unsafe { *left += lease.bytes };
+    unsafe { (*lease).left += params.bytes };
 }
 
 /// Notes the packet's `bytes` in its flow's epoch count (`flow`: its fair queue's arrival
 /// time, its epoch and count) at `now_ns`, and counts the flow in
 /// its class's epoch once it has sent enough in it ([`note_sent`]), once whatever the CPUs
-/// its entries are on ([`seen_bit`]). Returns the flows sharing the class and the flow's
-/// new epoch and count, for the caller to write once the flow's queue is charged (`charge`
-/// reads the old epoch).
+/// its entries are on ([`seen_bit`]). Leaves the epoch and the threshold in this CPU's
+/// `lease`, for the packets it covers to count their flows. Returns the flows sharing the
+/// class and the flow's new epoch and count, for the caller to write once the flow's queue
+/// is charged (`charge` reads the old epoch).
 ///
 /// # Safety
-/// `state` points into the class's policer state.
+/// `state` points into the class's policer state; `lease` is this CPU's lease of the class.
 #[inline(always)]
 unsafe fn count_flow(
     ctl: &FairControl,
@@ -586,6 +668,7 @@ unsafe fn count_flow(
     flow: &(u32, u8, u8),
     now_ns: u64,
     bytes: u32,
+    lease: Option<*mut Lease>,
 ) -> (u32, u8, u8) {
     let epoch = epoch_of(now_ns);
     // SAFETY: the caller's pointer; the count is shared without a lock (see `FairState`).
@@ -608,29 +691,17 @@ unsafe fn count_flow(
         }
     }
     let threshold = counted_units(ctl.epoch_units, sharing_flows(&count));
-    let (flow_epoch, units, counted) = note_sent(flow.1, flow.2, epoch, bytes, threshold);
-    if counted {
-        // Once per flow, not per CPU entry: the first entry to set the flow's bit counts it.
-        // The classifier left the flow's key hash in the scratch.
-        let flow_hash = PACKET_SCRATCH
-            .get_ptr(0)
-            // SAFETY: per-CPU scratch; XDP does not nest on one CPU.
-            .map_or(0, |p| unsafe { (*p).flow_hash });
-        let (word, bit) = seen_bit(flow_hash);
-        // SAFETY: as above; aligned words of the map value, `word` below SEEN_WORDS.
-        let was = unsafe {
-            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(seen.add(word % SEEN_WORDS), bit)
-        };
-        if was & bit == 0 {
-            // SAFETY: as above.
-            unsafe {
-                atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
-                    core::ptr::addr_of_mut!((*state).active),
-                    1,
-                )
-            };
-            count.active += 1;
+    if let Some(lease) = lease {
+        // SAFETY: this CPU's lease of the class; XDP does not nest on one CPU.
+        unsafe {
+            (*lease).epoch = epoch;
+            (*lease).count_units = u32::from(threshold);
         }
+    }
+    let (flow_epoch, units, counted) = note_sent(flow.1, flow.2, epoch, bytes, threshold);
+    // SAFETY: as above.
+    if counted && unsafe { count_seen(state, seen) } {
+        count.active += 1;
     }
     (sharing_flows(&count), flow_epoch, units)
 }
