@@ -305,10 +305,14 @@ pub fn police(
 }
 
 /// Notes a packet spent from this CPU's `lease` in its flow's epoch count, and counts the
-/// flow in its class when it has just sent enough ([`note_leased`]). A call of its own: the
-/// pipeline's frame and the policer's together stay within the verifier's 512 bytes.
-#[inline(never)]
+/// flow in its class when it has just sent enough ([`note_leased`]).
+#[inline(always)]
 fn count_leased(class: u32, lease: &Lease, flow: &mut FlowState, bytes: u32) {
+    // Counted in this epoch already: the common case, no store.
+    if flow.fair_epoch == lease.epoch as u8 && u32::from(flow.fair_epoch_units) >= lease.count_units
+    {
+        return;
+    }
     let Some((tat, epoch, units, counted)) = note_leased(
         flow.fair_tat_ns,
         flow.fair_epoch,
