@@ -261,8 +261,9 @@ pub fn police(
     if !tcm.peak.is_limited() && !tcm.committed.is_limited() && !limited_link {
         return Policed::plain(Colour::Yellow);
     }
-    // Green from this CPU's lease, without a call: no clock, no shared line. Retransmissions
-    // and interfaces with a link budget take the exact path.
+    // Green from this CPU's lease, without a call (but once per flow and epoch, to count the
+    // flow): no clock, no shared line. Retransmissions and interfaces with a link budget
+    // take the exact path.
     if cfg.lease.is_on() && kind == Kind::Plain && !limited_link {
         if let Some(lease) = CLASS_LEASES.get_ptr_mut(class) {
             // SAFETY: per-CPU value; XDP does not nest on one CPU.
