@@ -9,7 +9,8 @@
 //! class keeps for its fair shares, `crate::fair`), so flows with the same round-trip time
 //! get the same rate, and a flow that joins or leaves changes every flow's share within an
 //! epoch, without waiting for the controller. The window follows the class's phantom queue (the enforcing bucket's backlog, the delay a
-//! shaper would add): above the target it shrinks, below half the target it grows. The
+//! shaper would add): each round trip it is scaled to the rate its senders admitted and
+//! steered towards the target backlog (see [`window_update`]). The
 //! window is advertised in each connection's own scale, learnt from its SYN-ACK.
 
 use crate::policer::Aqm;
@@ -22,7 +23,8 @@ pub const MIN_WINDOW_BYTES: u32 = 2 * 1448;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WindowControl {
-    /// Phantom backlog (ns) above which the window shrinks; below half of it, it grows.
+    /// Standing phantom backlog (ns) the window steers to; the first packet above it starts
+    /// the clamp.
     pub target_ns: u64,
     /// Time between two adjustments (ns): about the time senders take to follow one.
     pub interval_ns: u64,
@@ -67,8 +69,8 @@ impl WindowControl {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WindowState {
-    /// When (ns) the next adjustment may come.
-    pub next_update_ns: u64,
+    /// When (ns) the window last moved: a period runs from there.
+    pub last_update_ns: u64,
     /// The smallest phantom backlog (ns) seen since the last adjustment: the standing part
     /// of the queue a shaper would hold, without the bursts that come and go within a
     /// round trip.
@@ -82,8 +84,9 @@ pub struct WindowState {
     /// Each flow's share of the window ([`share_of`] the flows sharing it), kept with the
     /// window by the policer so that the ACK path reads one word; 0 while no clamp.
     pub flow_bytes: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// The standing backlog (µs) the last adjustment saw: the next one compares its own with
+    /// it to learn the rate the window admitted.
+    pub last_standing_us: u32,
 }
 
 /// The longest handshake-to-data time taken as a round trip sample: a connection that idles
@@ -126,14 +129,20 @@ pub const fn rtt_average_us(average_us: u32, sample_us: u32) -> u32 {
 /// flows then share it: many flows starting at once each took the whole start window when
 /// it was per flow, 16 flows 16 times the class's rate). From then on the window moves once
 /// per period: an interval, or the class's round trip when that is longer (senders need a
-/// round trip to follow a window; a controller that moves again before they did
-/// overshoots), and two periods after a shrink (the queue it leaves takes another to drain). It follows the smallest backlog of the period, the
+/// round trip to follow a window). It follows the smallest backlog of the period, the
 /// standing queue: a window-limited sender sends its window in one burst per round trip, so
 /// the backlog peaks at a window's worth each round trip even when the class is not
-/// overloaded. Above the target the window shrinks (halves above half the burst, where drops
-/// are near), below half the target it grows; it never goes under two segments per flow
-/// (shrinking further would only delay its growth: every flow keeps two). Returns whether
-/// the state changed (to be written back).
+/// overloaded.
+///
+/// A phantom queue does not slow its senders as a real one does: it only adds up what the
+/// window admits beyond the rate. So each adjustment matches the rate first: the standing
+/// backlog's growth over the period tells by how much the window's senders outran the rate
+/// (or fell short of it), and the window is scaled by the inverse. Then it steers the
+/// backlog back to the target, half the way each period. (Shrinking and growing by fixed
+/// steps swung the window around the rate: 16 flows at 100 Mbit/s over 5 ms between 0.66
+/// and 1.14 of it, and the rate lost while under it.) At most it halves or grows an eighth
+/// per period, halves above half the burst (drops are near), and never goes under two
+/// segments per flow. Returns whether the state changed (to be written back).
 #[inline(always)]
 pub fn window_update(
     ctl: &WindowControl,
@@ -144,65 +153,91 @@ pub fn window_update(
     flows: u32,
 ) -> bool {
     let w = state.window_bytes;
-    let standing = if w == 0 {
-        // Unclamped, no period runs: the first packet over the target starts the window.
+    // Unclamped, no period runs: the first packet over the target starts the window.
+    let standing = if w == 0 || backlog_ns < state.min_backlog_ns {
+        backlog_ns
+    } else {
+        state.min_backlog_ns
+    };
+    let next = if w == 0 {
         if backlog_ns <= ctl.target_ns {
             return false;
         }
-        backlog_ns
-    } else {
-        let standing = if backlog_ns < state.min_backlog_ns {
-            backlog_ns
+        let from = start_window(ctl, state.rtt_us);
+        if backlog_ns > burst_ns / 2 {
+            from / 2
         } else {
-            state.min_backlog_ns
+            from - from / 8
+        }
+    } else {
+        let rtt_ns = state.rtt_us as u64 * 1_000;
+        let period = if rtt_ns > ctl.interval_ns {
+            rtt_ns
+        } else {
+            ctl.interval_ns
         };
-        if (now_ns.wrapping_sub(state.next_update_ns) as i64) < 0 {
+        let elapsed = now_ns.wrapping_sub(state.last_update_ns);
+        if (elapsed as i64) < period as i64 {
             if standing == state.min_backlog_ns {
                 return false;
             }
             state.min_backlog_ns = standing;
             return true;
         }
-        standing
-    };
-    let shrinking = standing > ctl.target_ns;
-    state.window_bytes = if shrinking {
-        let from = if w == 0 {
-            start_window(ctl, state.rtt_us)
+        if standing > burst_ns / 2 {
+            w / 2
         } else {
-            w
-        };
-        let shrunk = if standing > burst_ns / 2 {
-            from / 2
-        } else {
-            from - from / 8
-        };
-        let floor = min(
-            MIN_WINDOW_BYTES.saturating_mul(max(flows, 1)),
-            max(ctl.max_bytes, MIN_WINDOW_BYTES),
-        );
-        max(shrunk, floor)
-    } else if standing < ctl.target_ns / 2 {
-        min(w.saturating_add(w / 16 + 1), ctl.max_bytes)
-    } else {
-        w
+            rate_matched(
+                w,
+                elapsed,
+                state.last_standing_us as u64 * 1_000,
+                standing,
+                ctl.target_ns,
+            )
+        }
     };
+    let floor = min(
+        MIN_WINDOW_BYTES.saturating_mul(max(flows, 1)),
+        max(ctl.max_bytes, MIN_WINDOW_BYTES),
+    );
+    state.window_bytes = min(max(next, floor), max(ctl.max_bytes, floor));
     // A new period: its minimum starts over.
     state.min_backlog_ns = u64::MAX;
-    let rtt_ns = state.rtt_us as u64 * 1_000;
-    let period = if rtt_ns > ctl.interval_ns {
-        rtt_ns
+    state.last_update_ns = now_ns;
+    let standing_us = standing / 1_000;
+    state.last_standing_us = if standing_us > u32::MAX as u64 {
+        u32::MAX
     } else {
-        ctl.interval_ns
+        standing_us as u32
     };
-    // After a shrink, the period's minimum still holds the queue built before it: senders
-    // follow a window a round trip later, and the queue then drains for another. Judged
-    // after one period, it shrank again (16 flows at 100 Mbit/s over 5 ms: three shrinks in
-    // a row down to the floor, then a slow climb).
-    let period = if shrinking { 2 * period } else { period };
-    state.next_update_ns = now_ns.wrapping_add(period);
     true
 }
+
+/// The window `w` scaled to the rate, over a period of `elapsed_ns` whose standing backlog
+/// went from `last_ns` to `standing_ns`: admitted over the period was `elapsed + standing -
+/// last` of the rate's time, so the window is scaled by `elapsed / that` to match the rate,
+/// and by `(elapsed + (target - standing) / 2) / elapsed` to close half the distance to the
+/// target. Within half and nine eighths of `w`.
+#[inline(always)]
+fn rate_matched(w: u32, elapsed_ns: u64, last_ns: u64, standing_ns: u64, target_ns: u64) -> u32 {
+    // After a longer idle time the backlogs compared tell nothing more; bounded, the
+    // products below stay within 64 bits.
+    let e = elapsed_ns.min(MAX_PERIOD_NS);
+    let (lo, hi) = (e / 2, 2 * e);
+    let aimed =
+        (2 * e + target_ns.min(MAX_PERIOD_NS)).saturating_sub(standing_ns.min(MAX_PERIOD_NS)) / 2;
+    let admitted =
+        (2 * e + standing_ns.min(MAX_PERIOD_NS)).saturating_sub(last_ns.min(MAX_PERIOD_NS)) / 2;
+    // Both within [e/2, 2e] (and the divisor not 0): the ratio stays within [1/4, 4].
+    let aimed = aimed.max(lo).min(hi);
+    let admitted = admitted.max(lo).min(hi).max(1);
+    let w = w as u64;
+    let scaled = (w * aimed / admitted).max(w / 2).min(w + w / 8 + 1);
+    scaled.min(u32::MAX as u64) as u32
+}
+
+/// The longest period a rate is learnt over (ns).
+const MAX_PERIOD_NS: u64 = 1_000_000_000;
 
 /// Keeps [`WindowState::flow_bytes`] at the share of the window `flows` flows get; whether
 /// it changed.
@@ -359,13 +394,21 @@ mod tests {
         window_update(&ctl(), s, last, 10 * MS, at, 1)
     }
 
-    fn clamped(window_bytes: u32) -> WindowState {
+    /// A clamped class whose last adjustment, at 0, saw a standing backlog of
+    /// `last_standing_us`.
+    fn clamped_at(window_bytes: u32, last_standing_us: u32) -> WindowState {
         WindowState {
             window_bytes,
-            next_update_ns: MS,
+            last_update_ns: 0,
             min_backlog_ns: u64::MAX,
+            last_standing_us,
             ..WindowState::default()
         }
+    }
+
+    /// Clamped, its last adjustment at the target.
+    fn clamped(window_bytes: u32) -> WindowState {
+        clamped_at(window_bytes, 1_000)
     }
 
     #[test]
@@ -383,10 +426,10 @@ mod tests {
             (1 << 16) - (1 << 13),
             "the start window less an eighth"
         );
+        assert_eq!(s.last_update_ns, 2 * MS, "a period starts");
         assert_eq!(
-            s.next_update_ns,
-            4 * MS,
-            "a shrink: the next period waits for the senders to follow it"
+            s.last_standing_us, 2_000,
+            "from the backlog that started it"
         );
         s = WindowState::default();
         window_update(&ctl(), &mut s, 6 * MS, 10 * MS, 0, 1);
@@ -394,24 +437,61 @@ mod tests {
     }
 
     #[test]
-    fn the_standing_backlog_decides_not_the_bursts() {
-        // A window's burst each round trip: the backlog peaks high, then drains.
+    fn the_window_is_scaled_to_the_rate_its_senders_admitted() {
+        // The standing backlog grew by 0.2 ms in a 1 ms period: the senders admitted 1.2
+        // times the rate. Half of that is taken back, and half of the way from 1.2 ms to the
+        // target: 64 000 * 0.9 / 1.1.
         let mut s = clamped(64_000);
-        period(&mut s, &[4 * MS, 2 * MS, MS / 4], 3 * MS, MS);
-        assert_eq!(
-            s.window_bytes,
-            64_000 + 4000 + 1,
-            "drained: a sixteenth more"
-        );
-        s = clamped(64_000);
-        period(&mut s, &[4 * MS, 2 * MS, MS * 3 / 4], 3 * MS, MS);
-        assert_eq!(
-            s.window_bytes, 64_000,
-            "held between half the target and the target"
-        );
-        s = clamped(64_000);
-        period(&mut s, &[4 * MS, 2 * MS], 3 * MS, MS);
-        assert_eq!(s.window_bytes, 56_000, "a standing queue: an eighth off");
+        period(&mut s, &[], MS + MS / 5, MS);
+        assert_eq!(s.window_bytes, 52_363);
+        assert_eq!(s.last_standing_us, 1_200);
+        // Admitted at the rate, at the target: the window holds.
+        let mut s = clamped(64_000);
+        period(&mut s, &[], MS, MS);
+        assert_eq!(s.window_bytes, 64_000, "the rate and the target: held");
+        // The backlog fell by 0.4 ms (0.6 of the rate) to 0.6 ms: 64 000 * 1.2 / 0.8, at
+        // most an eighth more in one period.
+        let mut s = clamped(64_000);
+        period(&mut s, &[], MS * 3 / 5, MS);
+        assert_eq!(s.window_bytes, 72_001, "an eighth more at most");
+        // Over the target but no longer growing: only the steering, 64 000 * 0.75.
+        let mut s = clamped_at(64_000, 1_500);
+        period(&mut s, &[], MS * 3 / 2, MS);
+        assert_eq!(s.window_bytes, 48_000);
+    }
+
+    #[test]
+    fn the_window_settles_at_the_rate_whatever_share_of_it_senders_use() {
+        // A fluid model: each 1 ms period the senders of a window `w` admit `use * w` bytes
+        // where the rate takes 100 000; the phantom backlog adds up the difference.
+        let bdp = 100_000.0;
+        for use_tenths in [5u32, 8, 10] {
+            let share = f64::from(use_tenths) / 10.0;
+            let mut s = WindowState::default();
+            let mut backlog_ns = 2.0 * MS as f64;
+            for k in 1..=200u64 {
+                window_update(&ctl(), &mut s, backlog_ns as u64, 100 * MS, k * MS, 1);
+                let admitted = share * f64::from(s.window_bytes);
+                backlog_ns = (backlog_ns + (admitted / bdp - 1.0) * MS as f64).max(0.0);
+            }
+            let admitted = share * f64::from(s.window_bytes) / bdp;
+            assert!(
+                (admitted - 1.0).abs() < 0.01,
+                "senders using {share} of it: {admitted:.3} of the rate"
+            );
+            assert!(
+                (backlog_ns - MS as f64).abs() < 0.1 * MS as f64,
+                "backlog {backlog_ns:.0} ns, the target 1 ms"
+            );
+        }
+    }
+
+    #[test]
+    fn the_standing_backlog_decides_not_the_bursts() {
+        // A window's burst each round trip: the backlog peaks high, then drains to the target.
+        let mut s = clamped(64_000);
+        period(&mut s, &[4 * MS, 2 * MS, MS], 3 * MS, MS);
+        assert_eq!(s.window_bytes, 64_000, "standing at the target: held");
         s = clamped(64_000);
         period(&mut s, &[8 * MS, 6 * MS], 7 * MS, MS);
         assert_eq!(
@@ -435,9 +515,14 @@ mod tests {
             "too soon, and no new minimum: nothing to write"
         );
         assert_eq!(s.window_bytes, 50_000);
-        s = clamped((1 << 20) - 1);
+        s = clamped_at((1 << 20) - 1, 0);
         period(&mut s, &[0], 0, MS);
         assert_eq!(s.window_bytes, 1 << 20, "never above the largest window");
+        // After an idle hour the comparison is bounded: no overflow, at most an eighth more.
+        s = clamped_at(u32::MAX / 2, 0);
+        let hour = 3_600_000 * MS;
+        window_update(&ctl(), &mut s, 0, 10 * MS, hour, 1);
+        assert_eq!(s.window_bytes, 1 << 20);
     }
 
     #[test]
@@ -468,15 +553,11 @@ mod tests {
             start - start / 8,
             "five data-centre windows"
         );
-        assert_eq!(
-            s.next_update_ns,
-            10 * MS,
-            "the next one two round trips after a shrink"
-        );
-        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 9 * MS, 1);
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 5 * MS - 1, 1);
         assert_eq!(s.window_bytes, start - start / 8, "too soon");
-        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 10 * MS, 1);
-        assert!(s.window_bytes < start - start / 8);
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 5 * MS, 1);
+        assert!(s.window_bytes < start - start / 8, "a round trip later");
+        assert_eq!(s.last_update_ns, 5 * MS);
         s = WindowState {
             rtt_us: 900_000,
             min_backlog_ns: u64::MAX,
@@ -486,13 +567,17 @@ mod tests {
         assert_eq!(s.window_bytes, (1 << 20) - (1 << 17), "the start is capped");
         s = WindowState {
             rtt_us: 200,
+            window_bytes: 64_000,
+            last_standing_us: 1_000,
+            min_backlog_ns: u64::MAX,
             ..WindowState::default()
         };
-        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, 0, 1);
-        assert_eq!(
-            s.next_update_ns,
-            2 * MS,
-            "a short round trip keeps the interval (twice, after a shrink)"
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, MS - 1, 1);
+        assert_eq!(s.window_bytes, 64_000, "too soon");
+        window_update(&ctl(), &mut s, 2 * MS, 10 * MS, MS, 1);
+        assert!(
+            s.window_bytes < 64_000,
+            "a short round trip keeps the interval"
         );
     }
 

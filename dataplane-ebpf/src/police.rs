@@ -748,8 +748,10 @@ unsafe fn fair_standing(
     )
 }
 
-/// Lets the class's window follow its phantom queue (at most once per interval; written
-/// back only when it changes, so the shared line stays clean between adjustments).
+/// Lets the class's window follow its phantom queue (at most once per period). The state is
+/// changed in place, and only where it changes (`window_update` and `share_window` write
+/// nothing otherwise), so the shared line stays clean between adjustments; CPUs racing at an
+/// adjustment write the same values.
 ///
 /// # Safety
 /// `state` and `tat` point into the class's policer state.
@@ -762,21 +764,12 @@ unsafe fn steer_window(
     now_ns: u64,
     flows: u32,
 ) {
-    // SAFETY: the caller's pointers.
-    let (old, tat) = unsafe {
-        (
-            core::ptr::read_volatile(state),
-            core::ptr::read_volatile(tat),
-        )
-    };
-    let mut new = old;
+    // SAFETY: the caller's pointers: aligned words of a map value.
+    let (state, tat) = unsafe { (&mut *state, core::ptr::read_volatile(tat)) };
     let backlog = backlog_ns(tat, ns_to_ticks(now_ns));
     let burst_ns = bucket.burst_ticks / TICKS_PER_NS;
-    let adjusted = window_update(ctl, &mut new, backlog, burst_ns, now_ns, flows);
-    if share_window(&mut new, flows) || adjusted {
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(state, new) };
-    }
+    window_update(ctl, state, backlog, burst_ns, now_ns, flows);
+    share_window(state, flows);
 }
 
 /// Guaranteed (green) traffic always takes its share of the link; excess (yellow) traffic

@@ -25,7 +25,7 @@ use std::{
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/dataplane";
 /// The layout this binary writes and adopts. Bump it whenever a map's type, key, value or size
 /// changes meaning in a way the size check below would not catch.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 /// Where bpffs is mounted when the system has not mounted it.
 const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 /// `statfs.f_type` of a bpf filesystem.
@@ -382,18 +382,18 @@ mod tests {
     #[test]
     fn paths_follow_the_documented_layout() {
         let l = PinLayout::new("/sys/fs/bpf/dataplane");
-        assert_eq!(l.dir(), Path::new("/sys/fs/bpf/dataplane/v6"));
+        assert_eq!(l.dir(), Path::new("/sys/fs/bpf/dataplane/v7"));
         assert_eq!(
             l.map("CLASS_COUNTERS"),
-            Path::new("/sys/fs/bpf/dataplane/v6/maps/CLASS_COUNTERS")
+            Path::new("/sys/fs/bpf/dataplane/v7/maps/CLASS_COUNTERS")
         );
         assert_eq!(
             l.program("dataplane"),
-            Path::new("/sys/fs/bpf/dataplane/v6/programs/dataplane")
+            Path::new("/sys/fs/bpf/dataplane/v7/programs/dataplane")
         );
         assert_eq!(
             l.link("eth0"),
-            Path::new("/sys/fs/bpf/dataplane/v6/links/eth0")
+            Path::new("/sys/fs/bpf/dataplane/v7/links/eth0")
         );
     }
 
@@ -401,7 +401,7 @@ mod tests {
     fn other_versions_and_foreign_entries_are_refused() {
         let root = std::env::temp_dir().join(format!("dp-pins-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("v6")).expect("mkdir");
+        std::fs::create_dir_all(root.join("v7")).expect("mkdir");
         let l = PinLayout::new(&root);
         assert!(l.check_version().is_ok());
         std::fs::create_dir_all(root.join("v4")).expect("mkdir");
@@ -411,13 +411,13 @@ mod tests {
             .to_string();
         assert!(err.contains("layout v4"), "{err}");
         std::fs::remove_dir(root.join("v4")).expect("rmdir");
-        std::fs::create_dir_all(root.join("v7")).expect("mkdir");
-        let err = l.check_version().expect_err("v7 is refused").to_string();
+        std::fs::create_dir_all(root.join("v8")).expect("mkdir");
+        let err = l.check_version().expect_err("v8 is refused").to_string();
         assert!(
-            err.contains("layout v7") && err.contains("--layout 7"),
+            err.contains("layout v8") && err.contains("--layout 8"),
             "{err}"
         );
-        std::fs::remove_dir(root.join("v7")).expect("rmdir");
+        std::fs::remove_dir(root.join("v8")).expect("rmdir");
         std::fs::write(root.join("stray"), b"").expect("write");
         let err = l.check_version().expect_err("stray file").to_string();
         assert!(err.contains("stray"), "{err}");

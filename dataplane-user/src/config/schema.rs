@@ -40,7 +40,7 @@ pub(super) struct InterfaceText {
     /// Link budget shared by all classes by priority ("100Gbit"). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) link_rate: Option<Scalar>,
-    /// Burst of the link budget ("8MiB"). Default: 10 ms of `link_rate`, at least 64 KiB.
+    /// Burst of the link budget ("8MiB"). Default: 20 ms of `link_rate`, at least 64 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) link_burst: Option<Scalar>,
     /// Forward packets arriving here in XDP (route lookup in the kernel's FIB, redirect to
@@ -71,12 +71,12 @@ pub struct ClassText {
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ceil: Option<Scalar>,
-    /// Committed burst ("4MiB"), at least 1514 bytes. Default: 10 ms of `rate`, at least
+    /// Committed burst ("4MiB"), at least 1514 bytes. Default: 20 ms of `rate`, at least
     /// 64 KiB.
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<Scalar>,
-    /// Peak burst, at least 1514 bytes. Default: the larger of `burst` and 10 ms of `ceil`
+    /// Peak burst, at least 1514 bytes. Default: the larger of `burst` and 20 ms of `ceil`
     /// (at least 64 KiB).
     #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default, skip_serializing_if = "Option::is_none")]

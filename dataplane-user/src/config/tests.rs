@@ -68,8 +68,8 @@ fn minimal_policy_fills_defaults() {
     let r = &p.classes[1];
     assert_eq!(r.rate_bytes_per_sec, 5_000_000_000);
     assert_eq!(r.ceil_bytes_per_sec, Some(6_250_000_000));
-    assert_eq!(r.burst_bytes, 50_000_000, "10 ms of 40 Gbit/s");
-    assert_eq!(r.ceil_burst_bytes, 62_500_000, "10 ms of 50 Gbit/s");
+    assert_eq!(r.burst_bytes, 100_000_000, "20 ms of 40 Gbit/s");
+    assert_eq!(r.ceil_burst_bytes, 125_000_000, "20 ms of 50 Gbit/s");
     assert!(p.rules.is_empty());
     assert!(p.interfaces.is_empty());
 }
@@ -298,7 +298,7 @@ fn full_example_builds_the_expected_policy() {
             InterfaceSpec {
                 name: "eth1".into(),
                 link_rate_bytes_per_sec: Some(3_125_000_000),
-                link_burst_bytes: 31_250_000,
+                link_burst_bytes: 62_500_000,
                 forward: false,
             },
             InterfaceSpec {
@@ -574,8 +574,8 @@ fn ceil_burst_defaults_to_the_larger_of_burst_and_ceil() {
     let p = with_base("[[class]]\nname = \"x\"\nceil = \"100Gbit\"\n").expect("valid");
     assert_eq!(p.classes[2].burst_bytes, MIN_DEFAULT_BURST_BYTES);
     assert_eq!(
-        p.classes[2].ceil_burst_bytes, 125_000_000,
-        "10 ms of ceil is larger"
+        p.classes[2].ceil_burst_bytes, 250_000_000,
+        "20 ms of ceil is larger"
     );
 }
 
