@@ -307,7 +307,7 @@ fn tcp_over_a_realistic_round_trip_gets_its_rate_without_loss() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const RATE_MBIT: u32 = 100;
     const ADDED_RTT: Duration = Duration::from_millis(5);
-    for streams in [1, 4] {
+    for streams in [1, 4, 16] {
         let case = TcpCase {
             rate_mbit: RATE_MBIT,
             streams,
@@ -340,13 +340,14 @@ fn tcp_over_a_realistic_round_trip_gets_its_rate_without_loss() {
             "{streams} streams: the class measured a round trip of {} µs over a 5 ms path",
             dp.measured_rtt_us
         );
-        // Measured on 2 cores: 0.91 to 0.93 × rate, 0.96 to 0.97 × HTB; nothing
-        // retransmitted; 0 ms added against HTB's 3.4 to 9.9 ms.
+        // Measured on 2 cores: 0.92 to 0.95 × rate, 0.97 to 1.00 × HTB; nothing
+        // retransmitted; 0 ms added against HTB's 3 to 30 ms.
         let rate = f64::from(RATE_MBIT) * 1e6;
         assert_beats_htb(&format!("{streams} streams over 5 ms"), &dp, &htb, rate);
         // The policer's own view of the loss: the class dropped at most 0.1% of its packets
         // (measured: none. Before the streams shared the class's start window, each took all
-        // of it and four streams lost 0.1% to 0.3% while they started).
+        // of it and four streams lost 0.1% to 0.3% while they started; with a 10 ms default
+        // burst, the initial windows of 16 streams overflowed it, 0.2%).
         assert!(
             dp.class.dropped_packets * 1000 <= dp.class.packets,
             "{streams} streams over 5 ms: the class dropped {} of {} packets",
