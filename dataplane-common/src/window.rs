@@ -137,12 +137,13 @@ pub const fn rtt_average_us(average_us: u32, sample_us: u32) -> u32 {
 /// A phantom queue does not slow its senders as a real one does: it only adds up what the
 /// window admits beyond the rate. So each adjustment matches the rate first: the standing
 /// backlog's growth over the period tells by how much the window's senders outran the rate
-/// (or fell short of it), and the window is scaled by the inverse. Then it steers the
-/// backlog back to the target, half the way each period. (Shrinking and growing by fixed
+/// (or fell short of it), and the window is scaled by the inverse (of half that excess:
+/// one period's minimum is noisy). Then it steers the backlog back to the target, half the
+/// way each period. (Shrinking and growing by fixed
 /// steps swung the window around the rate: 16 flows at 100 Mbit/s over 5 ms between 0.66
 /// and 1.14 of it, and the rate lost while under it.) At most it halves or grows an eighth
 /// per period, halves above half the burst (drops are near), and never goes under two
-/// segments per flow. Returns whether the state changed (to be written back).
+/// segments per flow. Writes `state` only where it changes, and returns whether it did.
 #[inline(always)]
 pub fn window_update(
     ctl: &WindowControl,
@@ -214,10 +215,11 @@ pub fn window_update(
 }
 
 /// The window `w` scaled to the rate, over a period of `elapsed_ns` whose standing backlog
-/// went from `last_ns` to `standing_ns`: admitted over the period was `elapsed + standing -
-/// last` of the rate's time, so the window is scaled by `elapsed / that` to match the rate,
-/// and by `(elapsed + (target - standing) / 2) / elapsed` to close half the distance to the
-/// target. Within half and nine eighths of `w`.
+/// went from `last_ns` to `standing_ns`: the senders admitted `elapsed + standing - last`
+/// of the rate's time, so the window is scaled by `elapsed / (elapsed + (standing - last) /
+/// 2)` to take back half of what they sent beyond the rate (or make up half of what they
+/// fell short), and by `(elapsed + (target - standing) / 2) / elapsed` to close half the
+/// distance to the target. Within half and nine eighths of `w`.
 #[inline(always)]
 fn rate_matched(w: u32, elapsed_ns: u64, last_ns: u64, standing_ns: u64, target_ns: u64) -> u32 {
     // After a longer idle time the backlogs compared tell nothing more; bounded, the
