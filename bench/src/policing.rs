@@ -28,19 +28,30 @@ const RATES: [f64; 5] = [1e6, 10e6, 100e6, 1e9, 10e9];
 const TOP_SHARE: f64 = 4.0;
 /// Target: admitted within this fraction of the configured rate.
 const TOLERANCE: f64 = 0.01;
-/// Bursts large enough that a sender preempted for a few milliseconds does not lose tokens
-/// (that would measure the load generator); offered load far above the rate drains them
-/// within the warm-up.
-const BURST: &str = "32MiB";
+/// The longest stall of a sender (preempted, or its virtual CPU descheduled) the burst
+/// covers, in seconds of the rate: a sender idle for longer than the burst loses tokens,
+/// which measures the load generator, not the policer (32 MiB is 16 ms at 17 Gbit/s, and
+/// such stalls took 1.1% from that row). Offered load far above the rate drains the burst
+/// before the first sample (`dataplane_lab::rates` waits for refusals).
+const STALL_COVER_SECS: f64 = 0.1;
+/// The least burst, for the low rates.
+const MIN_BURST_BYTES: u64 = 32 << 20;
+
+/// The burst of a class of `rate_bps`: [`STALL_COVER_SECS`] of it, at least
+/// [`MIN_BURST_BYTES`].
+fn burst_bytes(rate_bps: f64) -> u64 {
+    ((rate_bps / 8.0 * STALL_COVER_SECS) as u64).max(MIN_BURST_BYTES)
+}
 /// Clock helpers per run of a clock program (CLOCK_CALLS in the eBPF object).
 const CLOCK_CALLS: f64 = 16.0;
 
 fn policy(rate_bps: f64) -> String {
     format!(
         "[[class]]\nname = \"default\"\n[[class]]\nname = \"limited\"\nrate = \"{}bit\"\n\
-         burst = \"{BURST}\"\nexceed = \"drop\"\n[[rule]]\nclass = \"limited\"\n\
+         burst = \"{}B\"\nexceed = \"drop\"\n[[rule]]\nclass = \"limited\"\n\
          protocol = \"udp\"\ndst_port = 5001\n",
-        rate_bps as u64
+        rate_bps as u64,
+        burst_bytes(rate_bps)
     )
 }
 
@@ -135,9 +146,12 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
     let mut s = Section::new("Policing accuracy");
     s.method = vec![
         format!(
-            "One class with a committed rate R (burst {BURST}, exceed = drop) matched by a UDP \
+            "One class with a committed rate R (burst: {} ms of R, at least {} MiB, so a \
+             sender stalled for less keeps its tokens; exceed = drop) matched by a UDP \
              rule; {FRAME_BYTES}-byte frames offered through BPF_PROG_TEST_RUN far above R by \
-             one sender (CPU 0) or two (CPUs 0 and 1) on the same class, each one long call."
+             one sender (CPU 0) or two (CPUs 0 and 1) on the same class, each one long call.",
+            STALL_COVER_SECS * 1e3,
+            MIN_BURST_BYTES >> 20
         ),
         format!(
             "After a warm-up of {} ms (which drains the burst) the class's green-packet \
