@@ -56,10 +56,20 @@ pub struct TcpRun {
     pub class: ClassCounters,
 }
 
+/// Ping's own jitter on a busy two-CPU machine (ms): an idle veth path reads 0.03 to 0.09
+/// ms from one run to the next, so a smaller difference is none.
+pub const PING_JITTER_MS: f64 = 0.05;
+
 impl TcpRun {
     /// Ping latency the loaded class added over the idle path, ms.
     pub fn added_latency_ms(&self) -> f64 {
         (self.ping_loaded_ms - self.ping_idle_ms).max(0.0)
+    }
+
+    /// Whether this run added at most a tenth of the ping latency `htb`'s run added, or no
+    /// more than ping's jitter ([`PING_JITTER_MS`]) where HTB itself adds little.
+    pub fn adds_a_tenth_of_the_latency_of(&self, htb: &TcpRun) -> bool {
+        self.added_latency_ms() <= (0.1 * htb.added_latency_ms()).max(PING_JITTER_MS)
     }
 }
 
