@@ -121,6 +121,17 @@ pub fn run_until_stopped(
     SenderEnd::Stopped
 }
 
+/// Keeps the calling thread on the CPU it runs on now: the flow cache is per CPU, so a test
+/// that counts its hits and misses must run every frame on one CPU (a frame the scheduler
+/// moved to another meets that CPU's table, a miss).
+pub fn stay_on_this_cpu() {
+    // SAFETY: a call without arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    let cpu = usize::try_from(cpu)
+        .unwrap_or_else(|_| panic!("sched_getcpu: {}", std::io::Error::last_os_error()));
+    pin_to_cpu(cpu);
+}
+
 /// Pins the calling thread to `cpu`.
 pub fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; the call only reads it.

@@ -21,7 +21,7 @@ use dataplane_common::{
 };
 use dataplane_lab::{
     frames::Frame,
-    kernel::{load_policy, require_root, run_once},
+    kernel::{load_policy, require_root, run_once, stay_on_this_cpu},
     rng::Rng,
 };
 
@@ -327,8 +327,11 @@ fn distinct_flows(frames: &[Vec<u8>], iface_slot: u8) -> usize {
         .len()
 }
 
+/// A fresh dataplane, on a thread that stays on its CPU: every test here counts flow-cache
+/// hits and misses, which are per CPU.
 fn load() -> Dataplane {
     require_root();
+    stay_on_this_cpu();
     Dataplane::load().expect("the XDP object loads and passes the verifier")
 }
 
@@ -670,6 +673,7 @@ fn tcp_frame() -> Vec<u8> {
 /// rule does not match; a policy whose first interface is absent gives lo slot 2.
 #[test]
 fn iface_rules_match_the_registered_ingress() {
+    stay_on_this_cpu();
     let classes = 3;
     let (mut dp, p) = load_policy(IFACE_POLICY);
     let (on_lo, udp_any, default) = (
