@@ -9,6 +9,7 @@ use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -45,12 +46,37 @@ pub struct Prometheus {
     agent: ureq::Agent,
 }
 
-/// A free TCP port on loopback (free when this returns; the caller binds it soon after).
+/// A free TCP port on loopback for a server a test starts (free when this returns; the
+/// caller binds it soon after). Taken below the kernel's ephemeral range, from a counter of
+/// this process: neither a client's outgoing connection nor another test of this process
+/// can take it before the server binds it. (A port from binding port 0 is an ephemeral one
+/// that a connection may take meanwhile: an etcd member then failed with "address already
+/// in use".)
 pub fn free_loopback_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(ephemeral_ports_start().saturating_sub(FIRST_SERVER_PORT)).max(1);
+    // Processes of parallel test runs start apart.
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..span {
+        let n = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = FIRST_SERVER_PORT + n as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port from {FIRST_SERVER_PORT} up to the ephemeral range");
+}
+
+/// The first port [`free_loopback_port`] hands out.
+const FIRST_SERVER_PORT: u16 = 10_000;
+
+/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`; Linux's
+/// default 32768 when it cannot be read).
+fn ephemeral_ports_start() -> u16 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 fn agent() -> ureq::Agent {
