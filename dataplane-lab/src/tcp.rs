@@ -56,7 +56,7 @@ pub struct TcpRun {
     pub class: ClassCounters,
 }
 
-/// Ping's own jitter on a busy two-CPU machine (ms): an idle veth path reads 0.03 to 0.09
+/// Ping's own jitter on a busy two-CPU machine (ms): an idle veth path reads 0.02 to 0.09
 /// ms from one run to the next, so a smaller difference is none.
 pub const PING_JITTER_MS: f64 = 0.05;
 
