@@ -5,6 +5,7 @@
 mod agreement;
 mod control;
 mod machine;
+mod memory;
 mod netns;
 mod per_packet;
 mod plot;

@@ -110,6 +110,13 @@ impl Daemon {
     /// Starts `dataplane run --config <file> <args>` (without `--config` when `args` has
     /// `--etcd`) and waits until its socket answers.
     pub fn start(&mut self, args: &[&str]) {
+        self.start_under(&[], args);
+    }
+
+    /// [`Daemon::start`] with the daemon run by `wrapper` (a program and its arguments that
+    /// end by executing the rest of their command line in the same process, as `unshare`
+    /// does), given the daemon's environment.
+    pub fn start_under(&mut self, wrapper: &[&str], args: &[&str]) {
         assert!(self.child.is_none(), "daemon already started");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -122,8 +129,22 @@ impl Daemon {
         } else {
             vec!["--config".into(), self.config_path().into_os_string()]
         };
-        let child = self
-            .command()
+        let daemon = self.command();
+        let mut command = match wrapper.split_first() {
+            None => daemon,
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(daemon.get_program());
+                for (key, value) in daemon.get_envs() {
+                    match value {
+                        Some(value) => c.env(key, value),
+                        None => c.env_remove(key),
+                    };
+                }
+                c
+            }
+        };
+        let child = command
             .arg("run")
             .args(config)
             .args(if args.contains(&"--watch-interval") {

@@ -87,6 +87,16 @@ pub enum DataplaneError {
     /// The interface is unknown or all slots are taken.
     #[error("interface {0}")]
     Interface(String),
+    /// A kernel filesystem the program needs is absent and could not be mounted.
+    #[error("mounting {fs} on {at}: {source}")]
+    Mount {
+        /// The filesystem.
+        fs: &'static str,
+        /// Where.
+        at: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The embedded object could not be parsed.
     #[error("parsing the embedded eBPF object: {0}")]
     Object(String),
@@ -313,6 +323,15 @@ impl Dataplane {
     /// this value lives (a daemon's lifetime: frames lost while no daemon runs are not
     /// counted).
     pub fn watch_redirects(&mut self) -> Result<(), DataplaneError> {
+        // aya finds a tracepoint's id under tracefs, which minimal systems leave unmounted.
+        let tracefs = crate::mounts::TRACEFS;
+        tracefs
+            .ensure_mounted()
+            .map_err(|source| DataplaneError::Mount {
+                fs: "tracefs",
+                at: tracefs.mount_point,
+                source,
+            })?;
         for (index, (_, event)) in REDIRECT_WATCHERS.iter().enumerate() {
             self.watcher_mut(index)?.attach("xdp", event)?;
         }

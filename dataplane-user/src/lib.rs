@@ -16,6 +16,7 @@ pub mod forward;
 pub mod ids;
 pub mod kernel_log;
 pub mod metrics;
+pub mod mounts;
 pub mod netdev;
 pub mod pins;
 pub mod routes;

@@ -15,21 +15,18 @@
 //! detaches it. Maps and programs stay loaded while anything (pin, link, process) holds them.
 
 use std::{
-    ffi::CString,
     io,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
+
+use crate::mounts::BPFFS;
 
 /// Where the layout lives unless told otherwise.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/dataplane";
 /// The layout this binary writes and adopts. Bump it whenever a map's type, key, value or size
 /// changes meaning in a way the size check below would not catch.
 pub const LAYOUT_VERSION: u32 = 7;
-/// Where bpffs is mounted when the system has not mounted it.
-const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
-/// `statfs.f_type` of a bpf filesystem.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// What is wrong with the pinned state.
 #[derive(Debug, thiserror::Error)]
@@ -197,9 +194,10 @@ impl PinLayout {
     /// Makes sure the pin root can be created on a bpf filesystem, mounting bpffs at
     /// /sys/fs/bpf when the system has not.
     pub fn prepare(&self) -> Result<(), PinError> {
-        let mount_point = Path::new(BPFFS_MOUNT_POINT);
-        if self.root.starts_with(mount_point) && !is_bpffs(mount_point) {
-            mount_bpffs(mount_point)?;
+        if self.root.starts_with(BPFFS.mount_point) {
+            BPFFS
+                .ensure_mounted()
+                .map_err(io_err("mounting bpffs on", Path::new(BPFFS.mount_point)))?;
         }
         for dir in [
             self.dir().join("maps"),
@@ -208,7 +206,7 @@ impl PinLayout {
         ] {
             std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         }
-        if !is_bpffs(&self.root) {
+        if !BPFFS.holds(&self.root) {
             return Err(PinError::NotBpffs(self.root.clone()));
         }
         Ok(())
@@ -291,17 +289,6 @@ impl PinLayout {
     }
 }
 
-fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is NUL-terminated; `st` is a valid out-pointer for the call.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
-    }
-}
-
 /// Why pin `path` could not be opened (`error` is what the loader said): not root, gone, or
 /// not what this binary expects, in that order, so the advice fits the cause.
 pub fn open_failure(path: &Path, error: impl std::fmt::Display) -> PinError {
@@ -353,26 +340,6 @@ pub fn check_interface_name(name: &str) -> Result<(), PinError> {
     } else {
         Err(PinError::BadInterfaceName(name.to_string()))
     }
-}
-
-fn mount_bpffs(at: &Path) -> Result<(), PinError> {
-    std::fs::create_dir_all(at).map_err(io_err("creating", at))?;
-    let target = CString::new(at.as_os_str().as_encoded_bytes())
-        .map_err(|e| io_err("mounting bpffs on", at)(io::Error::other(e)))?;
-    // SAFETY: all pointers are valid NUL-terminated strings; data is null.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(io_err("mounting bpffs on", at)(io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

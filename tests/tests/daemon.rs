@@ -1317,3 +1317,43 @@ fn a_deleted_interface_is_reported_and_a_re_created_one_policed_again() {
     let (sent, received) = police_check(&net);
     assert_policed(sent, received);
 }
+
+/// A system that has not mounted tracefs (a minimal VM or container) still runs the daemon:
+/// it mounts tracefs itself for the tracepoints its redirect-failure counters attach to. The
+/// daemon runs in a mount namespace of its own with tracefs and debugfs unmounted there, so
+/// the host's mounts stay as they are.
+#[test]
+fn the_daemon_mounts_tracefs_where_the_system_has_not() {
+    let net = VethNs::create();
+    let mut d = Daemon::create();
+    d.write_config(&policy("8Mbit"));
+    let unmount_tracefs = "for m in /sys/kernel/debug/tracing /sys/kernel/tracing /sys/kernel/debug; do \
+         umount -l $m 2>/dev/null; done; \
+         if grep -q ' tracefs ' /proc/self/mounts; then echo 'tracefs is still mounted' >&2; exit 90; fi; \
+         exec \"$@\"";
+    d.start_under(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            unmount_tracefs,
+            "sh",
+        ],
+        &["--iface", &net.root_if],
+    );
+    let pid = d.pid().expect("the daemon runs");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).expect("its mounts");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.starts_with("tracefs /sys/kernel/tracing tracefs ")),
+        "no tracefs in the daemon's mount namespace:\n{mounts}"
+    );
+    assert!(
+        d.ok(&["status"]).contains(&net.root_if),
+        "the daemon serves its interface"
+    );
+}

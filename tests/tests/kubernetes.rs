@@ -131,7 +131,11 @@ fn the_daemonset_runs_unprivileged_and_its_scrapers_find_it() {
         .iter()
         .filter_map(|v| v["hostPath"]["path"].as_str())
         .collect();
-    assert_eq!(host_paths, ["/sys/fs/bpf", "/run/dataplane"]);
+    // The pins outlive the pod; the tracepoints are named under the node's tracefs.
+    assert_eq!(
+        host_paths,
+        ["/sys/fs/bpf", "/sys/kernel/tracing", "/run/dataplane"]
+    );
     for probe in ["readinessProbe", "livenessProbe"] {
         assert_eq!(container[probe]["httpGet"]["path"], "/healthz", "{probe}");
         assert_eq!(container[probe]["httpGet"]["port"], "metrics", "{probe}");
