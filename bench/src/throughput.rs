@@ -895,7 +895,7 @@ fn report(
     }
     s.targets.push(many_flows);
     if let Some(model) = cpu_model(
-        find(Config::DataplaneForward, small),
+        one_flow,
         find(
             Config::DataplaneForward,
             Load {

@@ -328,7 +328,7 @@ impl Dataplane {
         tracefs
             .ensure_mounted()
             .map_err(|source| DataplaneError::Mount {
-                fs: "tracefs",
+                fs: tracefs.name(),
                 at: tracefs.mount_point,
                 source,
             })?;

@@ -30,6 +30,11 @@ pub const TRACEFS: KernelFs = KernelFs {
 };
 
 impl KernelFs {
+    /// The filesystem type's name, for messages.
+    pub fn name(&self) -> &'static str {
+        self.kind.to_str().unwrap_or("kernel filesystem")
+    }
+
     /// Whether `path` lies on this filesystem.
     pub fn holds(&self, path: &Path) -> bool {
         let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
@@ -77,5 +82,6 @@ mod tests {
         assert!(!BPFFS.holds(&dir));
         assert!(!TRACEFS.holds(&dir));
         assert!(!BPFFS.holds(Path::new("/no/such/path")));
+        assert_eq!((BPFFS.name(), TRACEFS.name()), ("bpf", "tracefs"));
     }
 }

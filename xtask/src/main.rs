@@ -83,13 +83,13 @@ enum Task {
     },
     /// Benchmarks: writes BENCHMARKS.md and bench/plots/ at the workspace root (root).
     Bench {
-        /// Fewer repeats and shorter windows: finishes in under a minute.
+        /// Fewer repeats and shorter windows: about 1.5 minutes.
         #[arg(long)]
         quick: bool,
         /// Write BENCHMARKS.md and bench/plots/ here instead.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Run only these parts (1-5; repeatable).
+        /// Run only these parts (1-6; repeatable).
         #[arg(long)]
         only: Vec<u8>,
     },
