@@ -4,6 +4,7 @@
 
 mod agreement;
 mod control;
+mod generator;
 mod machine;
 mod memory;
 mod netns;

@@ -1,24 +1,16 @@
 //! The harness's helper programs (`dataplane-ebpf/src/bench.rs`): one loaded copy of the
 //! object per use, each with its own maps.
 
-use std::time::{Duration, Instant};
-
 use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::{Array, DevMap, DevMapHash, PerCpuArray, ProgramArray},
-    programs::{ProgramFd, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{ProgramFd, Xdp, XdpMode},
     Ebpf,
 };
 use dataplane::dataplane::BENCH_OBJECT;
 
-/// Frames `bench_redirect` hands to the redirect per batch in live-frames mode: the NAPI
-/// budget, and below the veth ring (256) so a batch never overflows it.
-pub const LIVE_BATCH: u32 = 64;
-
-/// Headers `bench_generate` restores (TEMPLATE_BYTES and IPV4_HEADERS in the object):
-/// Ethernet + IPv6 + UDP, or Ethernet + IPv4 + UDP.
-const TEMPLATE_BYTES: usize = 14 + 40 + 8;
-const IPV4_HEADERS: usize = 14 + 20 + 8;
+/// Frames `bench_amplify` makes of each seed (COPIES in the object).
+pub const COPIES: u32 = 64;
 
 /// Per-CPU counters of `bench_sink` (layout of `SinkCounters` in the eBPF object).
 #[repr(C)]
@@ -65,8 +57,7 @@ impl BenchPrograms {
             .try_into()?)
     }
 
-    /// Makes `bench_redirect` and `bench_generate` send frames to `ifindex` (of the calling
-    /// thread's namespace).
+    /// Makes `bench_redirect` send frames to `ifindex` (of the calling thread's namespace).
     pub fn redirect_to(&mut self, ifindex: u32) -> Result<()> {
         let mut map: DevMap<_> = DevMap::try_from(
             self.ebpf
@@ -116,44 +107,23 @@ impl BenchPrograms {
         Ok(())
     }
 
-    /// Makes `bench_generate` cycle through `flows` flows (1: every frame as given).
+    /// Makes `bench_amplify`, on `iface`, send `COPIES` copies of every frame out of `to`,
+    /// each through `bench_stamp` (both of the calling thread's namespace).
+    pub fn amplify(&mut self, iface: &str, to: u32) -> Result<()> {
+        let stamp = self.program("bench_stamp")?.fd()?.try_clone()?;
+        let mut copies: DevMap<_> =
+            DevMap::try_from(self.ebpf.map_mut("AMPLIFY").context("map AMPLIFY")?)?;
+        for slot in 0..COPIES {
+            copies.set(slot, to, Some(&stamp), 0)?;
+        }
+        self.attach("bench_amplify", iface)
+    }
+
+    /// Makes `bench_stamp` cycle through `flows` flows (1: every copy as its seed).
     pub fn generate_flows(&mut self, flows: u32) -> Result<()> {
         let mut n: Array<_, u32> =
             Array::try_from(self.ebpf.map_mut("FLOWS").context("map FLOWS")?)?;
         n.set(0, flows, 0)?;
         Ok(())
-    }
-
-    /// Runs `bench_generate` over `count` copies of `frame` as live frames; returns how long
-    /// the call took, which includes the softirq work it triggers on this CPU (the
-    /// receiving veths' NAPI runs when each batch re-enables bottom halves).
-    pub fn generate(&mut self, frame: &[u8], count: u32) -> Result<Duration> {
-        let ipv6 = frame.get(12..14) == Some(&[0x86, 0xdd][..]);
-        let len = if ipv6 { TEMPLATE_BYTES } else { IPV4_HEADERS };
-        let mut headers = [0u8; TEMPLATE_BYTES];
-        headers[..len].copy_from_slice(
-            frame
-                .get(..len)
-                .context("the generator's frame is shorter than its headers")?,
-        );
-        let mut template: Array<_, [u8; TEMPLATE_BYTES]> =
-            Array::try_from(self.ebpf.map_mut("TEMPLATE").context("map TEMPLATE")?)?;
-        template.set(0, headers, 0)?;
-        let mut template_len: Array<_, u32> = Array::try_from(
-            self.ebpf
-                .map_mut("TEMPLATE_LEN")
-                .context("map TEMPLATE_LEN")?,
-        )?;
-        template_len.set(0, len as u32, 0)?;
-        let prog = self.program("bench_generate")?;
-        let start = Instant::now();
-        prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            repeat: count,
-            attrs: TestRunAttrs::new().xdp_live_frames(LIVE_BATCH),
-            ..TestRunOptions::default()
-        })
-        .context("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES")?;
-        Ok(start.elapsed())
     }
 }

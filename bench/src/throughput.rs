@@ -1,5 +1,5 @@
 //! Gateway throughput through veth pairs in network namespaces: client -> gateway -> server,
-//! frames made in the kernel by a live-frames BPF_PROG_TEST_RUN and counted at the server.
+//! frames sent from an AF_PACKET TX ring in the client and counted at the server.
 //! Every configuration is measured with one flow on one CPU in both frame sizes; the bare
 //! FIB forwarder and the dataplane also with IPv6, many flows and both CPUs.
 
@@ -17,16 +17,20 @@ use dataplane_lab::{frames::Frame, kernel::pin_to_cpu};
 use indicatif::ProgressBar;
 
 use crate::{
+    generator::{live_frames_allowed, PacketRing, RING_FRAMES},
     memory::entry_visit_ns,
     netns::{veth, Netns},
     plot::Plot,
-    programs::{BenchPrograms, LIVE_BATCH},
+    programs::{BenchPrograms, COPIES},
     report::{Section, Table, Target, Verdict},
     stats::Figure,
     Settings,
 };
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0xb0, 0, 0, 0, 0x01];
+/// The generator's seed veth pair in the client namespace (see `generator`).
+const SEED_MAC: [u8; 6] = [0x02, 0xb0, 0, 0, 0, 0x05];
+const AMP_MAC: [u8; 6] = [0x02, 0xb0, 0, 0, 0, 0x06];
 const GW_IN_MAC: [u8; 6] = [0x02, 0xb0, 0, 0, 0, 0x02];
 const GW_OUT_MAC: [u8; 6] = [0x02, 0xb0, 0, 0, 0, 0x03];
 const SERVER_MAC: [u8; 6] = [0x02, 0xb0, 0, 0, 0, 0x04];
@@ -55,6 +59,8 @@ const NFT_LIMIT: &str = "table ip dataplane_bench {
 /// A configuration counts as forwarding in XDP only if the kernel forwarded less than this
 /// share of what arrived.
 const MOSTLY: f64 = 0.5;
+/// Frames each row sends at least before its rounds (the smoke run's counts are tiny).
+const WARM_UP_FRAMES: u32 = 64;
 /// Frame sizes (without FCS): 60 bytes (64 on the wire) and a 1500-byte IP packet. IPv6's
 /// smallest UDP frame is 62 bytes; its rows use 64.
 const FRAME_SIZES: [(usize, &str); 2] = [(60, "64 B"), (1514, "1500 B")];
@@ -69,6 +75,8 @@ fn mac(m: [u8; 6]) -> String {
 /// What the gateway runs between its two ports.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Config {
+    /// (0) the generator alone: `gw_in` counts and drops every frame (`bench_sink`).
+    GeneratorFloor,
     /// (a) XDP redirect from gw_in to gw_out through a devmap, nothing else.
     BareRedirect,
     /// (a′) a bare FIB forwarder: route lookup, TTL, MACs, devmap redirect.
@@ -84,7 +92,8 @@ enum Config {
 }
 
 impl Config {
-    const ALL: [Config; 6] = [
+    const ALL: [Config; 7] = [
+        Config::GeneratorFloor,
         Config::BareRedirect,
         Config::FibForward,
         Config::DataplanePass,
@@ -95,6 +104,7 @@ impl Config {
 
     fn label(self) -> &'static str {
         match self {
+            Config::GeneratorFloor => "(0) generator alone: XDP drops at gw_in",
             Config::BareRedirect => "(a) bare XDP redirect (floor)",
             Config::FibForward => "(a′) bare FIB forwarder (xdp-forward fib-full)",
             Config::DataplaneForward => "(b) dataplane: classify + police + forward",
@@ -120,12 +130,15 @@ enum Installed {
 /// client (cli) <-> (gw_in) gateway (gw_out) <-> (srv) server, three namespaces.
 struct Gateway {
     config: Config,
+    /// Counts what arrives: at `srv`, or at `gw_in` for (0).
     sink: BenchPrograms,
-    /// One generator per CPU that generates (two-CPU rows run both at once).
-    generators: [BenchPrograms; 2],
+    /// Seed senders, one per CPU that generates (two-CPU rows run both at once).
+    generators: [PacketRing; 2],
+    /// Copies each seed `COPIES` times out of `cli`.
+    amplifier: BenchPrograms,
     _installed: Installed,
     // Dropped after the programs above: the namespaces go last.
-    client: Netns,
+    _client: Netns,
     gateway: Netns,
     _server: Netns,
 }
@@ -163,6 +176,10 @@ impl Gateway {
         veth(
             (&client, "cli", &mac(CLIENT_MAC)),
             (&gateway, "gw_in", &mac(GW_IN_MAC)),
+        )?;
+        veth(
+            (&client, "seed", &mac(SEED_MAC)),
+            (&client, "amp", &mac(AMP_MAC)),
         )?;
         veth(
             (&gateway, "gw_out", &mac(GW_OUT_MAC)),
@@ -203,20 +220,28 @@ impl Gateway {
                 "permanent",
             ])?;
         }
-        let sink = server.within(|| {
-            let mut s = BenchPrograms::load()?;
-            s.attach("bench_sink", "srv")?;
-            Ok(s)
-        })?;
-        let generator = || {
-            client.within(|| {
-                let mut g = BenchPrograms::load()?;
-                g.redirect_to(require_ifindex("cli")?)?;
-                Ok(g)
-            })
+        let sink = if config == Config::GeneratorFloor {
+            gateway.within(|| {
+                let mut s = BenchPrograms::load()?;
+                s.attach("bench_sink", "gw_in")?;
+                Ok(s)
+            })?
+        } else {
+            server.within(|| {
+                let mut s = BenchPrograms::load()?;
+                s.attach("bench_sink", "srv")?;
+                Ok(s)
+            })?
         };
+        let generator = || client.within(|| PacketRing::open(require_ifindex("seed")?));
         let generators = [generator()?, generator()?];
+        let amplifier = client.within(|| {
+            let mut a = BenchPrograms::load()?;
+            a.amplify("amp", require_ifindex("cli")?)?;
+            Ok(a)
+        })?;
         let installed = match config {
+            Config::GeneratorFloor => Installed::Kernel,
             Config::BareRedirect | Config::FibForward => Installed::Programs {
                 _programs: gateway.within(|| {
                     let mut f = BenchPrograms::load()?;
@@ -292,8 +317,9 @@ impl Gateway {
             config,
             sink,
             generators,
+            amplifier,
             _installed: installed,
-            client,
+            _client: client,
             gateway,
             _server: server,
         })
@@ -315,12 +341,12 @@ impl Gateway {
             .context("no Ip ForwDatagrams in the gateway's /proc/net/snmp")
     }
 
-    /// Sends `count` frames of `load` from each of its CPUs at once; returns (frames received
-    /// at the sink, seconds of the longest generator call).
-    fn send(&mut self, load: &Load, count: u32) -> Result<(u64, f64)> {
+    /// Sends `seeds` seeds (`COPIES` frames each) of `load` from each of its CPUs at once;
+    /// returns (frames received at the sink, seconds of the longest generator call).
+    fn send(&mut self, load: &Load, seeds: u32) -> Result<(u64, f64)> {
         let before = self.sink.sink_counters()?.0;
+        self.amplifier.generate_flows(load.flows)?;
         let frames = load.frames();
-        let client = &self.client;
         let elapsed = std::thread::scope(|s| -> Result<f64> {
             let handles: Vec<_> = self
                 .generators
@@ -329,11 +355,8 @@ impl Gateway {
                 .zip([CPU, OTHER_CPU])
                 .map(|((generator, frame), cpu)| {
                     s.spawn(move || {
-                        client.within(|| {
-                            pin_to_cpu(cpu);
-                            generator.generate_flows(load.flows)?;
-                            generator.generate(frame, count)
-                        })
+                        pin_to_cpu(cpu);
+                        generator.send(frame, seeds)
                     })
                 })
                 .collect();
@@ -489,7 +512,11 @@ fn cases(gateways: &[Gateway]) -> Vec<Case> {
         }
     }
     let small = FRAME_SIZES[0].0;
-    for config in [Config::FibForward, Config::DataplaneForward] {
+    for config in [
+        Config::GeneratorFloor,
+        Config::FibForward,
+        Config::DataplaneForward,
+    ] {
         let v6 = Load {
             v6: true,
             len: IPV6_FRAME,
@@ -502,6 +529,7 @@ fn cases(gateways: &[Gateway]) -> Vec<Case> {
             flows,
             ..Load::v4(small)
         };
+        add(Config::GeneratorFloor, many, Group::Flows);
         add(Config::DataplaneForward, many, Group::Flows);
     }
     for (config, cpus) in [
@@ -529,8 +557,8 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
     bar.set_message("warm-up");
     for case in &cases {
         let g = &mut gateways[case.gateway];
-        let warm = (settings.frames / 10).max(LIVE_BATCH);
-        let (received, _) = g.send(&case.load, warm)?;
+        let warm = (settings.frames / 10).max(WARM_UP_FRAMES) / COPIES;
+        let (received, _) = g.send(&case.load, warm.max(1))?;
         if received == 0 {
             bail!(
                 "{} ({}): no frame reached the server; the path is broken",
@@ -558,8 +586,9 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
         })?);
         for case in cases.iter_mut() {
             let g = &mut gateways[case.gateway];
-            let (received, secs) = g.send(&case.load, settings.frames)?;
-            let sent = u64::from(settings.frames) * case.load.cpu_count();
+            let seeds = (settings.frames / COPIES).max(1);
+            let (received, secs) = g.send(&case.load, seeds)?;
+            let sent = u64::from(seeds * COPIES) * case.load.cpu_count();
             case.mpps.push(received as f64 / secs / 1e6);
             case.sent += sent;
             case.lost += sent.saturating_sub(received);
@@ -577,7 +606,17 @@ pub fn run(settings: &Settings, bar: &ProgressBar) -> Result<Section> {
         let forwarded = g.kernel_forwarded()? - forwarded_before[gi];
         kernel_share.push(forwarded as f64 / arrived.max(1) as f64);
     }
+    let live_frames = match gateways[0]
+        .sink
+        .loaded("bench_sink")
+        .map(live_frames_allowed)
+    {
+        Ok(Ok(())) => "this kernel allows them".to_string(),
+        Ok(Err(refusal)) => format!("this kernel refuses them: {refusal}"),
+        Err(e) => format!("not probed: {e}"),
+    };
     let memory = MemoryRead {
+        live_frames,
         table_bytes,
         ns: Figure::of(&visit_ns),
     };
@@ -596,6 +635,8 @@ fn flow_table_bytes() -> Result<usize> {
 
 /// One visit to an entry of a table of one CPU's flow-table size, per round.
 struct MemoryRead {
+    /// Whether live frames work here, for the method's text.
+    live_frames: String,
     table_bytes: usize,
     ns: Figure,
 }
@@ -655,6 +696,16 @@ fn ns_per_packet(c: &Case) -> f64 {
     1e3 / Figure::of(&c.mpps).median
 }
 
+/// Per round: the time per packet of `c` less that of the generator alone (`floor`, the
+/// same load), in ns: what the gateway costs.
+fn net_ns(c: &Case, floor: &Case) -> Vec<f64> {
+    c.mpps
+        .iter()
+        .zip(&floor.mpps)
+        .map(|(x, f)| 1e3 / x - 1e3 / f)
+        .collect()
+}
+
 fn report(
     settings: &Settings,
     gateways: &[Gateway],
@@ -670,15 +721,20 @@ fn report(
          path), IPv4 and IPv6 forwarding on in the gateway."
             .into(),
         format!(
-            "Generator: this kernel has no pktgen, so a helper XDP program (`bench_generate`) \
-             is run with BPF_PROG_TEST_RUN and BPF_F_TEST_XDP_LIVE_FRAMES inside the client \
-             namespace, redirecting {} copies of one UDP frame per round and CPU into `cli` \
-             in batches of {LIVE_BATCH}; the frames arrive at `gw_in` as if received. It \
-             rewrites the frame's headers every time first (live-frames mode recycles pages \
-             without restoring them, and a forwarding gateway rewrites MACs and TTL in \
-             place) and, for the many-flows rows, makes frame i flow i mod N: IPv4 source \
-             198.18.x.y with the header checksum updated, source port from i's high bits.",
-            settings.frames
+            "Generator (`bench/src/generator.rs`): seeds from an AF_PACKET socket with a \
+             TX ring (TPACKET_V2, {RING_FRAMES} frames, qdisc bypassed, as netsniff-ng's \
+             trafgen) on a veth `seed` in the client namespace; `bench_amplify` on its peer \
+             `amp` sends {COPIES} copies of each seed out of `cli` in one broadcast redirect \
+             (a devmap holding `cli` {COPIES} times), so `gw_in` receives them in one batch \
+             as from a NIC's ring; `bench_stamp`, each copy's devmap program, gives the \
+             many-flows rows' copy i flow i mod N (IPv4 source 198.18.x.y with the header \
+             checksum updated, source port from i's high bits) in a scattered order. {} \
+             frames per round and CPU. The generator's own cost is part of every figure: \
+             row (0) measures it alone (XDP on `gw_in` counts and drops every frame), and \
+             the targets judge gateways by their time per packet net of (0) of the same \
+             round. Live frames (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, the \
+             generator of earlier runs) are not used: some kernel builds refuse them ({}).",
+            settings.frames, memory.live_frames
         ),
         "Sink: `bench_sink` (XDP, counts per CPU and drops) on `srv`. Throughput = frames \
          counted at the sink / duration of the generator's call (the longest of the two \
@@ -727,16 +783,24 @@ fn report(
             .find(|c| gateways[c.gateway].config == config && c.load == load)
     };
     let small = Load::v4(FRAME_SIZES[0].0);
+    // What a row's gateway costs per packet: its time net of (0) on the same load.
+    let net = |c: &Case| {
+        find(Config::GeneratorFloor, c.load)
+            .filter(|_| gateways[c.gateway].config != Config::GeneratorFloor)
+            .map(|floor| net_ns(c, floor))
+    };
 
     let mut main = Table::new(
-        "Throughput in Mpps (median, min–max over rounds), IPv4, one flow, one CPU; ratios \
-         against (a) of the same round.",
+        "Throughput in Mpps (median, min–max over rounds), IPv4, one flow, one CPU; the \
+         gateway's own time per packet (the row's less (0)'s of the same round), and the \
+         throughput ratio against (a) on those net times.",
         &[
             "configuration",
             "frame",
             "Mpps",
             "Gbit/s",
-            "× (a)",
+            "gateway ns/packet",
+            "× (a), net",
             "lost",
             "forwarded by the kernel",
         ],
@@ -751,14 +815,18 @@ fn report(
             .iter()
             .find(|(n, _)| *n == c.load.len)
             .map_or("?", |(_, name)| name);
+        let own = net(c);
         let vs_a = find(Config::BareRedirect, c.load)
-            .map(|a| Figure::ratio(&c.mpps, &a.mpps).show(2))
+            .and_then(net)
+            .zip(own.as_ref())
+            .map(|(a, own)| Figure::ratio(&a, own).show(2))
             .unwrap_or_default();
         main.row(vec![
             config.label().into(),
             name.into(),
             f.show(3),
             format!("{gbit:.2}"),
+            own.map(|n| Figure::of(&n).show(0)).unwrap_or_default(),
             vs_a,
             format!("{} of {}", c.lost, c.sent),
             format!("{:.0}%", kernel_share[c.gateway] * 100.0),
@@ -809,27 +877,36 @@ fn report(
         b.filter(forwarded_itself),
         o,
     ) {
-        (Some(b), Some(o)) => {
-            let r = Figure::ratio(&b.mpps, &o.mpps);
-            let (tb, to) = (ns_per_packet(b), ns_per_packet(o));
-            let a = find(Config::BareRedirect, b.load)
-                .or_else(|| find(Config::BareRedirect, small))
-                .map_or(f64::NAN, ns_per_packet);
-            let need = to / min;
-            Target {
+        (Some(b), Some(o)) => match (net(b), net(o)) {
+            (Some(net_b), Some(net_o)) => {
+                // Throughput ratio on the gateways' own times: o's time over b's.
+                let r = Figure::ratio(&net_o, &net_b);
+                let (tb, to) = (Figure::of(&net_b).median, Figure::of(&net_o).median);
+                let whole = Figure::ratio(&b.mpps, &o.mpps);
+                Target {
+                    name,
+                    goal: goal.into(),
+                    measured: format!("{}×", r.show(2)),
+                    verdict: Verdict::of(r.median >= min),
+                    note: format!(
+                        "gateway per packet, net of the generator: {to:.0} ns against (b) \
+                         {tb:.0} ns; {min}× needs (b) at {:.0} ns. Whole paths, generator \
+                         included ({:.0} and {:.0} ns): {}×",
+                        to / min,
+                        ns_per_packet(o),
+                        ns_per_packet(b),
+                        whole.show(2)
+                    ),
+                }
+            }
+            _ => Target {
                 name,
                 goal: goal.into(),
-                measured: format!("{}×", r.show(2)),
-                verdict: Verdict::of(r.median >= min),
-                note: format!(
-                    "whole path per packet: {to:.0} ns against (b) {tb:.0} ns; {min}× \
-                         needs (b) at {need:.0} ns, {:.0} ns over the bare redirect path \
-                         (a, {a:.0} ns) where (b) takes {:.0} ns over it",
-                    need - a,
-                    tb - a
-                ),
-            }
-        }
+                measured: "not measured".into(),
+                verdict: Verdict::NotMeasured,
+                note: "the generator's row (0) of this load is missing".into(),
+            },
+        },
         _ => Target {
             name,
             goal: goal.into(),
@@ -880,10 +957,10 @@ fn report(
         find(Config::DataplaneForward, most),
         one_flow,
     );
-    if let (Some(one), Verdict::Missed) = (one_flow, &many_flows.verdict) {
+    if let (Some(one), Verdict::Missed) = (one_flow.and_then(net), &many_flows.verdict) {
         // What memory alone allows: a flow seen once per 100k packets is in no cache, and
         // its entry must be read before the packet can be classified.
-        let (t1, read) = (ns_per_packet(one), memory.ns.median);
+        let (t1, read) = (Figure::of(&one).median, memory.ns.median);
         many_flows.note.push_str(&format!(
             "; each packet visits its flow's entry, and one visit to an entry of a table \
              of one CPU's flow-table size ({} MiB) outside the caches takes {} ns here \
@@ -924,8 +1001,9 @@ fn report(
          memory; this VM has only two CPUs, so the 16- and 64-CPU figures are a model."
             .into(),
         "The generator and the sink cost the same in every configuration and are part of \
-         every figure, so ratios between configurations understate the gateways' own \
-         difference (they are pulled towards 1)."
+         every Mpps figure, so whole-path ratios understate the gateways' own difference \
+         (they are pulled towards 1); the targets use the times net of the generator (0), \
+         which carry the noise of two measurements."
             .into(),
         "Many-flows rows cycle through the flows in order, the worst case for a cache: every \
          packet is of another flow than the one before. Real traffic repeats flows far more."

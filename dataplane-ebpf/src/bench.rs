@@ -1,9 +1,11 @@
 //! Helper programs for the benchmark harness (`dataplane-bench`), built as an object of their
 //! own so the dataplane's object carries none of them:
 //!
-//! - `bench_generate`: the in-kernel traffic generator (this kernel has no pktgen), run with
-//!   BPF_F_TEST_XDP_LIVE_FRAMES: restores the frame's headers, gives it the next of `FLOWS`
-//!   flows, then redirects like `bench_redirect`.
+//! - `bench_amplify` and `bench_stamp`: the traffic generator's amplifier (these kernels
+//!   have no pktgen, and some refuse live-frames test runs). Every seed frame the harness
+//!   sends into the amplifier's veth leaves as `COPIES` frames through `AMPLIFY`, a
+//!   broadcast redirect, in one batch; `bench_stamp`, the devmap program of each copy, gives
+//!   it the next of `FLOWS` flows.
 //! - `bench_redirect`: sends every frame to the device in slot 0 of its devmap; attached to a
 //!   gateway port it is the bare-forwarding floor.
 //! - `bench_fib_forward`: a bare FIB forwarder, what xdp-forward's `fib-full` mode does and
@@ -19,7 +21,7 @@ mod runtime;
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    bindings::xdp_action,
+    bindings::{xdp_action, BPF_F_BROADCAST},
     btf_maps::{Array, DevMap, DevMapHash, PerCpuArray, ProgramArray},
     helpers::{
         bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, generated::bpf_fib_lookup,
@@ -29,16 +31,12 @@ use aya_ebpf::{
 };
 use dataplane_common::wire::{self, ETH_HLEN, IPV4_MIN_HLEN, IPV6_HLEN, UDP_HLEN};
 
-/// Slot 0: where `bench_redirect` and `bench_generate` send frames.
+/// Slot 0: where `bench_redirect` sends frames.
 #[btf_map]
 static REDIRECT_TO: DevMap<1> = DevMap::new();
-/// Slot 0: the headers `bench_generate` writes into every frame (the first
-/// `TEMPLATE_LEN` bytes of it).
+/// The amplifier's copies: every slot holds the generator's egress veth with `bench_stamp`.
 #[btf_map]
-static TEMPLATE: Array<[u8; TEMPLATE_BYTES], 1> = Array::new();
-/// Slot 0: how many bytes of `TEMPLATE` are headers: IPV4_HEADERS or TEMPLATE_BYTES (IPv6).
-#[btf_map]
-static TEMPLATE_LEN: Array<u32, 1> = Array::new();
+static AMPLIFY: DevMap<COPIES> = DevMap::new();
 /// The devices `bench_fib_forward` may redirect to, keyed by ifindex.
 #[btf_map]
 static FIB_EGRESS: DevMapHash<8> = DevMapHash::new();
@@ -62,8 +60,11 @@ pub struct SinkCounters {
     bytes: u64,
 }
 
-/// Ethernet + IPv6 + UDP headers: the most `bench_generate` restores.
-const TEMPLATE_BYTES: usize = ETH_HLEN + IPV6_HLEN + UDP_HLEN;
+/// Frames the amplifier makes of each seed: a NAPI budget, so one poll of the receiving veth
+/// takes a seed's copies in one batch.
+const COPIES: usize = 64;
+/// Ethernet + IPv6 + UDP headers.
+const IPV6_HEADERS: usize = ETH_HLEN + IPV6_HLEN + UDP_HLEN;
 /// Ethernet + IPv4 + UDP headers.
 const IPV4_HEADERS: usize = ETH_HLEN + IPV4_MIN_HLEN + UDP_HLEN;
 /// Where a generated IPv4 frame's flow number goes: the low half of the source address
@@ -91,27 +92,17 @@ const SCATTER: u64 = 1_000_003;
 /// Helper calls per run of a clock program: enough to lift one call's cost above the noise.
 const CLOCK_CALLS: usize = 16;
 
-/// Live-frames mode recycles pages without restoring their contents, and a forwarding
-/// gateway rewrites MACs and TTL in place: without the restore, recycled frames would come
-/// back addressed to the wrong host.
+/// One seed frame in, `COPIES` frames out of the generator's egress veth, in one batch.
 #[xdp]
-pub fn bench_generate(ctx: XdpContext) -> u32 {
-    let start = ctx.data();
-    let len = TEMPLATE_LEN.get(0).copied().unwrap_or(0) as usize;
-    if let Some(t) = TEMPLATE.get(0) {
-        if len == TEMPLATE_BYTES && start + TEMPLATE_BYTES <= ctx.data_end() {
-            // SAFETY: the bounds check above covers the write.
-            unsafe { core::ptr::write_unaligned(start as *mut [u8; TEMPLATE_BYTES], *t) };
-        } else if start + IPV4_HEADERS <= ctx.data_end() {
-            // SAFETY: as above.
-            unsafe {
-                core::ptr::write_unaligned(
-                    start as *mut [u8; IPV4_HEADERS],
-                    *(t.as_ptr() as *const [u8; IPV4_HEADERS]),
-                )
-            };
-        }
-    }
+pub fn bench_amplify(_ctx: XdpContext) -> u32 {
+    AMPLIFY
+        .redirect(0, u64::from(BPF_F_BROADCAST))
+        .unwrap_or(xdp_action::XDP_ABORTED)
+}
+
+/// Each amplified copy's devmap program: the next of `FLOWS` flows (1: left as it is).
+#[xdp(map = "devmap")]
+pub fn bench_stamp(ctx: XdpContext) -> u32 {
     let flows = FLOWS.get(0).copied().unwrap_or(1);
     if flows > 1 {
         if let Some(next) = NEXT_FLOW.get_ptr_mut(0) {
@@ -121,9 +112,7 @@ pub fn bench_generate(ctx: XdpContext) -> u32 {
             vary_generated(&ctx, scattered(i, flows));
         }
     }
-    REDIRECT_TO
-        .redirect(0, 0)
-        .unwrap_or(xdp_action::XDP_ABORTED)
+    xdp_action::XDP_PASS
 }
 
 /// Makes a generated frame flow `i`: IPv4 takes the low half of its source address from
@@ -152,7 +141,7 @@ fn vary_generated(ctx: &XdpContext, i: u32) {
             core::ptr::write_unaligned(check, (!(sum as u16)).to_be_bytes());
             let port = ((BASE_SRC_PORT + (i >> 16)) as u16).to_be_bytes();
             core::ptr::write_unaligned((start + UDP_SRC_PORT_OFFSET) as *mut [u8; 2], port);
-        } else if ethertype == ETHERTYPE_IPV6 && start + TEMPLATE_BYTES <= ctx.data_end() {
+        } else if ethertype == ETHERTYPE_IPV6 && start + IPV6_HEADERS <= ctx.data_end() {
             core::ptr::write_unaligned(
                 (start + IPV6_SRC_LOW_OFFSET) as *mut [u8; 4],
                 i.to_be_bytes(),
