@@ -21,6 +21,17 @@ pub enum Colour {
     Red = 2,
 }
 
+impl Colour {
+    /// The colour numbered `n` (`colour as u32`); anything above is red.
+    pub const fn of(n: u32) -> Colour {
+        match n {
+            0 => Colour::Green,
+            1 => Colour::Yellow,
+            _ => Colour::Red,
+        }
+    }
+}
+
 /// Number of colours.
 pub const COLOURS: usize = 3;
 

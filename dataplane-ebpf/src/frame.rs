@@ -5,9 +5,7 @@ use core::arch::asm;
 use aya_ebpf::programs::XdpContext;
 use dataplane_common::packet::PacketBytes;
 
-/// Largest offset we add to a packet pointer: beyond any linear XDP frame (a page), and
-/// small enough that offset + N stays under the verifier's 0xffff limit for range tracking.
-const MAX_OFFSET: usize = 0x3fff;
+use crate::verifier::{self, MAX_PACKET_OFFSET};
 
 /// The frame of one XDP invocation.
 pub struct Frame {
@@ -29,10 +27,10 @@ impl Frame {
     pub fn slice_mut<const N: usize>(&self, offset: usize) -> Option<*mut [u8; N]> {
         // The verifier adds only bounded offsets to packet pointers; an offset read back from
         // memory (the parsed packet lives in a map) is unbounded until checked.
-        if offset > MAX_OFFSET {
+        if offset > MAX_PACKET_OFFSET {
             return None;
         }
-        let at = self.start + offset;
+        let at = self.start + verifier::packet_offset(offset);
         if at + N > self.end {
             return None;
         }

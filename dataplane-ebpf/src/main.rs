@@ -1,5 +1,9 @@
 //! The dataplane XDP program: parse → classify → police → act → forward, every outcome counted
 //! once.
+//!
+//! The entry parses, then calls the rest of the pipeline as a global BPF function, which the
+//! verifier checks once on its own rather than once along each of the parser's paths (its
+//! state after parsing differs by protocol, header lengths and tags, so it would not prune).
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -15,9 +19,14 @@ mod maps;
 mod police;
 mod redirect;
 mod runtime;
+mod verifier;
 mod window;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, xdp_md},
+    macros::xdp,
+    programs::XdpContext,
+};
 use dataplane_common::{
     action::is_ecn_capable,
     flow::FlowState,
@@ -38,15 +47,72 @@ use crate::{
 
 #[xdp]
 pub fn dataplane(ctx: XdpContext) -> u32 {
-    let ifindex = ctx.ingress_ifindex() as u32;
-    let iface = maps::iface(ifindex);
-    let iface_slot = iface.map_or(0, |i| i.slot);
-    match pipeline(&ctx, &Frame::new(&ctx), iface, iface_slot) {
+    let iface_slot = maps::iface(ctx.ingress_ifindex() as u32).map_or(0, |i| i.slot);
+    let outcome = match parse(&Frame::new(&ctx)) {
+        Ok(()) => dataplane_pipeline(ctx.ctx, u64::from(iface_slot)),
+        Err(reason) => Outcome::of(Err(reason)),
+    };
+    match Outcome::verdict(outcome) {
         Ok(action) => action,
         Err(reason) => {
             log::outcome(ctx.ctx, reason);
             record(iface_slot, reason)
         }
+    }
+}
+
+/// Parses the frame into the per-CPU scratch, where the rest of the pipeline reads it.
+#[inline(always)]
+fn parse(frame: &Frame) -> Result<(), Reason> {
+    let scratch = PACKET_SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(Reason::ScratchUnavailable)?;
+    // SAFETY: per-CPU map value with room and alignment for a PacketMeta (checked at compile
+    // time in maps.rs); XDP does not nest on one CPU; parse_into overwrites every field.
+    parse_into(frame, unsafe { &mut *scratch.cast::<PacketMeta>() })
+}
+
+/// Everything after the parser, as a global function: the verdict of the parsed packet in
+/// the scratch ([`Outcome`]).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dataplane_pipeline(ctx: *mut xdp_md, iface_slot: u64) -> i64 {
+    let ctx = XdpContext::new(ctx);
+    let iface = maps::iface(ctx.ingress_ifindex() as u32);
+    Outcome::of(pipeline(&ctx, &Frame::new(&ctx), iface, iface_slot as u32))
+}
+
+/// The pipeline's result as the scalar a global function returns: the XDP action, or
+/// [`Outcome::REASON`] plus the reason.
+struct Outcome;
+
+impl Outcome {
+    const REASON: i64 = 1 << 8;
+
+    #[inline(always)]
+    fn of(result: Result<u32, Reason>) -> i64 {
+        match result {
+            Ok(action) => i64::from(action),
+            Err(reason) => Outcome::REASON | reason as i64,
+        }
+    }
+
+    /// The action, or the reason (the verifier sees only a scalar come back).
+    #[inline(always)]
+    fn verdict(outcome: i64) -> Result<u32, Reason> {
+        if outcome & Outcome::REASON != 0 {
+            let index = verifier::reason_index(outcome as usize);
+            return Err(Reason::ALL
+                .get(index)
+                .copied()
+                .unwrap_or(Reason::ClassifierMiss));
+        }
+        // The pipeline ends in a redirect or a pass; nothing else comes back.
+        Ok(if outcome == i64::from(xdp_action::XDP_REDIRECT) {
+            xdp_action::XDP_REDIRECT
+        } else {
+            xdp_action::XDP_PASS
+        })
     }
 }
 
@@ -63,7 +129,10 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 fn record(iface_slot: u32, reason: Reason) -> u32 {
     if let Some(c) = IFACE_COUNTERS.get_ptr_mut(iface_slot) {
         // SAFETY: per-CPU value; XDP does not nest on one CPU. Index bounded by REASON_COUNT.
-        if let Some(n) = unsafe { (*c).reasons.get_mut(reason as usize) } {
+        if let Some(n) = unsafe {
+            (*c).reasons
+                .get_mut(verifier::reason_index(reason as usize))
+        } {
             *n += 1;
         }
     }
@@ -86,11 +155,8 @@ fn pipeline(
     let scratch = PACKET_SCRATCH
         .get_ptr_mut(0)
         .ok_or(Reason::ScratchUnavailable)?;
-    // SAFETY: per-CPU map value with room and alignment for a PacketMeta (checked at compile
-    // time in maps.rs); XDP does not nest on one CPU; parse_into overwrites every field.
-    let meta = unsafe { &mut *scratch.cast::<PacketMeta>() };
-    parse_into(frame, meta)?;
-    let meta: &PacketMeta = meta;
+    // SAFETY: the per-CPU scratch the entry's parser filled for this packet.
+    let meta = unsafe { &*scratch.cast::<PacketMeta>() };
 
     let slot = ACTIVE_SLOT.get(0).copied().unwrap_or(0) % GENERATION_SLOTS as u32;
     let policy = POLICY_SLOTS.get(slot).ok_or(Reason::NoPolicy)?;

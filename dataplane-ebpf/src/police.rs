@@ -114,34 +114,6 @@ pub struct Policed {
 }
 
 impl Policed {
-    /// Bits 0-1 the colour, 2-3 the signal, 4 repaired.
-    #[inline(always)]
-    fn pack(&self) -> u32 {
-        let signal = match self.signal {
-            Signal::None => 0,
-            Signal::Mark => 1,
-            Signal::Drop => 2,
-        };
-        self.colour as u32 | signal << 2 | u32::from(self.repaired) << 4
-    }
-
-    #[inline(always)]
-    fn unpack(word: u32) -> Policed {
-        Policed {
-            colour: match word & 3 {
-                0 => Colour::Green,
-                1 => Colour::Yellow,
-                _ => Colour::Red,
-            },
-            signal: match word >> 2 & 3 {
-                0 => Signal::None,
-                1 => Signal::Mark,
-                _ => Signal::Drop,
-            },
-            repaired: word >> 4 & 1 != 0,
-        }
-    }
-
     const fn plain(colour: Colour) -> Policed {
         Policed {
             colour,
@@ -152,6 +124,7 @@ impl Policed {
 }
 
 /// How a bucket with AQM on its phantom queue takes a packet.
+#[derive(Clone, Copy)]
 enum Admission {
     Admitted,
     /// Admitted and signalled (ECN-capable: to be marked).
@@ -160,6 +133,26 @@ enum Admission {
     EarlyDrop,
     /// The bucket is full.
     Refused,
+}
+
+impl Admission {
+    /// What [`dataplane_take`] returns: the admission in bits 0-1, whether only the repair
+    /// allowance admitted the packet in bit 2.
+    #[inline(always)]
+    fn pack(self, repaired: bool) -> u64 {
+        self as u64 | u64::from(repaired) << 2
+    }
+
+    #[inline(always)]
+    fn unpack(word: u64) -> (Admission, bool) {
+        let admission = match word & 3 {
+            0 => Admission::Admitted,
+            1 => Admission::Marked,
+            2 => Admission::EarlyDrop,
+            _ => Admission::Refused,
+        };
+        (admission, word >> 2 & 1 != 0)
+    }
 }
 
 /// A bucket's test, with the AQM when it manages this bucket (`which`) and the flow's fair
@@ -241,6 +234,11 @@ fn take(
 
 /// The colour and early signal of a packet of `bytes` in class `class` of generation slot
 /// `slot`, after the link budget of `iface`.
+///
+/// The exact path runs in stages, each a global BPF function the verifier checks once on
+/// its own (the flow's fair share, each bucket, the window, the link budget, the lease):
+/// inlined, their branches multiply along every path through them, and 6.1's verifier ran
+/// out of its million instructions. Their arguments are packed words ([`Ids`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn police(
@@ -264,7 +262,8 @@ pub fn police(
     // Green from this CPU's lease, without a call (but once per flow and epoch, to count the
     // flow): no clock, no shared line. Retransmissions and interfaces with a link budget
     // take the exact path.
-    if cfg.lease.is_on() && kind == Kind::Plain && !limited_link {
+    let leased = cfg.lease.is_on() && kind == Kind::Plain && !limited_link;
+    if leased {
         if let Some(lease) = CLASS_LEASES.get_ptr_mut(class) {
             // SAFETY: per-CPU value; XDP does not nest on one CPU.
             let lease = unsafe { &mut *lease };
@@ -278,31 +277,329 @@ pub fn police(
             }
         }
     }
-    let ids = u64::from(class) | u64::from(slot) << 16 | u64::from(iface_slot) << 32;
-    let packet = u64::from(bytes)
-        | u64::from(ecn_capable) << 32
-        | u64::from(kind == Kind::Repair) << 33
-        | u64::from(limited_link) << 34;
+    let ids = Ids::pack(class, slot, bytes);
+    // SAFETY: helper without preconditions.
+    let now_ns = unsafe { bpf_ktime_get_ns() };
     // The flow's fair queue and epoch, where its class counts its flows (for fair shares or
-    // to share its TCP window): in and out through the call's words.
+    // to share its TCP window): in and out through the stage's word.
     let flow = flow.filter(|_| cfg.fair.is_on() || cfg.window.is_on());
-    let fair = match flow {
-        // SAFETY: the flow entry's pointer (see classify::class_of); plain data.
-        Some(f) => unsafe {
-            FairWord::pack((*f).fair_tat_ns, (*f).fair_epoch, (*f).fair_epoch_units)
-        },
-        None => FairWord::ABSENT,
+    let standing = match flow {
+        Some(f) => {
+            // SAFETY: the flow entry's pointer (see classify::class_of); plain data.
+            let f = unsafe { &mut *f };
+            let word = FairWord::pack(f.fair_tat_ns, f.fair_epoch, f.fair_epoch_units);
+            let word = dataplane_fair(ids, now_ns, word, u64::from(leased));
+            (f.fair_tat_ns, f.fair_epoch, f.fair_epoch_units) = FairWord::unpack(word);
+            FairWord::standing(word)
+        }
+        None => Standing::Neutral,
     };
-    let result = dataplane_police(ids, u64::from(ifindex), packet, fair);
-    if let (Some(f), Some((tat, epoch, units))) = (flow, FairWord::unpack(result)) {
-        // SAFETY: as above.
-        unsafe {
-            (*f).fair_tat_ns = tat;
-            (*f).fair_epoch = epoch;
-            (*f).fair_epoch_units = units;
+    let on = |which: u32| {
+        if cfg.fair.bucket == which {
+            standing
+        } else {
+            Standing::Neutral
+        }
+    };
+    let packet = Ids::packet(ecn_capable, kind);
+    let mut signal = Signal::None;
+    let mut repaired = false;
+    if tcm.peak.is_limited() {
+        let word = dataplane_take(
+            ids,
+            now_ns,
+            Aqm::PEAK,
+            packet | Ids::standing(on(Aqm::PEAK)),
+        );
+        let (admission, repair) = Admission::unpack(word);
+        repaired |= repair;
+        match admission {
+            Admission::Admitted => {}
+            Admission::Marked => signal = Signal::Mark,
+            // Not admitted: counted as what exceeds the peak.
+            Admission::EarlyDrop => {
+                return Policed {
+                    colour: Colour::Red,
+                    signal: Signal::Drop,
+                    repaired: false,
+                }
+            }
+            Admission::Refused => return Policed::plain(Colour::Red),
         }
     }
-    Policed::unpack((result >> FairWord::FREE_BITS) as u32 & 0xff)
+    let colour = if tcm.committed.is_limited() {
+        let word = dataplane_take(
+            ids,
+            now_ns,
+            Aqm::COMMITTED,
+            packet | Ids::standing(on(Aqm::COMMITTED)),
+        );
+        let (admission, repair) = Admission::unpack(word);
+        repaired |= repair;
+        match admission {
+            Admission::Admitted => Colour::Green,
+            Admission::Marked => {
+                signal = Signal::Mark;
+                Colour::Green
+            }
+            // Not admitted: counted as what exceeds the rate.
+            Admission::EarlyDrop => {
+                return Policed {
+                    colour: Colour::Yellow,
+                    signal: Signal::Drop,
+                    repaired: false,
+                }
+            }
+            Admission::Refused => Colour::Yellow,
+        }
+    } else {
+        Colour::Yellow
+    };
+    if cfg.window.is_on() {
+        dataplane_steer_window(ids, now_ns);
+    }
+    let colour = if limited_link {
+        let word = u64::from(colour as u32) | u64::from(cfg.priority) << 8;
+        Colour::of(dataplane_link_budget(
+            word | u64::from(iface_slot) << 32,
+            u64::from(ifindex),
+            now_ns,
+            u64::from(bytes),
+        ))
+    } else {
+        colour
+    };
+    if leased && colour == Colour::Green && signal == Signal::None {
+        dataplane_take_lease(ids, now_ns);
+    }
+    Policed {
+        colour,
+        signal,
+        repaired,
+    }
+}
+
+/// The words the policer's stages take: `Ids::pack` the class (bits 0-15), the generation
+/// slot (16-23) and the packet's bytes (32-63); `Ids::packet` and `Ids::standing` the
+/// packet's ECN capability (bit 0), whether it is a TCP retransmission (1) and the flow's
+/// fair standing (2-3).
+struct Ids;
+
+impl Ids {
+    #[inline(always)]
+    fn pack(class: u32, slot: u32, bytes: u32) -> u64 {
+        u64::from(class & 0xffff) | u64::from(slot & 0xff) << 16 | u64::from(bytes) << 32
+    }
+
+    /// The class (bounded for map lookups), its config slot and the packet's bytes.
+    #[inline(always)]
+    fn unpack(ids: u64) -> (u32, u32, u32) {
+        (
+            (ids & 0xffff) as u32 % MAX_CLASSES as u32,
+            (ids >> 16 & 0xff) as u32 % GENERATION_SLOTS as u32,
+            (ids >> 32) as u32,
+        )
+    }
+
+    #[inline(always)]
+    fn packet(ecn_capable: bool, kind: Kind) -> u64 {
+        u64::from(ecn_capable) | u64::from(kind == Kind::Repair) << 1
+    }
+
+    #[inline(always)]
+    fn standing(standing: Standing) -> u64 {
+        (standing as u64) << 2
+    }
+
+    #[inline(always)]
+    fn unpack_packet(word: u64) -> (bool, Kind, Standing) {
+        let kind = if word >> 1 & 1 != 0 {
+            Kind::Repair
+        } else {
+            Kind::Plain
+        };
+        let standing = match word >> 2 & 3 {
+            0 => Standing::Within,
+            1 => Standing::Over,
+            _ => Standing::Neutral,
+        };
+        (word & 1 != 0, kind, standing)
+    }
+}
+
+/// Stage one, where the class counts its flows: notes the packet in its flow's epoch count
+/// (counting the flow in its class once it has sent enough) and, where the class shares its
+/// rate among its flows, charges the flow's fair queue. `fair` is the flow's [`FairWord`];
+/// returns it after the packet, with the flow's [`Standing`] in its free bits. `leased`:
+/// the class leases (the epoch's threshold is left in this CPU's lease).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dataplane_fair(ids: u64, now_ns: u64, fair: u64, leased: u64) -> u64 {
+    let (class, slot, bytes) = Ids::unpack(ids);
+    let (Some(cfg), Some(state)) = (
+        CLASSES.get(class_config_index(slot, class)),
+        POLICERS.get_ptr_mut(class),
+    ) else {
+        return fair;
+    };
+    let lease = if leased != 0 {
+        CLASS_LEASES.get_ptr_mut(class)
+    } else {
+        None
+    };
+    let mut flow = FairWord::unpack(fair);
+    // SAFETY: map value pointer, as in `update`.
+    let (sharing, epoch, units) =
+        unsafe { count_flow(&cfg.fair, state, &flow, now_ns, bytes, lease) };
+    let tcm = &cfg.policer;
+    let standing = if cfg.fair.is_on() {
+        // SAFETY: map value pointer; fields are u64-aligned.
+        let (tat, bucket) = unsafe {
+            if cfg.fair.bucket == Aqm::PEAK {
+                (core::ptr::addr_of_mut!((*state).peak_tat), &tcm.peak)
+            } else {
+                (
+                    core::ptr::addr_of_mut!((*state).committed_tat),
+                    &tcm.committed,
+                )
+            }
+        };
+        // SAFETY: as above.
+        unsafe { fair_standing(&cfg.fair, sharing, &mut flow, tat, bucket, now_ns, bytes) }
+    } else {
+        Standing::Neutral
+    };
+    (flow.1, flow.2) = (epoch, units);
+    FairWord::pack(flow.0, flow.1, flow.2) | (standing as u64) << FairWord::STANDING_BIT
+}
+
+/// Stage two, once per limited bucket (`which`: [`Aqm::PEAK`] or [`Aqm::COMMITTED`]):
+/// [`take`] with the packet's word ([`Ids::packet`], [`Ids::standing`]); returns
+/// [`Admission::pack`].
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dataplane_take(ids: u64, now_ns: u64, which: u32, packet: u64) -> u64 {
+    let (class, slot, bytes) = Ids::unpack(ids);
+    let (Some(cfg), Some(state)) = (
+        CLASSES.get(class_config_index(slot, class)),
+        POLICERS.get_ptr_mut(class),
+    ) else {
+        // The pipeline bounded `class`, so this cannot fail; if it ever did, the packet is
+        // not punished for it (fail open).
+        return Admission::Admitted.pack(false);
+    };
+    let (ecn_capable, kind, standing) = Ids::unpack_packet(packet);
+    // SAFETY: map value pointer; fields are u64-aligned.
+    let (tat, bucket, aqm_state) = unsafe {
+        let aqm_state = core::ptr::addr_of_mut!((*state).aqm);
+        if which == Aqm::PEAK {
+            (
+                core::ptr::addr_of_mut!((*state).peak_tat),
+                &cfg.policer.peak,
+                aqm_state,
+            )
+        } else {
+            (
+                core::ptr::addr_of_mut!((*state).committed_tat),
+                &cfg.policer.committed,
+                aqm_state,
+            )
+        }
+    };
+    let mut repaired = false;
+    let admission = take(
+        which,
+        tat,
+        bucket,
+        &cfg.aqm,
+        aqm_state,
+        now_ns,
+        bytes,
+        ecn_capable,
+        kind,
+        standing,
+        &mut repaired,
+    );
+    admission.pack(repaired)
+}
+
+/// Stage three, where the class has window control: [`steer_window`] on the flows sharing
+/// the class now. Returns 0 (a global function returns a scalar).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dataplane_steer_window(ids: u64, now_ns: u64) -> u64 {
+    let (class, slot, _) = Ids::unpack(ids);
+    let (Some(cfg), Some(state)) = (
+        CLASSES.get(class_config_index(slot, class)),
+        POLICERS.get_ptr_mut(class),
+    ) else {
+        return 0;
+    };
+    let tcm = &cfg.policer;
+    // SAFETY: map value pointer; fields are u64-aligned. The flow count is shared without a
+    // lock (see `FairState`).
+    unsafe {
+        let sharing = sharing_flows(&core::ptr::read_volatile(core::ptr::addr_of!(
+            (*state).fair
+        )));
+        let (tat, bucket) = if cfg.window.bucket == Aqm::PEAK {
+            (core::ptr::addr_of_mut!((*state).peak_tat), &tcm.peak)
+        } else {
+            (
+                core::ptr::addr_of_mut!((*state).committed_tat),
+                &tcm.committed,
+            )
+        };
+        steer_window(
+            &cfg.window,
+            core::ptr::addr_of_mut!((*state).window),
+            tat,
+            bucket,
+            now_ns,
+            sharing,
+        );
+    }
+    0
+}
+
+/// Stage four, on an interface with a link budget: [`link_budget`]. `word`: the colour
+/// (bits 0-7), the class's priority (8-15) and the interface slot (32-63); returns the
+/// colour.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dataplane_link_budget(word: u64, ifindex: u64, now_ns: u64, bytes: u64) -> u32 {
+    let colour = Colour::of(word as u32 & 0xff);
+    let Some(link) = crate::maps::iface(ifindex as u32)
+        .map(|i| &i.link)
+        .filter(|l| l.is_limited())
+    else {
+        return colour as u32;
+    };
+    link_budget(
+        colour,
+        link,
+        (word >> 32) as u32,
+        (word >> 8) as u8,
+        ns_to_ticks(now_ns),
+        bytes as u32,
+    ) as u32
+}
+
+/// Stage five, for a green packet of a leasing class: [`take_lease`]. Returns 0.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dataplane_take_lease(ids: u64, now_ns: u64) -> u64 {
+    let (class, slot, _) = Ids::unpack(ids);
+    let (Some(cfg), Some(state), Some(lease)) = (
+        CLASSES.get(class_config_index(slot, class)),
+        POLICERS.get_ptr_mut(class),
+        CLASS_LEASES.get_ptr_mut(class),
+    ) else {
+        return 0;
+    };
+    // SAFETY: the per-CPU lease; the class's policer state.
+    unsafe { take_lease(lease, cfg, state, ns_to_ticks(now_ns)) };
+    0
 }
 
 /// Notes a packet spent from this CPU's `lease` in its flow's epoch count, and counts the
@@ -386,235 +683,31 @@ unsafe fn count_seen(state: *mut FairState, seen: *mut u64) -> bool {
     true
 }
 
-/// A flow's fair queue and epoch count (see `dataplane_common::fair`) as one word of the
-/// policer's call: whether it is there (bit 0), its epoch's low bits (16-23), what it sent in
-/// that epoch (24-31) and its queue's arrival time (32-63). Bits 8-15 are free for the
-/// policer's result.
+/// A flow's fair queue and epoch count (see `dataplane_common::fair`) as one word of
+/// [`dataplane_fair`]: its epoch's low bits (16-23), what it sent in that epoch (24-31) and
+/// its queue's arrival time (32-63); the stage's result adds the flow's standing (8-9).
 struct FairWord;
 
 impl FairWord {
-    const ABSENT: u64 = 0;
-    /// Where the word leaves room.
-    const FREE_BITS: u32 = 8;
+    const STANDING_BIT: u32 = 8;
 
     #[inline(always)]
     fn pack(tat_ns: u32, epoch: u8, units: u8) -> u64 {
-        1 | u64::from(epoch) << 16 | u64::from(units) << 24 | u64::from(tat_ns) << 32
+        u64::from(epoch) << 16 | u64::from(units) << 24 | u64::from(tat_ns) << 32
     }
 
     #[inline(always)]
-    fn unpack(word: u64) -> Option<(u32, u8, u8)> {
-        (word & 1 != 0).then_some(((word >> 32) as u32, (word >> 16) as u8, (word >> 24) as u8))
+    fn unpack(word: u64) -> (u32, u8, u8) {
+        ((word >> 32) as u32, (word >> 16) as u8, (word >> 24) as u8)
     }
-}
 
-/// The policer as a global BPF function, which the verifier checks once on its own rather
-/// than along every path that reaches it (its compare-and-swap loops and branches, walked
-/// again for each, take the program past the verifier's budget). Arguments and result are
-/// packed words: `ids` the class (bits 0-15), the generation slot (16-23) and the interface
-/// slot (32-63); `packet` its bytes (0-31), ECN-capable (32), a TCP retransmission (33),
-/// and whether the interface has a link budget (34, looked up by `ifindex` only then);
-/// `fair` the flow's fair queue ([`FairWord`]). The result is the flow's fair queue after
-/// the packet (a [`FairWord`], absent when the flow keeps none) with [`Policed::pack`] in
-/// its free bits 8-15.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn dataplane_police(ids: u64, ifindex: u64, packet: u64, fair: u64) -> u64 {
-    let class = (ids & 0xffff) as u32 % MAX_CLASSES as u32;
-    let slot = (ids >> 16 & 0xff) as u32 % GENERATION_SLOTS as u32;
-    let Some(cfg) = CLASSES.get(class_config_index(slot, class)) else {
-        return u64::from(Policed::plain(Colour::Yellow).pack()) << FairWord::FREE_BITS;
-    };
-    let link = if packet >> 34 & 1 != 0 {
-        crate::maps::iface(ifindex as u32)
-            .map(|i| &i.link)
-            .filter(|l| l.is_limited())
-    } else {
-        None
-    };
-    let kind = if packet >> 33 & 1 != 0 {
-        Kind::Repair
-    } else {
-        Kind::Plain
-    };
-    let mut flow = FairWord::unpack(fair);
-    let policed = police_unpacked(
-        class,
-        cfg,
-        link,
-        (ids >> 32) as u32,
-        packet as u32,
-        packet >> 32 & 1 != 0,
-        kind,
-        &mut flow,
-    );
-    let fair = match flow {
-        Some((tat, epoch, units)) => FairWord::pack(tat, epoch, units),
-        None => FairWord::ABSENT,
-    };
-    fair | u64::from(policed.pack()) << FairWord::FREE_BITS
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn police_unpacked(
-    class: u32,
-    cfg: &ClassConfig,
-    link: Option<&BucketParams>,
-    iface_slot: u32,
-    bytes: u32,
-    ecn_capable: bool,
-    kind: Kind,
-    flow: &mut Option<(u32, u8, u8)>,
-) -> Policed {
-    let tcm = &cfg.policer;
-    if !tcm.peak.is_limited() && !tcm.committed.is_limited() && link.is_none() {
-        return Policed::plain(Colour::Yellow);
-    }
-    // The caller found this CPU's lease short of the packet (see `police`); a green packet
-    // reserves the next one below.
-    let lease = if cfg.lease.is_on() && kind == Kind::Plain && link.is_none() {
-        CLASS_LEASES.get_ptr_mut(class)
-    } else {
-        None
-    };
-    // SAFETY: helper without preconditions.
-    let now_ns = unsafe { bpf_ktime_get_ns() };
-    let now = ns_to_ticks(now_ns);
-    // The pipeline already bounded `class`, so this lookup cannot fail; if it ever did, the
-    // packet is not punished for it (fail open).
-    let Some(state) = POLICERS.get_ptr_mut(class) else {
-        return Policed::plain(Colour::Green);
-    };
-    // SAFETY: map value pointer; fields are u64-aligned.
-    let (committed_tat, peak_tat, aqm_state, window_state, fair_state) = unsafe {
-        (
-            core::ptr::addr_of_mut!((*state).committed_tat),
-            core::ptr::addr_of_mut!((*state).peak_tat),
-            core::ptr::addr_of_mut!((*state).aqm),
-            core::ptr::addr_of_mut!((*state).window),
-            core::ptr::addr_of_mut!((*state).fair),
-        )
-    };
-    // The flows sharing the class (this one counted), and the flow's standing on the bucket
-    // its class shares among its flows.
-    let (sharing, standing) = match flow.as_mut() {
-        Some(flow) => {
-            // SAFETY: map value pointer, as in `update`.
-            let (sharing, epoch, units) =
-                unsafe { count_flow(&cfg.fair, state, flow, now_ns, bytes, lease) };
-            let standing = if cfg.fair.is_on() {
-                let (tat, bucket) = if cfg.fair.bucket == Aqm::PEAK {
-                    (peak_tat, &tcm.peak)
-                } else {
-                    (committed_tat, &tcm.committed)
-                };
-                // SAFETY: map value pointer, as in `update`.
-                unsafe { fair_standing(&cfg.fair, sharing, flow, tat, bucket, now_ns, bytes) }
-            } else {
-                Standing::Neutral
-            };
-            (flow.1, flow.2) = (epoch, units);
-            (sharing, standing)
+    #[inline(always)]
+    fn standing(word: u64) -> Standing {
+        match word >> Self::STANDING_BIT & 3 {
+            0 => Standing::Within,
+            1 => Standing::Over,
+            _ => Standing::Neutral,
         }
-        // SAFETY: map value pointer, as in `update`.
-        None => (
-            sharing_flows(&unsafe { core::ptr::read_volatile(fair_state) }),
-            Standing::Neutral,
-        ),
-    };
-    let on = |which: u32| {
-        if cfg.fair.bucket == which {
-            standing
-        } else {
-            Standing::Neutral
-        }
-    };
-    let aqm = &cfg.aqm;
-    let mut signal = Signal::None;
-    let mut repaired = false;
-    if tcm.peak.is_limited() {
-        match take(
-            Aqm::PEAK,
-            peak_tat,
-            &tcm.peak,
-            aqm,
-            aqm_state,
-            now_ns,
-            bytes,
-            ecn_capable,
-            kind,
-            on(Aqm::PEAK),
-            &mut repaired,
-        ) {
-            Admission::Admitted => {}
-            Admission::Marked => signal = Signal::Mark,
-            // Not admitted: counted as what exceeds the peak.
-            Admission::EarlyDrop => {
-                return Policed {
-                    colour: Colour::Red,
-                    signal: Signal::Drop,
-                    repaired: false,
-                }
-            }
-            Admission::Refused => return Policed::plain(Colour::Red),
-        }
-    }
-    let colour = if tcm.committed.is_limited() {
-        match take(
-            Aqm::COMMITTED,
-            committed_tat,
-            &tcm.committed,
-            aqm,
-            aqm_state,
-            now_ns,
-            bytes,
-            ecn_capable,
-            kind,
-            on(Aqm::COMMITTED),
-            &mut repaired,
-        ) {
-            Admission::Admitted => Colour::Green,
-            Admission::Marked => {
-                signal = Signal::Mark;
-                Colour::Green
-            }
-            // Not admitted: counted as what exceeds the rate.
-            Admission::EarlyDrop => {
-                return Policed {
-                    colour: Colour::Yellow,
-                    signal: Signal::Drop,
-                    repaired: false,
-                }
-            }
-            Admission::Refused => Colour::Yellow,
-        }
-    } else {
-        Colour::Yellow
-    };
-    if cfg.window.is_on() {
-        let (tat, bucket) = if cfg.window.bucket == Aqm::PEAK {
-            (peak_tat, &tcm.peak)
-        } else {
-            (committed_tat, &tcm.committed)
-        };
-        // SAFETY: map value pointers, as in `update`.
-        unsafe { steer_window(&cfg.window, window_state, tat, bucket, now_ns, sharing) };
-    }
-    let colour = match link {
-        Some(link) => link_budget(colour, link, iface_slot, cfg.priority, now, bytes),
-        None => colour,
-    };
-    if let Some(lease) = lease {
-        if colour == Colour::Green && signal == Signal::None {
-            // SAFETY: the per-CPU lease; the class's policer state.
-            unsafe { take_lease(lease, cfg, state, now) };
-        }
-    }
-    Policed {
-        colour,
-        signal,
-        repaired,
     }
 }
 

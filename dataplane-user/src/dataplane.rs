@@ -33,6 +33,7 @@ use dataplane_common::{
 use crate::{
     compile::{CompiledPolicy, RuleTables},
     config::Policy,
+    kernel::{KernelError, Verified},
     pins::{open_failure, PinError, PinLayout},
 };
 
@@ -67,6 +68,24 @@ pub enum DataplaneError {
     /// The program could not be loaded, verified or attached.
     #[error("XDP program: {0}")]
     Program(#[from] ProgramError),
+    /// This kernel cannot run the dataplane.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// The kernel's verifier refused a program: its last word, the whole log kept in a file.
+    #[error(
+        "the kernel's verifier refused program {program} on {release}: {last_line} (the \
+         verifier's whole log: {log})"
+    )]
+    Verifier {
+        /// The program.
+        program: &'static str,
+        /// `uname -r`.
+        release: String,
+        /// The log's last line that says something.
+        last_line: String,
+        /// Where the whole log was written.
+        log: String,
+    },
     /// A map operation failed.
     #[error("map {map}: {source}")]
     Map {
@@ -151,6 +170,34 @@ pub struct Dataplane {
     programs: Programs,
     /// When the last policy switch happened (the idle slot was live until then).
     last_switch: Option<Instant>,
+    /// What loading each XDP program cost (empty when adopted from pins).
+    verified: Vec<Verified>,
+}
+
+/// A refused load as one line: the verifier's last word, its whole log in a file (an
+/// operator gets a sentence, not a dump of hundreds of thousands of lines).
+fn refused(program: &'static str, error: ProgramError) -> DataplaneError {
+    let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &error
+    else {
+        return error.into();
+    };
+    let text = verifier_log.to_string();
+    let last_line = crate::kernel::verifier_last_word(&text)
+        .map_or_else(|| io_error.to_string(), str::to_string);
+    let path = std::env::temp_dir().join(format!("dataplane-verifier-{program}.log"));
+    let log = match std::fs::write(&path, text.as_bytes()) {
+        Ok(()) => path.display().to_string(),
+        Err(e) => format!("not kept: writing {} failed: {e}", path.display()),
+    };
+    DataplaneError::Verifier {
+        program,
+        release: crate::kernel::release(),
+        last_line,
+        log,
+    }
 }
 
 /// Maps the program holds itself and user space never touches (section data such as
@@ -164,18 +211,27 @@ impl Dataplane {
     /// goes away with this value. No policy is active until [`Dataplane::apply`]; until then
     /// packets pass and count as `no_policy`.
     pub fn load() -> Result<Dataplane, DataplaneError> {
+        crate::kernel::require_supported()?;
         let cpus = possible_cpus()?;
         let bits = cache_bits(cpus);
         let mut ebpf = EbpfLoader::new()
             .override_global(names::FLOW_CACHE_BITS, &bits, true)
             .map_max_entries(names::FLOW_CACHE, cache_entries(cpus))
             .load(EBPF_OBJECT)?;
+        let mut verified = Vec::new();
         for name in [PROGRAM_NAME, PASS_PROGRAM_NAME] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::MissingProgram(name))?
                 .try_into()?;
-            prog.load()?;
+            let started = Instant::now();
+            prog.load().map_err(|e| refused(name, e))?;
+            let load_ms = started.elapsed().as_millis() as u64;
+            verified.push(Verified {
+                program: name.to_string(),
+                instructions: prog.info()?.verified_instruction_count(),
+                load_ms: Some(load_ms),
+            });
         }
         for (name, _) in REDIRECT_WATCHERS {
             let prog: &mut TracePoint = ebpf
@@ -197,6 +253,7 @@ impl Dataplane {
             maps,
             programs: Programs::Loaded(ebpf),
             last_switch: None,
+            verified,
         };
         dp.array::<RuleVector>(names::VECTOR_POOL)?
             .set(0, RuleVector::ALL, 0)
@@ -284,6 +341,7 @@ impl Dataplane {
                 watchers,
             })),
             last_switch: None,
+            verified: Vec::new(),
         })
     }
 
@@ -401,6 +459,24 @@ impl Dataplane {
                 _ => Err(DataplaneError::MissingProgram(name)),
             },
         }
+    }
+
+    /// What verifying each XDP program cost: measured at load, or (adopted from pins) the
+    /// instruction count the kernel kept.
+    pub fn verified(&self) -> Result<Vec<Verified>, DataplaneError> {
+        if !self.verified.is_empty() {
+            return Ok(self.verified.clone());
+        }
+        [PROGRAM_NAME, PASS_PROGRAM_NAME]
+            .into_iter()
+            .map(|name| {
+                Ok(Verified {
+                    program: name.to_string(),
+                    instructions: self.xdp(name)?.info()?.verified_instruction_count(),
+                    load_ms: None,
+                })
+            })
+            .collect()
     }
 
     /// The dataplane XDP program (test runs need no more than a shared reference).

@@ -14,6 +14,7 @@ pub mod edit;
 pub mod fleet;
 pub mod forward;
 pub mod ids;
+pub mod kernel;
 pub mod kernel_log;
 pub mod metrics;
 pub mod mounts;

@@ -35,6 +35,9 @@
 //! | `dataplane_class_fleet_share_bytes_per_second` | class | with `run --etcd`, per fleet class: this gateway's share of its budget |
 //! | `dataplane_class_fleet_demand_bytes_per_second` | class | with `run --etcd`, per fleet class: the demand this gateway reports |
 //! | `dataplane_config_reloads_total` | result (`ok`/`error`) | |
+//! | `dataplane_kernel_info` | release, variant | always 1: the kernel and the object variant loaded on it |
+//! | `dataplane_kernel_feature` | feature | 1 while the kernel offers it, 0 while not (see `dataplane kernel`) |
+//! | `dataplane_verifier_instructions` | program | instructions the verifier processed loading it (of its 1 000 000) |
 //! | `dataplane_build_info` | version | always 1 |
 
 pub mod http;
@@ -57,6 +60,7 @@ pub use crate::state::AttachMode;
 use crate::{
     config::{ClassSpec, Policy},
     dataplane::DataplaneError,
+    kernel::{KernelSupport, Verified},
 };
 
 pub use crate::counters::CounterReader;
@@ -89,6 +93,17 @@ pub struct MetricsSnapshot {
     pub ifaces: Vec<IfaceSample>,
     /// The daemon's standing with its fleet, when it has one.
     pub fleet: Option<FleetView>,
+    /// The kernel and what verifying the object cost on it (absent where not probed).
+    pub kernel: Option<KernelView>,
+}
+
+/// What the metrics say of the kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelView {
+    /// Its features as probed.
+    pub support: KernelSupport,
+    /// What verifying each XDP program cost.
+    pub verified: Vec<Verified>,
 }
 
 /// Policy reloads since start, by result.
@@ -175,6 +190,8 @@ pub struct ConfigView {
     pub reloads: Reloads,
     /// The daemon's standing with its fleet, when it has one.
     pub fleet: Option<FleetView>,
+    /// The kernel, as the daemon probed it.
+    pub kernel: Option<KernelView>,
 }
 
 /// What the metrics say of a daemon's fleet.
@@ -208,6 +225,7 @@ impl ConfigView {
             generation,
             reloads,
             fleet: None,
+            kernel: None,
         }
     }
 }
@@ -274,6 +292,7 @@ pub fn snapshot(
             .collect(),
         ifaces,
         fleet: view.fleet.clone(),
+        kernel: view.kernel.clone(),
     })
 }
 
@@ -610,6 +629,41 @@ impl Collector for Exposition {
             ConstCounter::new(value).encode(family.encode_family(&[("result", result)])?)?;
         }
 
+        if let Some(kernel) = &s.kernel {
+            Info::new([
+                ("release", kernel.support.release.as_str()),
+                ("variant", kernel.support.variant.as_str()),
+            ])
+            .encode(encoder.encode_descriptor(
+                "dataplane_kernel",
+                "The running kernel and the object variant loaded on it.",
+                None,
+                MetricType::Info,
+            )?)?;
+            let mut family = encoder.encode_descriptor(
+                "dataplane_kernel_feature",
+                "1 while the kernel offers a BPF feature the dataplane uses, 0 while not (`dataplane kernel` says why).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for f in &kernel.support.features {
+                ConstGauge::new(i64::from(f.present))
+                    .encode(family.encode_family(&[("feature", f.name.as_str())])?)?;
+            }
+            let mut family = encoder.encode_descriptor(
+                "dataplane_verifier_instructions",
+                "Instructions the kernel's verifier processed loading the program (its budget: 1000000).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for v in &kernel.verified {
+                if let Some(n) = v.instructions {
+                    ConstGauge::new(i64::from(n))
+                        .encode(family.encode_family(&[("program", v.program.as_str())])?)?;
+                }
+            }
+        }
+
         Info::new([("version", BUILD_VERSION)]).encode(encoder.encode_descriptor(
             "dataplane_build",
             "Version of the running dataplane.",
@@ -651,6 +705,25 @@ mod tests {
                 connected: false,
                 revision: 42,
                 classes: vec![("bulk".into(), 750, 2000)],
+            }),
+            kernel: Some(KernelView {
+                support: KernelSupport {
+                    release: "6.1.0-57-amd64".into(),
+                    variant: crate::kernel::VARIANT.into(),
+                    features: crate::kernel::FEATURES
+                        .iter()
+                        .map(|f| crate::kernel::Probed {
+                            name: f.name.into(),
+                            present: f.name != crate::kernel::name::XDP_TRACEPOINTS,
+                            why_not: String::new(),
+                        })
+                        .collect(),
+                },
+                verified: vec![Verified {
+                    program: "dataplane".into(),
+                    instructions: Some(306_280),
+                    load_ms: Some(6_500),
+                }],
             }),
             ifaces: vec![IfaceSample {
                 name: "eth0".into(),
@@ -697,6 +770,10 @@ mod tests {
             "dataplane_etcd_connected 0",
             r#"dataplane_config_reloads_total{result="ok"} 2"#,
             r#"dataplane_config_reloads_total{result="error"} 1"#,
+            r#"dataplane_kernel_info{release="6.1.0-57-amd64",variant="full"} 1"#,
+            r#"dataplane_kernel_feature{feature="atomics"} 1"#,
+            r#"dataplane_kernel_feature{feature="xdp_tracepoints"} 0"#,
+            r#"dataplane_verifier_instructions{program="dataplane"} 306280"#,
             &format!(r#"dataplane_build_info{{version="{BUILD_VERSION}"}} 1"#),
         ] {
             assert!(

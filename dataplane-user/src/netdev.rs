@@ -4,7 +4,9 @@
 //!   source as `ynl --family netdev --do dev-get`). A veth has it only while its peer has an
 //!   XDP program or GRO on; without it, every frame the dataplane forwards there is lost;
 //! - which XDP program is attached to it (`IFLA_XDP_PROG_ID`, rtnetlink), so an adopted
-//!   attachment is checked on the device itself, not only in the pins.
+//!   attachment is checked on the device itself, not only in the pins;
+//! - whether XDP would transmit through it in a driver's locked shared-queue mode (its
+//!   driver and channels, from the ethtool ioctl, as `ethtool -i` and `ethtool -l` read them).
 
 use std::io;
 
@@ -183,9 +185,109 @@ impl XdpFeatures {
     }
 }
 
+/// `SIOCETHTOOL` commands and the parts of their structs we read (`linux/ethtool.h`).
+const ETHTOOL_GDRVINFO: u32 = 0x3;
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
+/// `struct ethtool_drvinfo`: the command, then the driver's name (32 bytes), then more.
+const DRVINFO_LEN: usize = 196;
+/// `struct ethtool_channels`: the command, then max rx, tx, other, combined, then the
+/// current counts in the same order.
+const CHANNELS_WORDS: usize = 9;
+
+/// Why XDP frames redirected out of `iface` would go through a queue its driver locks and
+/// shares among CPUs (the driver's "slower locked tx mode"), judged before an XDP program is
+/// attached; `None` when they would not, or the driver does not say. virtio_net gives XDP a
+/// transmit queue pair per possible CPU beside the queue pairs in use, and falls back to the
+/// shared locked queues when the device has too few (Linux's virtnet_xdp_set).
+pub fn xdp_tx_locked(iface: &str, cpus: u32) -> io::Result<Option<String>> {
+    let mut info = [0u8; DRVINFO_LEN];
+    info[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+    ethtool(iface, &mut info)?;
+    let driver = info[4..36].split(|b| *b == 0).next().unwrap_or_default();
+    if driver != b"virtio_net" {
+        return Ok(None);
+    }
+    let mut channels = [0u32; CHANNELS_WORDS];
+    channels[0] = ETHTOOL_GCHANNELS;
+    // SAFETY: plain words, viewed as their bytes for the ioctl.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(channels.as_mut_ptr().cast::<u8>(), CHANNELS_WORDS * 4)
+    };
+    ethtool(iface, bytes)?;
+    let (max, combined) = (channels[4], channels[8]);
+    Ok(locked_reason(iface, max, combined, cpus))
+}
+
+/// The virtio_net rule on its numbers: locked when the queue pairs in use and one per CPU
+/// exceed the device's.
+fn locked_reason(iface: &str, max: u32, combined: u32, cpus: u32) -> Option<String> {
+    (combined + cpus > max).then(|| {
+        let fix = if cpus < max {
+            format!("`ethtool -L {iface} combined {}` avoids it", max - cpus)
+        } else {
+            format!("give its device more than {cpus} queue pairs (one per CPU) to avoid it")
+        };
+        format!(
+            "XDP frames redirected out of {iface} go through the driver's slower locked \
+             shared queues: virtio_net needs a queue pair per CPU ({cpus}) beside the {combined} \
+             in use, and the device has {max}; {fix}"
+        )
+    })
+}
+
+/// One `SIOCETHTOOL` request on `iface`, `data` in and out.
+fn ethtool(iface: &str, data: &mut [u8]) -> io::Result<()> {
+    // SAFETY: all zeroes is a valid ifreq.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= request.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    for (to, from) in request.ifr_name.iter_mut().zip(name) {
+        *to = *from as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = data.as_mut_ptr().cast();
+    // SAFETY: a datagram socket only to carry the ioctl.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `request` names the interface and points at `data`, which holds the
+    // command's struct and outlives the call.
+    let rc = unsafe { libc::ioctl(socket, libc::SIOCETHTOOL, std::ptr::addr_of_mut!(request)) };
+    let result = if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(socket) };
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtio_net_locks_where_a_queue_pair_per_cpu_does_not_fit() {
+        // Four queue pairs, two CPUs: two in use leave room, four do not.
+        assert_eq!(locked_reason("eth0", 4, 2, 2), None);
+        let why = locked_reason("eth0", 4, 4, 2).expect("locked");
+        assert!(why.contains("ethtool -L eth0 combined 2"), "{why}");
+        let why = locked_reason("eth0", 1, 1, 2).expect("locked");
+        assert!(why.contains("more than 2 queue pairs"), "{why}");
+    }
+
+    #[test]
+    fn only_virtio_net_is_judged() {
+        // Loopback has no ethtool driver info (an error) and is never called locked.
+        assert!(!matches!(xdp_tx_locked("lo", 2), Ok(Some(_))));
+        assert!(xdp_tx_locked("no-such-device0", 2).is_err());
+    }
 
     #[test]
     fn attributes_are_padded_and_found_again() {

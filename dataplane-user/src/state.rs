@@ -80,6 +80,9 @@ pub struct State {
     /// The fleet the daemon takes its policy from (`run --etcd`), and how it stands with it.
     #[serde(default)]
     pub fleet: Option<FleetState>,
+    /// What verifying the XDP programs cost when this dataplane was loaded.
+    #[serde(default)]
+    pub verified: Vec<crate::kernel::Verified>,
 }
 
 /// A daemon's standing with its fleet (see [`crate::fleet`]).

@@ -230,6 +230,12 @@ impl Running {
             last_error: self.state.last_error.clone(),
             kernel_log_level: self.state.kernel_log_level.clone(),
             fleet: self.state.fleet.clone(),
+            kernel: crate::kernel::KernelSupport::probe().ok().cloned(),
+            verified: if self.state.verified.is_empty() {
+                self.dp.verified()?
+            } else {
+                self.state.verified.clone()
+            },
         })
     }
 }
@@ -414,6 +420,10 @@ pub struct Status {
     pub kernel_log_level: String,
     /// The fleet the daemon takes its policy from, and how it stands with it.
     pub fleet: Option<crate::state::FleetState>,
+    /// The kernel's features as probed now (absent where the probes could not run).
+    pub kernel: Option<crate::kernel::KernelSupport>,
+    /// What verifying each XDP program cost.
+    pub verified: Vec<crate::kernel::Verified>,
 }
 
 /// An attached interface.

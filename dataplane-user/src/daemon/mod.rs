@@ -20,7 +20,7 @@ use std::{
 };
 
 use aya::programs::XdpMode;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     compile::CompiledPolicy,
@@ -28,8 +28,9 @@ use crate::{
     control::{Failure, Response},
     dataplane::{Dataplane, DataplaneError},
     fleet::{Demands, FleetConfig},
+    kernel::KernelSupport,
     kernel_log::KernelLogLevel,
-    metrics::{ClassInfo, ConfigView, FleetView, Iface, Reloads},
+    metrics::{ClassInfo, ConfigView, FleetView, Iface, KernelView, Reloads},
     netdev::XdpFeatures,
     pins::{PinError, PinLayout},
     routes::FollowError,
@@ -238,6 +239,21 @@ fn read_config(path: &std::path::Path) -> Result<String, ApplyError> {
 const NATIVE: &str = "native mode (use --xdp-mode auto or generic if the driver lacks XDP)";
 const GENERIC: &str = "generic mode";
 
+/// Says so when XDP frames redirected out of `iface` would take its driver's locked
+/// shared-queue mode (judged before attaching: the driver changes its queues then).
+fn warn_if_xdp_tx_locked(iface: &str) {
+    let cpus = match aya::util::nr_cpus() {
+        Ok(n) => n as u32,
+        Err((what, e)) => return warn!(%iface, "cannot count the CPUs ({what}: {e})"),
+    };
+    match crate::netdev::xdp_tx_locked(iface, cpus) {
+        Ok(Some(why)) => warn!(%iface, "{why}"),
+        Ok(None) => {}
+        // Not every device answers ethtool (a veth in some kernels, tunnels): nothing to say.
+        Err(e) => debug!(%iface, "its driver and channels are unknown: {e}"),
+    }
+}
+
 fn attach_error(iface: &str, mode: &'static str) -> impl FnOnce(DataplaneError) -> DaemonError {
     let iface = iface.to_string();
     move |cause| DaemonError::Attach {
@@ -311,6 +327,10 @@ impl Daemon {
             .retain(|iface, _| cfg.layout.link(iface).exists());
         state.daemon_pid = std::process::id();
         state.daemon_started = now_secs();
+        // The load's cost is known to the daemon that loaded; an adopting one keeps its word.
+        if !adopted || state.verified.is_empty() {
+            state.verified = dp.verified()?;
+        }
         // In a fleet, what is in force came from etcd: a restart keeps it until etcd says
         // otherwise (fail static), rather than falling back to the built-in catalogue.
         let (text, origin) = match &cfg.fleet {
@@ -408,6 +428,9 @@ impl Daemon {
             return Ok(());
         }
         let layout = self.cfg.layout.clone();
+        if self.cfg.mode != ModeChoice::Generic {
+            warn_if_xdp_tx_locked(iface);
+        }
         let mode = match self.cfg.mode {
             ModeChoice::Native => {
                 self.dp
@@ -557,6 +580,10 @@ impl Daemon {
         let view = ConfigView {
             classes,
             ifaces,
+            kernel: KernelSupport::probe().ok().map(|k| KernelView {
+                support: k.clone(),
+                verified: self.state.verified.clone(),
+            }),
             generation: self.state.generation,
             reloads: Reloads {
                 ok: self.state.reloads_ok,

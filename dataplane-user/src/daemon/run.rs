@@ -12,7 +12,8 @@ use tracing::{info, warn};
 
 use super::{fleet::follow_fleet, requests::serve, Daemon, DaemonConfig, DaemonError};
 use crate::{
-    kernel_log,
+    dataplane::DataplaneError,
+    kernel, kernel_log,
     metrics::{self, http::SnapshotSource, snapshot, CounterReader},
     routes::FollowError,
 };
@@ -22,6 +23,8 @@ const MMAP_THRESHOLD: i32 = 128 << 10;
 
 /// Runs the daemon until SIGTERM / Ctrl-C (dataplane left running) or a full detach.
 pub async fn run(mut cfg: DaemonConfig) -> Result<(), DaemonError> {
+    // A kernel the dataplane cannot run on is named before anything is created.
+    let kernel = kernel::require_supported().map_err(DataplaneError::from)?;
     let socket_path = cfg.run.socket();
     if crate::control::is_running(&socket_path) {
         return Err(DaemonError::AlreadyRunning(socket_path));
@@ -49,10 +52,13 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), DaemonError> {
     let watch_interval = cfg.watch_interval;
     let metrics_listener = cfg.metrics.take();
     let mut daemon = Daemon::start(cfg)?;
-    daemon
-        .dp
-        .watch_redirects()
-        .map_err(DaemonError::Redirects)?;
+    match kernel.missing(kernel::name::XDP_TRACEPOINTS) {
+        None => daemon
+            .dp
+            .watch_redirects()
+            .map_err(DaemonError::Redirects)?,
+        Some(why) => warn!("frames lost in redirects are not counted on this kernel: {why}"),
+    }
     let kernel_logs = kernel_log::forward(&daemon.dp);
     // Cached next hops follow the kernel's routing changes from here on; the first move
     // covers changes made while no daemon listened.

@@ -15,6 +15,7 @@ use dataplane::{
 
 #[derive(Parser)]
 #[command(
+    name = "dataplane",
     version,
     about = "XDP classifier, policer and forwarder for AI traffic",
     after_help = "Exit codes: 0 ok, 1 error, 2 bad command line, 3 no daemon running, 4 invalid config or change rejected (nothing changed)."
@@ -87,6 +88,14 @@ pub enum Command {
     },
     /// Detach the dataplane from interfaces, or remove it entirely.
     Detach(DetachArgs),
+    /// This kernel: the BPF features the dataplane probes (and why any is off), whether the
+    /// dataplane can run here, and what verifying its object costs (it is loaded and
+    /// verified, not attached). Exit code 1 where the dataplane cannot run.
+    Kernel {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set the level of kernel-side log lines forwarded to the daemon's log.
     KernelLog {
         /// off, error, warn, info, debug or trace.

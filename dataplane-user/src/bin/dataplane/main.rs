@@ -11,14 +11,14 @@ mod output;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches};
 use dataplane::control::Request;
 
 use args::{Cli, Command, ConfigCommand};
 use cmd::Failed;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     if !matches!(cli.command, Command::Run(_) | Command::Demo(_)) {
         // A command's output cut short (`dataplane rule list | head -1`) ends it quietly, as
         // any Unix filter, instead of a panic in println!. The daemon keeps ignoring SIGPIPE.
@@ -41,6 +41,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line; `--version` also says what this kernel offers the dataplane (probed
+/// only then: it needs CAP_BPF).
+fn parse() -> Cli {
+    let mut command = Cli::command();
+    if std::env::args_os().any(|a| a == "--version") {
+        command = command.long_version(&*Box::leak(cmd::kernel::long_version().into_boxed_str()));
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn dispatch(cli: Cli) -> Result<(), Failed> {
     let paths = cli.paths;
     match cli.command {
@@ -56,6 +67,7 @@ fn dispatch(cli: Cli) -> Result<(), Failed> {
         } => cmd::config::check(&file),
         Command::Detach(args) => cmd::detach::execute(&paths, args),
         Command::Fleet { command } => cmd::fleet::execute(command),
+        Command::Kernel { json } => cmd::kernel::execute(json),
         Command::KernelLog { level } => cmd::call(
             &paths,
             &Request::KernelLogLevel {

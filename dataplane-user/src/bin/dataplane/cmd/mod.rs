@@ -5,6 +5,7 @@ pub mod class;
 pub mod config;
 pub mod detach;
 pub mod fleet;
+pub mod kernel;
 pub mod rule;
 pub mod run;
 pub mod stats;

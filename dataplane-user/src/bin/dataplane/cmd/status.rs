@@ -76,6 +76,12 @@ fn print(s: &Status, json: bool) -> Result<()> {
             .as_ref()
             .map_or(String::new(), |e| format!(" (last: {e})"))
     );
+    if let Some(k) = &s.kernel {
+        println!("kernel:    {}", k.summary().trim_start_matches("kernel "));
+    }
+    for v in &s.verified {
+        println!("verifier:  {}: {}", v.program, v.describe());
+    }
     println!("kernel log: {}", s.kernel_log_level);
     if let Some(f) = &s.fleet {
         let ago = duration(now_secs().saturating_sub(f.since));
