@@ -10,6 +10,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod vm;
+
 /// Debian packages: the eBPF toolchain (rustc with a prebuilt BPF `core`, LLVM 22 for
 /// bpf-linker) and the tools the kernel tests and benchmarks drive.
 const DEBIAN_PACKAGES: &[&str] = &[
@@ -43,6 +45,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "etcd-server",
     "protobuf-compiler",
     "libprotobuf-dev",
+    // `cargo xtask vm`: Debian's kernels in QEMU, a busybox initramfs (cpio), their modules
+    // (kmod's depmod and modprobe; xz unpacks them), apt's archive keys.
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "cpio",
+    "xz-utils",
+    "debian-archive-keyring",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz, which drives the fuzz targets in `fuzz/` (libFuzzer, coverage-guided).
@@ -75,8 +85,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Format and lint checks, then every host and kernel test (root).
+    /// Format and lint checks, every host and kernel test, then the kernel suites on Debian
+    /// 12's 6.1 and the newest Debian kernel in QEMU (root).
     Test {
+        /// Skip the kernels in QEMU (this machine's kernel only).
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -93,14 +107,17 @@ enum Task {
         #[arg(long)]
         only: Vec<u8>,
     },
+    /// Debian's kernels in QEMU (fetched with apt, cached): the suites or a command in each.
+    Vm(vm::Args),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup(),
-        Task::Test { args } => test(&args),
+        Task::Test { no_vm, args } => test(&args, !no_vm),
         Task::Bench { quick, out, only } => bench(quick, out, &only),
         Task::Demo { args } => demo(&args),
+        Task::Vm(args) => vm::run(args),
     }
 }
 
@@ -222,7 +239,7 @@ fn demo(args: &[String]) -> Result<()> {
         .args(args))
 }
 
-fn test(args: &[String]) -> Result<()> {
+fn test(args: &[String], vm: bool) -> Result<()> {
     require_root("test")?;
     let root = workspace_root();
     let ebpf = root.join("dataplane-ebpf");
@@ -271,7 +288,11 @@ fn test(args: &[String]) -> Result<()> {
     if !ok || failed > 0 {
         bail!("{failed} tests failed");
     }
-    fuzz_short(&root)
+    fuzz_short(&root)?;
+    if vm {
+        vm::run(vm::Args::ci())?;
+    }
+    Ok(())
 }
 
 /// A short coverage-guided run of each fuzz target from the committed corpus and seeds (new
