@@ -5,6 +5,7 @@
 mod agreement;
 mod control;
 mod generator;
+mod kernels;
 mod machine;
 mod memory;
 mod netns;
@@ -27,7 +28,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::{machine::Machine, report::Section};
+use crate::{
+    machine::Machine,
+    report::{Section, Table, SECTION_TITLES},
+};
 
 #[derive(Parser)]
 #[command(about = "Benchmarks the dataplane and writes BENCHMARKS.md and plots (root)")]
@@ -42,9 +46,17 @@ struct Cli {
     /// Directory for BENCHMARKS.md; the plots go to `<out>/bench/plots/`.
     #[arg(long, default_value = ".")]
     out: PathBuf,
-    /// Run only these sections (1-6; repeatable), for working on one of them.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+    /// Run only these sections (1-7; repeatable), for working on one of them.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=7))]
     only: Vec<u8>,
+    /// The kernel matrix's results, one directory per kernel (`cargo xtask bench` runs the
+    /// guests and passes this); without it section 7 says it was not run.
+    #[arg(long)]
+    kernels: Option<PathBuf>,
+    /// Also write every section's tables here as JSON (what a guest of the kernel matrix
+    /// hands back).
+    #[arg(long)]
+    tables_json: Option<PathBuf>,
 }
 
 /// How long the benchmark runs.
@@ -137,7 +149,7 @@ pub fn progress(index: usize, title: &str, steps: usize) -> ProgressBar {
             .expect("valid template")
             .progress_chars("=> "),
     );
-    bar.set_prefix(format!("{}/5 {title}", index + 1));
+    bar.set_prefix(format!("{}/{} {title}", index + 1, SECTION_TITLES.len()));
     bar
 }
 
@@ -186,7 +198,7 @@ fn benchmark(cli: &Cli) -> Result<()> {
     let machine = Machine::probe();
     let mut sections = Vec::new();
     let mut failed = Vec::new();
-    for (i, (section, title)) in SECTIONS.iter().zip(report::SECTION_TITLES).enumerate() {
+    for (i, (section, title)) in SECTIONS.iter().zip(SECTION_TITLES).enumerate() {
         if !cli.only.is_empty() && !cli.only.contains(&(i as u8 + 1)) {
             continue;
         }
@@ -205,6 +217,19 @@ fn benchmark(cli: &Cli) -> Result<()> {
                 sections.push(s);
             }
         }
+    }
+    let kernels = SECTION_TITLES.len() as u8;
+    if cli.only.is_empty() || cli.only.contains(&kernels) {
+        let host: Vec<Table> = sections
+            .iter()
+            .find(|s| s.title == SECTION_TITLES[0])
+            .map_or_else(Vec::new, |s| s.tables.clone());
+        sections.push(kernels::section(cli.kernels.as_deref(), &host)?);
+    }
+    if let Some(path) = &cli.tables_json {
+        let tables: Vec<&Table> = sections.iter().flat_map(|s| &s.tables).collect();
+        std::fs::write(path, serde_json::to_vec_pretty(&tables)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     write(&cli.out, &machine, &settings, &sections)?;
     if !failed.is_empty() {

@@ -2,9 +2,13 @@
 
 use std::fmt::Write as _;
 
+use serde::{Deserialize, Serialize};
+
 use crate::{machine::Machine, plot::Plot, Settings};
 
-/// A markdown table.
+/// A markdown table (also written as JSON with `--tables-json`, which the kernel matrix's
+/// section reads back).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Table {
     pub caption: String,
     pub header: Vec<String>,
@@ -88,14 +92,16 @@ impl Section {
     }
 }
 
-/// The titles every report has, in order (the smoke test checks each is present).
-pub const SECTION_TITLES: [&str; 6] = [
+/// The titles every report has, in order (the smoke test checks each is present); the last
+/// is the kernel matrix's (`kernels`), which `main` adds after the others.
+pub const SECTION_TITLES: [&str; 7] = [
     "Per-packet cost",
     "Gateway throughput",
     "Policing accuracy",
     "Control plane",
     "TCP through a class",
     "Host and kernel agreement",
+    "Kernels",
 ];
 
 /// BENCHMARKS.md for `sections`, with plots referenced relative to the report.

@@ -5,13 +5,14 @@
 use std::{path::PathBuf, process::Command};
 
 /// Section headings BENCHMARKS.md must have (as `## N. Title`).
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "1. Per-packet cost",
     "2. Gateway throughput",
     "3. Policing accuracy",
     "4. Control plane",
     "5. TCP through a class",
     "6. Host and kernel agreement",
+    "7. Kernels",
 ];
 const PLOTS: [&str; 5] = [
     "per_packet.svg",

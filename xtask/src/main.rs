@@ -103,7 +103,7 @@ enum Task {
         /// Write BENCHMARKS.md and bench/plots/ here instead.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Run only these parts (1-6; repeatable).
+        /// Run only these parts (1-7; repeatable; 7 boots the kernel matrix).
         #[arg(long)]
         only: Vec<u8>,
     },
@@ -329,11 +329,17 @@ fn fuzz_short(root: &Path) -> Result<()> {
 fn bench(quick: bool, out: Option<PathBuf>, only: &[u8]) -> Result<()> {
     require_root("bench")?;
     let root = workspace_root();
-    // The control-plane figures run the real daemon binary.
+    // The control-plane figures run the real daemon binary; the kernel matrix's guests run
+    // both binaries.
     build_release_binary(&root)?;
-    let mut cmd = Command::new("cargo");
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "dataplane-bench",
+    ]))?;
+    let mut cmd = Command::new(root.join("target/release/dataplane-bench"));
     cmd.current_dir(&root)
-        .args(["run", "--release", "--quiet", "-p", "dataplane-bench", "--"])
         .arg("--out")
         .arg(out.unwrap_or_else(|| root.clone()));
     if quick {
@@ -342,8 +348,16 @@ fn bench(quick: bool, out: Option<PathBuf>, only: &[u8]) -> Result<()> {
     for part in only {
         cmd.args(["--only", &part.to_string()]);
     }
+    if only.is_empty() || only.contains(&KERNELS_PART) {
+        let kernels = root.join("target/vm/bench");
+        vm::bench_matrix(&kernels)?;
+        cmd.arg("--kernels").arg(kernels);
+    }
     run(&mut cmd)
 }
+
+/// The bench's part that boots the kernel matrix.
+const KERNELS_PART: u8 = 7;
 
 /// Runs `cargo test`, echoing its output, and adds up its `test result:` lines.
 fn run_tests(cmd: &mut Command) -> Result<(u64, u64, bool)> {

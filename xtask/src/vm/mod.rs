@@ -76,6 +76,9 @@ pub struct Args {
     /// Where the JSON summary goes [default: target/vm/report.json].
     #[arg(long, value_name = "PATH")]
     report: Option<PathBuf>,
+    /// Copy each kernel's share (what its job wrote under /vm) to DIR/<kernel>.
+    #[arg(long, value_name = "DIR")]
+    collect: Option<PathBuf>,
     /// Test suites to run [default: kernel corpus classifier flow_cache differential].
     #[arg(value_name = "SUITE",
           value_parser = clap::builder::PossibleValuesParser::new(suites::names()))]
@@ -97,6 +100,7 @@ impl Args {
             smp: SMP,
             test_threads: TEST_THREADS,
             report: None,
+            collect: None,
             suites: suites::DEFAULT
                 .iter()
                 .chain(suites::NEED_NICS)
@@ -238,6 +242,9 @@ pub fn run(args: Args) -> Result<()> {
             interrupted: &interrupted,
         }
         .run()?;
+        if let Some(collect) = &args.collect {
+            copy_files(&share, &collect.join(&kernel.name))?;
+        }
         let kernel_report = kernel_report(kernel, &suites, &share, run, started, console_log);
         if let Some(error) = &kernel_report.error {
             eprintln!("kernel {}: FAILED: {error}", kernel.name);
@@ -401,6 +408,51 @@ fn run_dir(kernel_dir: &Path) -> Result<PathBuf> {
 fn running(pid: &str) -> bool {
     fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "xtask")
 }
+
+/// Copies the files directly in `from` into `to` (created).
+fn copy_files(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            let name = path.file_name().context("a file has a name")?;
+            fs::copy(&path, to.join(name))
+                .with_context(|| format!("copying {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// What `cargo xtask bench` asks of every kernel (its part 7): `dataplane kernel --json`
+/// and, where the dataplane runs, part 1 in the guest, the results in `dir/<kernel>`.
+/// A kernel whose job fails is said and left out; the section names it.
+pub fn bench_matrix(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => {}
+    }
+    let args = Args {
+        kernels: vec!["all".into()],
+        exec: Some(BENCH_JOB.into()),
+        no_build: true,
+        collect: Some(dir.to_path_buf()),
+        suites: Vec::new(),
+        ..Args::ci()
+    };
+    if let Err(e) = run(args) {
+        eprintln!("the kernel matrix's bench: {e:#}; its section shows what was measured");
+    }
+    Ok(())
+}
+
+/// A bench guest's job (cwd: the workspace; the release binaries are built).
+const BENCH_JOB: &str = r#"target/release/dataplane kernel --json >/vm/kernel.json 2>/vm/kernel.err
+echo $? >/vm/kernel.rc
+[ "$(cat /vm/kernel.rc)" = 0 ] || exit 0
+target/release/dataplane-bench --quick --only 1 --out /vm/bench --tables-json /vm/per_packet.json
+"#;
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))
