@@ -30,6 +30,22 @@ pub fn binary() -> PathBuf {
     bin
 }
 
+/// Another release's `dataplane` binary, for the upgrade test: `target/upgrade/<release>/`
+/// holds what `cargo xtask test` built there (today's main at layout v7, and this tree's
+/// next layout).
+pub fn release_binary(release: &str) -> PathBuf {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/upgrade")
+        .join(release)
+        .join("target/debug/dataplane");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo xtask test` builds the upgrade test's releases first",
+        bin.display()
+    );
+    bin
+}
+
 /// Paths and process of one test daemon.
 pub struct Daemon {
     /// Pin root (on bpffs).
@@ -38,6 +54,9 @@ pub struct Daemon {
     pub run_dir: PathBuf,
     /// Scratch directory for the config file and logs.
     pub dir: PathBuf,
+    /// The `dataplane` binary its commands run ([`binary`] unless changed: the upgrade
+    /// test runs several releases on one pin root).
+    pub bin: PathBuf,
     child: Option<Child>,
 }
 
@@ -51,6 +70,7 @@ impl Daemon {
             pin_root: PathBuf::from("/sys/fs/bpf").join(&id),
             run_dir: PathBuf::from("/run").join(&id),
             dir: std::env::temp_dir().join(&id),
+            bin: binary(),
             child: None,
         };
         let _ = std::fs::remove_dir_all(&d.dir);
@@ -80,7 +100,7 @@ impl Daemon {
 
     /// A `dataplane` command aimed at this daemon's pins and run directory.
     pub fn command(&self) -> Command {
-        let mut c = Command::new(binary());
+        let mut c = Command::new(&self.bin);
         c.env("DATAPLANE_PIN_ROOT", &self.pin_root)
             .env("DATAPLANE_RUN_DIR", &self.run_dir)
             .env("RUST_LOG", "info")

@@ -34,8 +34,22 @@ use crate::{
     compile::{CompiledPolicy, RuleTables},
     config::Policy,
     kernel::{KernelError, Verified},
-    pins::{open_failure, PinError, PinLayout},
+    pins::{open_failure, PinError, PinLayout, LAYOUT_VERSION},
+    upgrade::Upgrade,
 };
+
+/// How [`Dataplane::open_pinned`] found the pin root.
+#[derive(Debug)]
+pub enum Opened {
+    /// Nothing was pinned: loaded and pinned afresh.
+    Fresh,
+    /// This layout with this program: adopted as it runs.
+    Adopted,
+    /// Another build's dataplane runs (an older layout, or this layout with another
+    /// program): this one is pinned beside it, sharing its state, and takes its links over
+    /// in [`Dataplane::complete_upgrade`].
+    Upgrading(Upgrade),
+}
 
 /// The ifindex of interface `name`, if it exists.
 pub fn ifindex(name: &str) -> Option<u32> {
@@ -174,6 +188,134 @@ pub struct Dataplane {
     verified: Vec<Verified>,
 }
 
+/// Removes the pin of a program another build of this layout pinned, which this one's
+/// replaces.
+fn unpin_replaced(path: &std::path::Path) -> Result<(), DataplaneError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataplaneError::Pin {
+            path: path.to_path_buf(),
+            reason: format!("removing the replaced program's pin: {e}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The kernel's id of `map`.
+fn map_id(map: &Map) -> Result<Option<u32>, DataplaneError> {
+    let data: &MapData = match map {
+        Map::Array(m)
+        | Map::PerCpuArray(m)
+        | Map::HashMap(m)
+        | Map::LruHashMap(m)
+        | Map::LpmTrie(m)
+        | Map::DevMapHash(m)
+        | Map::RingBuf(m) => m,
+        _ => return Ok(None),
+    };
+    Ok(Some(data.info().map_err(map_err("?"))?.id()))
+}
+
+/// What differs between the pinned map `data` and this binary's map `name` (type, key,
+/// value, entries), or `None` when they match.
+fn shape_differs(
+    name: &str,
+    def: &aya_obj::Map,
+    data: &MapData,
+) -> Result<Option<String>, DataplaneError> {
+    let info = data.info().map_err(map_err(name))?;
+    let expected = (
+        def.map_type(),
+        def.key_size(),
+        def.value_size(),
+        expected_entries(name, def)?,
+    );
+    let found = (
+        info_type(&info),
+        info.key_size(),
+        info.value_size(),
+        info.max_entries(),
+    );
+    // Ring buffers are sized by the kernel; compare type and key only.
+    let same = if def.map_type() == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32 {
+        expected.0 == found.0
+    } else {
+        expected == found
+    };
+    Ok((!same)
+        .then(|| format!("type/key/value/entries {found:?}, this binary expects {expected:?}")))
+}
+
+/// The entries this binary gives map `name`: the flow cache is sized at load by the
+/// machine's CPUs (and the next layout of the upgrade test doubles the connection table).
+fn expected_entries(name: &str, def: &aya_obj::Map) -> Result<u32, DataplaneError> {
+    if name == names::FLOW_CACHE {
+        return Ok(cache_entries(possible_cpus()?));
+    }
+    #[cfg(feature = "layout-next-test")]
+    if name == names::TCP_RETURNS {
+        return Ok(NEXT_TEST_RETURN_ENTRIES);
+    }
+    Ok(def.max_entries())
+}
+
+/// The connection table's entries in the next layout the upgrade test builds
+/// (`layout-next-test`): a map whose shape changed, so its entries are copied, not shared.
+#[cfg(feature = "layout-next-test")]
+const NEXT_TEST_RETURN_ENTRIES: u32 = 2 * dataplane_common::RETURN_TABLE_ENTRIES as u32;
+
+/// Fills this binary's fresh map `name` of `ebpf` with the entries of `old`, the map of that
+/// name the upgraded dataplane had, where keys and values still fit; says what it did.
+fn refill(ebpf: &Ebpf, name: &str, old: &MapData, cpus: u32) -> Result<(), DataplaneError> {
+    use aya_obj::generated::bpf_map_type::*;
+    let new: &MapData = match ebpf.map(name) {
+        Some(
+            Map::Array(m)
+            | Map::PerCpuArray(m)
+            | Map::HashMap(m)
+            | Map::LruHashMap(m)
+            | Map::LpmTrie(m),
+        ) => m,
+        // Ring buffers and device maps hold no state to carry (records, ifindexes the
+        // daemon writes again).
+        _ => {
+            tracing::info!(map = name, "upgrade: starts afresh (nothing to carry over)");
+            return Ok(());
+        }
+    };
+    let (old_info, new_info) = (
+        old.info().map_err(map_err(name))?,
+        new.info().map_err(map_err(name))?,
+    );
+    let kind = info_type(&old_info);
+    let fits = kind == info_type(&new_info)
+        && old_info.key_size() == new_info.key_size()
+        && old_info.value_size() == new_info.value_size()
+        && kind != BPF_MAP_TYPE_RINGBUF as u32;
+    if !fits {
+        tracing::warn!(
+            map = name,
+            "upgrade: its entries changed shape; it starts afresh"
+        );
+        return Ok(());
+    }
+    let copied = crate::upgrade::copy_entries(
+        old,
+        new,
+        kind,
+        old_info.key_size(),
+        old_info.value_size(),
+        cpus,
+    )
+    .map_err(|e| DataplaneError::Object(format!("copying map {name}'s entries: {e}")))?;
+    tracing::info!(
+        map = name,
+        copied = copied.entries,
+        refused = copied.refused,
+        "upgrade: entries carried over into the new map"
+    );
+    Ok(())
+}
+
 /// A refused load as one line: the verifier's last word, its whole log in a file (an
 /// operator gets a sentence, not a dump of hundreds of thousands of lines).
 fn refused(program: &'static str, error: ProgramError) -> DataplaneError {
@@ -211,13 +353,53 @@ impl Dataplane {
     /// goes away with this value. No policy is active until [`Dataplane::apply`]; until then
     /// packets pass and count as `no_policy`.
     pub fn load() -> Result<Dataplane, DataplaneError> {
+        Dataplane::load_sharing(None)
+    }
+
+    /// [`Dataplane::load`], sharing the maps of the dataplane pinned under `running` whose
+    /// shape (type, key, value, entries) and meaning this binary's program keeps; the others
+    /// are created afresh and, where their keys and values still fit, filled with the old
+    /// entries (see [`crate::upgrade`]).
+    fn load_sharing(running: Option<&PinLayout>) -> Result<Dataplane, DataplaneError> {
         crate::kernel::require_supported()?;
         let cpus = possible_cpus()?;
         let bits = cache_bits(cpus);
-        let mut ebpf = EbpfLoader::new()
+        let object = aya_obj::Object::parse(EBPF_OBJECT)
+            .map_err(|e| DataplaneError::Object(e.to_string()))?;
+        let mut shared = Vec::new();
+        let mut refilled = Vec::new();
+        if let Some(running) = running {
+            for (name, def) in object.maps.iter().filter(|(n, _)| is_user_map(n)) {
+                let path = running.map(name);
+                if !path.exists() {
+                    continue;
+                }
+                let data = MapData::from_pin(&path).map_err(|e| open_failure(&path, e))?;
+                let kept = crate::upgrade::meaning_kept(name, running.version(), LAYOUT_VERSION);
+                match shape_differs(name, def, &data)? {
+                    None if kept => shared.push((name.clone(), path)),
+                    // Within one layout every map keeps its shape: another one was pinned by
+                    // hand or by a build that should have moved the layout on.
+                    Some(what) if running.version() == LAYOUT_VERSION => {
+                        return Err(PinError::Incompatible { path, what }.into())
+                    }
+                    _ => refilled.push((name.clone(), data)),
+                }
+            }
+        }
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(names::FLOW_CACHE_BITS, &bits, true)
-            .map_max_entries(names::FLOW_CACHE, cache_entries(cpus))
-            .load(EBPF_OBJECT)?;
+            .map_max_entries(names::FLOW_CACHE, cache_entries(cpus));
+        #[cfg(feature = "layout-next-test")]
+        loader.map_max_entries(names::TCP_RETURNS, NEXT_TEST_RETURN_ENTRIES);
+        for (name, path) in &shared {
+            loader.map_pin_path(name.as_str(), path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        for (name, old) in &refilled {
+            refill(&ebpf, name, old, cpus)?;
+        }
         let mut verified = Vec::new();
         for name in [PROGRAM_NAME, PASS_PROGRAM_NAME] {
             let prog: &mut Xdp = ebpf
@@ -261,18 +443,111 @@ impl Dataplane {
         Ok(dp)
     }
 
-    /// Adopts the dataplane pinned under `layout` when there is one (no reload, no re-attach:
-    /// counters and policer state continue), else loads a fresh one and pins it. Returns the
-    /// dataplane and whether it was adopted.
-    pub fn open_pinned(layout: &PinLayout) -> Result<(Dataplane, bool), DataplaneError> {
-        layout.check_version()?;
+    /// The dataplane under `layout`'s pin root, and how it was found: adopted as it runs
+    /// (this layout, this program: counters and policer state continue, nothing reloads),
+    /// taken over from another build ([`Opened::Upgrading`]: this binary's program loaded
+    /// beside it, sharing its state, nothing pinned or attached yet;
+    /// [`Dataplane::complete_upgrade`] then moves its links and pins it), or loaded and
+    /// pinned afresh.
+    pub fn open_pinned(layout: &PinLayout) -> Result<(Dataplane, Opened), DataplaneError> {
+        let older = layout.check_version()?;
         if layout.is_pinned() {
-            return Ok((Dataplane::adopt(layout)?, true));
+            if let Some(version) = older {
+                // An upgrade stopped after this layout was pinned whole: finish moving links.
+                let from = layout.of_version(version);
+                return Ok((
+                    Dataplane::adopt(layout)?,
+                    Opened::Upgrading(Upgrade { from }),
+                ));
+            }
+            // Adopted, unless the program running is another build's.
+            let dp = Dataplane::load_sharing(Some(layout))?;
+            let running = Xdp::from_pin(
+                layout.program(PROGRAM_NAME),
+                aya_obj::programs::XdpAttachType::Interface,
+            )
+            .map_err(|e| open_failure(&layout.program(PROGRAM_NAME), e))?;
+            if running.info()?.tag() == dp.program()?.info()?.tag() {
+                return Ok((Dataplane::adopt(layout)?, Opened::Adopted));
+            }
+            let from = layout.clone();
+            return Ok((dp, Opened::Upgrading(Upgrade { from })));
         }
-        layout.prepare()?;
-        let mut dp = Dataplane::load()?;
-        dp.pin(layout)?;
-        Ok((dp, false))
+        match older {
+            Some(version) => {
+                let from = layout.of_version(version);
+                if !from.is_pinned() {
+                    return Err(PinError::Missing(from.program(PROGRAM_NAME)).into());
+                }
+                let dp = Dataplane::load_sharing(Some(&from))?;
+                Ok((dp, Opened::Upgrading(Upgrade { from })))
+            }
+            None => {
+                layout.prepare()?;
+                let mut dp = Dataplane::load()?;
+                dp.pin(layout)?;
+                Ok((dp, Opened::Fresh))
+            }
+        }
+    }
+
+    /// Moves every link of the layout upgraded from to this dataplane's program
+    /// (`bpf_link_update`: each packet meets the old program or the new, never neither),
+    /// pins this dataplane and the links under `layout`, then removes the old layout's pins
+    /// (when it was another version). Call once this dataplane's policy is in force; until
+    /// then nothing of the old one has changed. Returns the interfaces moved.
+    pub fn complete_upgrade(
+        &mut self,
+        layout: &PinLayout,
+        upgrade: &Upgrade,
+    ) -> Result<Vec<String>, DataplaneError> {
+        let from = &upgrade.from;
+        let moved = from.attached();
+        if from.version() != layout.version() {
+            // The new layout whole before any link moves: a crash from here on finds it
+            // pinned and finishes the move (see `open_pinned`).
+            self.pin(layout)?;
+        }
+        for iface in &moved {
+            let old = from.link(iface);
+            let link = aya::programs::links::PinnedLink::from_pin(&old).map_err(|e| {
+                DataplaneError::Pin {
+                    path: old.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(link)).map_err(|e| {
+                DataplaneError::Pin {
+                    path: old.clone(),
+                    reason: format!("not an XDP link: {e}"),
+                }
+            })?;
+            let prog = self.xdp_mut(PROGRAM_NAME)?;
+            let id = prog.attach_to_link(link)?;
+            let link = FdLink::try_from(prog.take_link(id)?).map_err(|e| DataplaneError::Pin {
+                path: old.clone(),
+                reason: e.to_string(),
+            })?;
+            if from.version() != layout.version() {
+                let new = layout.link(iface);
+                link.pin(&new).map_err(|e| DataplaneError::Pin {
+                    path: new,
+                    reason: e.to_string(),
+                })?;
+                std::fs::remove_file(&old).map_err(|e| DataplaneError::Pin {
+                    path: old.clone(),
+                    reason: format!("removing the old link pin: {e}"),
+                })?;
+            }
+        }
+        if from.version() == layout.version() {
+            // Same layout: the links stay where they are pinned; the programs' pins now name
+            // this build's programs.
+            self.pin(layout)?;
+        } else {
+            layout.remove_version(from.version())?;
+        }
+        Ok(moved)
     }
 
     /// Opens the dataplane pinned under `layout`, checking every pinned map against the map
@@ -285,36 +560,8 @@ impl Dataplane {
         for (name, def) in object.maps.iter().filter(|(n, _)| is_user_map(n)) {
             let path = layout.map(name);
             let data = MapData::from_pin(&path).map_err(|e| open_failure(&path, e))?;
-            let info = data.info().map_err(map_err(name))?;
-            // The flow cache is sized at load, by the machine's CPUs.
-            let entries = if name == names::FLOW_CACHE {
-                cache_entries(possible_cpus()?)
-            } else {
-                def.max_entries()
-            };
-            let expected = (def.map_type(), def.key_size(), def.value_size(), entries);
-            let found = (
-                info_type(&info),
-                info.key_size(),
-                info.value_size(),
-                info.max_entries(),
-            );
-            // Ring buffers are sized by the kernel; compare type and key only.
-            let same = if def.map_type()
-                == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32
-            {
-                expected.0 == found.0
-            } else {
-                expected == found
-            };
-            if !same {
-                return Err(PinError::Incompatible {
-                    path,
-                    what: format!(
-                        "type/key/value/entries {found:?}, this binary expects {expected:?}"
-                    ),
-                }
-                .into());
+            if let Some(what) = shape_differs(name, def, &data)? {
+                return Err(PinError::Incompatible { path, what }.into());
             }
             maps.insert(
                 name.clone(),
@@ -346,11 +593,23 @@ impl Dataplane {
     }
 
     /// Pins every map and both programs under `layout` (the dataplane program last: its pin
-    /// marks a complete layout).
+    /// marks a complete layout). A map already pinned there is this one, shared; a program
+    /// pinned there is another build's, replaced.
     pub fn pin(&mut self, layout: &PinLayout) -> Result<(), DataplaneError> {
         layout.prepare()?;
         for (name, map) in &self.maps {
             let path = layout.map(name);
+            if path.exists() {
+                let pinned = MapData::from_pin(&path).map_err(|e| open_failure(&path, e))?;
+                if map_id(map)? != Some(pinned.info().map_err(map_err(name))?.id()) {
+                    return Err(PinError::Incompatible {
+                        path,
+                        what: "another dataplane's map is pinned there".into(),
+                    }
+                    .into());
+                }
+                continue;
+            }
             map.pin(&path).map_err(|e| DataplaneError::Pin {
                 path,
                 reason: e.to_string(),
@@ -358,6 +617,7 @@ impl Dataplane {
         }
         for (index, (name, _)) in REDIRECT_WATCHERS.iter().enumerate() {
             let path = layout.program(name);
+            unpin_replaced(&path)?;
             self.watcher_mut(index)?
                 .pin(&path)
                 .map_err(|e| DataplaneError::Pin {
@@ -367,6 +627,7 @@ impl Dataplane {
         }
         for name in [PASS_PROGRAM_NAME, PROGRAM_NAME] {
             let path = layout.program(name);
+            unpin_replaced(&path)?;
             self.xdp_mut(name)?
                 .pin(&path)
                 .map_err(|e| DataplaneError::Pin {

@@ -23,4 +23,5 @@ pub mod pins;
 pub mod routes;
 pub mod state;
 pub mod units;
+pub mod upgrade;
 pub mod view;

@@ -13,6 +13,11 @@
 //!
 //! A link pin keeps its program attached after every process has exited; removing the pin
 //! detaches it. Maps and programs stay loaded while anything (pin, link, process) holds them.
+//!
+//! A daemon finding an older layout under its pin root upgrades it in place (see
+//! [`crate::dataplane::Dataplane::open_pinned`]): for a while both versions are pinned, the
+//! new one complete before any link moves to it, the old one removed once every link has.
+//! A newer layout is refused: downgrades are not supported.
 
 use std::{
     io,
@@ -25,26 +30,58 @@ use crate::mounts::BPFFS;
 /// Where the layout lives unless told otherwise.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/dataplane";
 /// The layout this binary writes and adopts. Bump it whenever a map's type, key, value or size
-/// changes meaning in a way the size check below would not catch.
-pub const LAYOUT_VERSION: u32 = 7;
+/// changes, and list in [`CHANGED_MEANING`] any map whose meaning changed while its shape did
+/// not. (The `layout-next-test` feature builds the next version, for the upgrade test.)
+pub const LAYOUT_VERSION: u32 = if cfg!(feature = "layout-next-test") {
+    8
+} else {
+    7
+};
+
+/// Maps whose values changed meaning, not shape, in a layout version: an upgrade from an
+/// older layout starts them afresh rather than carrying them over. (version, map name)
+pub const CHANGED_MEANING: &[(u32, &str)] = &[];
 
 /// What is wrong with the pinned state.
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
-    /// Another layout version is pinned under the same root.
+    /// A newer layout version is pinned under the same root.
     #[error(
-        "{found} holds a dataplane pinned with layout v{version}; this binary uses layout \
-         v{LAYOUT_VERSION} and will not adopt or overwrite it. Detach it with the dataplane \
-         release that created it, or remove it (this detaches that dataplane) with \
-         `dataplane detach --pin-root {root} --layout {version}`"
+        "{found} holds a dataplane pinned with layout v{version}, newer than this binary's \
+         v{LAYOUT_VERSION}: downgrades are not supported. Run the release that pinned it, or \
+         remove it (this detaches that dataplane) with `dataplane detach --pin-root {root} \
+         --layout {version}`"
     )]
-    OtherVersion {
+    NewerVersion {
         /// The directory found.
         found: PathBuf,
         /// Its layout version.
         version: u32,
         /// The pin root.
         root: PathBuf,
+    },
+    /// An older layout version runs, and this command does not upgrade it.
+    #[error(
+        "{found} holds a dataplane pinned with layout v{version} by an older release; \
+         `dataplane run` of this release upgrades it in place (traffic keeps flowing), or use \
+         the older release's commands"
+    )]
+    OlderVersion {
+        /// The directory found.
+        found: PathBuf,
+        /// Its layout version.
+        version: u32,
+    },
+    /// Several older layouts are pinned: which one runs is unclear.
+    #[error(
+        "{root} holds dataplanes pinned with layouts {versions:?}: remove all but the one \
+         attached with `dataplane detach --pin-root {root} --layout N`"
+    )]
+    SeveralVersions {
+        /// The pin root.
+        root: PathBuf,
+        /// The older versions found.
+        versions: Vec<u32>,
     },
     /// Something that is not ours sits under the pin root.
     #[error(
@@ -115,12 +152,29 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> P
 #[derive(Clone, Debug)]
 pub struct PinLayout {
     root: PathBuf,
+    version: u32,
 }
 
 impl PinLayout {
-    /// The layout under `root` (usually [`DEFAULT_PIN_ROOT`]).
+    /// This binary's layout under `root` (usually [`DEFAULT_PIN_ROOT`]).
     pub fn new(root: impl Into<PathBuf>) -> PinLayout {
-        PinLayout { root: root.into() }
+        PinLayout {
+            root: root.into(),
+            version: LAYOUT_VERSION,
+        }
+    }
+
+    /// Layout `version` under the same root (an older one, being upgraded from).
+    pub fn of_version(&self, version: u32) -> PinLayout {
+        PinLayout {
+            root: self.root.clone(),
+            version,
+        }
+    }
+
+    /// The layout version these paths are of.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The pin root.
@@ -128,9 +182,9 @@ impl PinLayout {
         &self.root
     }
 
-    /// The directory of this binary's layout version.
+    /// The directory of this layout version.
     pub fn dir(&self) -> PathBuf {
-        self.version_dir(LAYOUT_VERSION)
+        self.version_dir(self.version)
     }
 
     fn version_dir(&self, version: u32) -> PathBuf {
@@ -157,18 +211,20 @@ impl PinLayout {
     }
 
     /// Whether a dataplane of this layout is pinned (its program pin is the marker: it is
-    /// written last on a fresh load).
+    /// written last on a fresh load and on an upgrade).
     pub fn is_pinned(&self) -> bool {
         self.program(dataplane_common::programs::DATAPLANE).exists()
     }
 
-    /// Refuses pin roots holding other layout versions or foreign entries.
-    pub fn check_version(&self) -> Result<(), PinError> {
+    /// The older layout version pinned beside this one, if any (an upgrade's source);
+    /// refuses a newer version (no downgrades), several older ones and foreign entries.
+    pub fn check_version(&self) -> Result<Option<u32>, PinError> {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("reading", &self.root)(e)),
         };
+        let mut older = Vec::new();
         for entry in entries {
             let entry = entry.map_err(io_err("reading", &self.root))?;
             let name = entry.file_name();
@@ -177,9 +233,10 @@ impl PinLayout {
                 .and_then(|n| n.strip_prefix('v'))
                 .and_then(|v| v.parse::<u32>().ok());
             match version {
-                Some(LAYOUT_VERSION) => {}
+                Some(v) if v == self.version => {}
+                Some(v) if v < self.version => older.push(v),
                 Some(version) => {
-                    return Err(PinError::OtherVersion {
+                    return Err(PinError::NewerVersion {
                         found: entry.path(),
                         version,
                         root: self.root.clone(),
@@ -188,7 +245,17 @@ impl PinLayout {
                 None => return Err(PinError::Foreign(entry.path())),
             }
         }
-        Ok(())
+        match older[..] {
+            [] => Ok(None),
+            [v] => Ok(Some(v)),
+            _ => {
+                older.sort_unstable();
+                Err(PinError::SeveralVersions {
+                    root: self.root.clone(),
+                    versions: older,
+                })
+            }
+        }
     }
 
     /// Makes sure the pin root can be created on a bpf filesystem, mounting bpffs at
@@ -348,7 +415,7 @@ mod tests {
 
     #[test]
     fn paths_follow_the_documented_layout() {
-        let l = PinLayout::new("/sys/fs/bpf/dataplane");
+        let l = PinLayout::new("/sys/fs/bpf/dataplane").of_version(7);
         assert_eq!(l.dir(), Path::new("/sys/fs/bpf/dataplane/v7"));
         assert_eq!(
             l.map("CLASS_COUNTERS"),
@@ -365,25 +432,26 @@ mod tests {
     }
 
     #[test]
-    fn other_versions_and_foreign_entries_are_refused() {
+    fn an_older_layout_is_an_upgrade_a_newer_one_a_refused_downgrade() {
         let root = std::env::temp_dir().join(format!("dp-pins-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
+        let l = PinLayout::new(&root).of_version(7);
         std::fs::create_dir_all(root.join("v7")).expect("mkdir");
-        let l = PinLayout::new(&root);
-        assert!(l.check_version().is_ok());
+        assert_eq!(l.check_version().expect("ours"), None);
         std::fs::create_dir_all(root.join("v4")).expect("mkdir");
-        let err = l
-            .check_version()
-            .expect_err("the previous layout is refused")
-            .to_string();
-        assert!(err.contains("layout v4"), "{err}");
+        assert_eq!(l.check_version().expect("an upgrade"), Some(4));
+        std::fs::create_dir_all(root.join("v5")).expect("mkdir");
+        let err = l.check_version().expect_err("two older").to_string();
+        assert!(err.contains("[4, 5]"), "{err}");
         std::fs::remove_dir(root.join("v4")).expect("rmdir");
+        std::fs::remove_dir(root.join("v5")).expect("rmdir");
         std::fs::create_dir_all(root.join("v8")).expect("mkdir");
         let err = l.check_version().expect_err("v8 is refused").to_string();
         assert!(
-            err.contains("layout v8") && err.contains("--layout 8"),
+            err.contains("layout v8") && err.contains("downgrades are not supported"),
             "{err}"
         );
+        assert!(err.contains("--layout 8"), "{err}");
         std::fs::remove_dir(root.join("v8")).expect("rmdir");
         std::fs::write(root.join("stray"), b"").expect("write");
         let err = l.check_version().expect_err("stray file").to_string();

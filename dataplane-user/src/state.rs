@@ -83,6 +83,10 @@ pub struct State {
     /// What verifying the XDP programs cost when this dataplane was loaded.
     #[serde(default)]
     pub verified: Vec<crate::kernel::Verified>,
+    /// The release that loaded (or upgraded to) the running dataplane; empty when a release
+    /// before this field pinned it.
+    #[serde(default)]
+    pub release: String,
 }
 
 /// A daemon's standing with its fleet (see [`crate::fleet`]).

@@ -78,7 +78,10 @@ impl Running {
     /// Opens the pinned dataplane; a clear error when there is none.
     pub fn open(layout: &PinLayout, run: &RunDir) -> Result<Running, ViewError> {
         if !layout.is_pinned() {
-            layout.check_version()?;
+            if let Some(version) = layout.check_version()? {
+                let found = layout.of_version(version).dir();
+                return Err(PinError::OlderVersion { found, version }.into());
+            }
             if layout.has_remnants() {
                 // Maps or links without the program pin: a dataplane may well still run.
                 return Err(PinError::Missing(layout.program(PROGRAM_NAME)).into());
@@ -230,6 +233,7 @@ impl Running {
             last_error: self.state.last_error.clone(),
             kernel_log_level: self.state.kernel_log_level.clone(),
             fleet: self.state.fleet.clone(),
+            release: self.state.release.clone(),
             kernel: crate::kernel::KernelSupport::probe().ok().cloned(),
             verified: if self.state.verified.is_empty() {
                 self.dp.verified()?
@@ -420,6 +424,9 @@ pub struct Status {
     pub kernel_log_level: String,
     /// The fleet the daemon takes its policy from, and how it stands with it.
     pub fleet: Option<crate::state::FleetState>,
+    /// The release that loaded the running dataplane (empty: one from before releases were
+    /// recorded).
+    pub release: String,
     /// The kernel's features as probed now (absent where the probes could not run).
     pub kernel: Option<crate::kernel::KernelSupport>,
     /// What verifying each XDP program cost.

@@ -24,8 +24,8 @@ fn environment() -> Vec<(String, String)> {
 
 #[test]
 fn systemd_accepts_the_unit() {
-    let unit = deploy("dataplane.service")
-        .replace("/usr/local/sbin/dataplane", &binary().display().to_string());
+    let unit =
+        deploy("dataplane.service").replace("/usr/sbin/dataplane", &binary().display().to_string());
     let dir = std::env::temp_dir().join(format!("dp-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("dataplane.service");

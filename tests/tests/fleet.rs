@@ -264,13 +264,26 @@ fn a_fleet_takes_one_policy_from_etcd_and_survives_losing_etcd() {
         .next()
         .and_then(|r| r.trim().parse().ok())
         .unwrap_or_else(|| panic!("no revision in {out:?}"));
-    let mut live = Vec::new();
-    for (g, before) in gateways.iter().zip(&before) {
-        eventually("the pushed policy live", Duration::from_secs(5), || {
-            g.generation() > *before && g.fleet()["revision"] == revision
-        });
-        live.push(pushed.elapsed());
-    }
+    // Each gateway watched on a thread of its own: sequential polls would add the others'
+    // CLI round trips to each gateway's time.
+    let live: Vec<Duration> = std::thread::scope(|scope| {
+        let watchers: Vec<_> = gateways
+            .iter()
+            .zip(&before)
+            .map(|(g, before)| {
+                scope.spawn(move || {
+                    eventually("the pushed policy live", Duration::from_secs(5), || {
+                        g.generation() > *before && g.fleet()["revision"] == revision
+                    });
+                    pushed.elapsed()
+                })
+            })
+            .collect();
+        watchers
+            .into_iter()
+            .map(|w| w.join().expect("a watcher"))
+            .collect()
+    });
     eprintln!("pushed policy live on all three gateways after {live:?}");
     assert!(
         live.iter().all(|t| *t <= Duration::from_secs(1)),

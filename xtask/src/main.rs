@@ -1,5 +1,6 @@
 //! Project tasks: `setup` installs what a fresh Debian machine needs, `test` runs every test
-//! (host and kernel) the way CI does, `bench` runs the benchmarks and writes BENCHMARKS.md.
+//! (host and kernel) the way CI does, `bench` runs the benchmarks and writes BENCHMARKS.md,
+//! `package` and `image` build the .deb and the OCI image.
 
 use std::{
     io::{BufRead, BufReader},
@@ -10,6 +11,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod image;
+mod package;
+mod releases;
 mod vm;
 
 /// Debian packages: the eBPF toolchain (rustc with a prebuilt BPF `core`, LLVM 22 for
@@ -53,6 +57,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "cpio",
     "xz-utils",
     "debian-archive-keyring",
+    // `cargo xtask package`: dpkg-shlibdeps for the .deb's Depends, strip.
+    "dpkg-dev",
+    "binutils",
+    // The package and image tests: a fresh Debian root to install the .deb into, a runtime
+    // for the image, and skopeo to read the image as container tools do.
+    "debootstrap",
+    "crun",
+    "skopeo",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz, which drives the fuzz targets in `fuzz/` (libFuzzer, coverage-guided).
@@ -109,6 +121,11 @@ enum Task {
     },
     /// Debian's kernels in QEMU (fetched with apt, cached): the suites or a command in each.
     Vm(vm::Args),
+    /// The .deb: target/package/dataplane_<version>_<arch>.deb (release build).
+    Package,
+    /// The OCI image the Kubernetes manifests name: target/image/dataplane-<version>.tar
+    /// (release build).
+    Image,
 }
 
 fn main() -> Result<()> {
@@ -118,6 +135,8 @@ fn main() -> Result<()> {
         Task::Bench { quick, out, only } => bench(quick, out, &only),
         Task::Demo { args } => demo(&args),
         Task::Vm(args) => vm::run(args),
+        Task::Package => package::build(&workspace_root()).map(drop),
+        Task::Image => image::build(&workspace_root()).map(drop),
     }
 }
 
@@ -270,13 +289,18 @@ fn test(args: &[String], vm: bool) -> Result<()> {
         .arg(root.join("target/ebpf-clippy"))
         .args(["--", "-D", "warnings"])
         .env("RUSTC_BOOTSTRAP", "1"))?;
-    // The daemon tests run the real `dataplane` binary.
+    // The daemon tests run the real `dataplane` binary; the package tests install the .deb
+    // and run the image.
     run(Command::new("cargo").current_dir(&root).args([
         "build",
         "-p",
         "dataplane-user",
         "--bins",
     ]))?;
+    package::build(&root)?;
+    image::build(&root)?;
+    // The upgrade test runs today's main and this tree's next layout too.
+    releases::build(&root)?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
         .args(["test", "--workspace", "--no-fail-fast"])

@@ -26,7 +26,7 @@ use crate::{
     compile::CompiledPolicy,
     config::{read_policy_text, Policy},
     control::{Failure, Response},
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{Dataplane, DataplaneError, Opened},
     fleet::{Demands, FleetConfig},
     kernel::KernelSupport,
     kernel_log::KernelLogLevel,
@@ -35,6 +35,7 @@ use crate::{
     pins::{PinError, PinLayout},
     routes::FollowError,
     state::{AttachMode, FleetState, RunDir, State, StateError},
+    upgrade::Upgrade,
 };
 
 use watch::{FileDigest, FileStamp};
@@ -278,11 +279,13 @@ impl Daemon {
             ),
             None => (DEFAULT_POLICY.to_string(), BUILT_IN.to_string()),
         };
-        let (dp, adopted) = Dataplane::open_pinned(&cfg.layout)?;
+        let (dp, opened) = Dataplane::open_pinned(&cfg.layout)?;
         let layout = cfg.layout.clone();
-        Daemon::start_with(cfg, dp, adopted, text, origin).inspect_err(|_| {
-            // A dataplane this start created and could not finish goes away again.
-            if !adopted {
+        let fresh = matches!(opened, Opened::Fresh);
+        Daemon::start_with(cfg, dp, opened, text, origin).inspect_err(|_| {
+            // A dataplane this start created and could not finish goes away again. An
+            // upgrade that could not finish has changed nothing of the one running.
+            if fresh {
                 let _ = layout.remove_version(crate::pins::LAYOUT_VERSION);
             }
         })
@@ -291,10 +294,16 @@ impl Daemon {
     fn start_with(
         cfg: DaemonConfig,
         dp: Dataplane,
-        adopted: bool,
+        opened: Opened,
         text: String,
         origin: String,
     ) -> Result<Daemon, DaemonError> {
+        // An adopted or upgraded dataplane keeps its ids and the policy in force.
+        let adopted = !matches!(opened, Opened::Fresh);
+        let upgrade = match opened {
+            Opened::Upgrading(upgrade) => Some(upgrade),
+            Opened::Fresh | Opened::Adopted => None,
+        };
         let previous = if adopted { cfg.run.read()? } else { None };
         let mut state = match previous {
             Some(mut state) => {
@@ -318,18 +327,27 @@ impl Daemon {
                 State::default()
             }
         };
-        // Interfaces attached before (pins) stay attached; requested ones are added.
-        for iface in cfg.layout.attached() {
+        // Interfaces attached before (pins, of the layout upgraded from too) stay attached;
+        // requested ones are added.
+        let upgraded_links = upgrade.as_ref().map_or_else(Vec::new, Upgrade::attached);
+        for iface in cfg.layout.attached().into_iter().chain(upgraded_links) {
             state.attached.entry(iface).or_insert(AttachMode::Native);
         }
-        state
-            .attached
-            .retain(|iface, _| cfg.layout.link(iface).exists());
+        state.attached.retain(|iface, _| {
+            cfg.layout.link(iface).exists()
+                || upgrade
+                    .as_ref()
+                    .is_some_and(|u| u.attached().contains(iface))
+        });
         state.daemon_pid = std::process::id();
         state.daemon_started = now_secs();
-        // The load's cost is known to the daemon that loaded; an adopting one keeps its word.
-        if !adopted || state.verified.is_empty() {
+        // The load's cost and the release are known to the daemon that loaded; an adopting
+        // one keeps their word.
+        if upgrade.is_some() || !adopted || state.verified.is_empty() {
             state.verified = dp.verified()?;
+        }
+        if upgrade.is_some() || !adopted {
+            state.release = crate::metrics::BUILD_VERSION.to_string();
         }
         // In a fleet, what is in force came from etcd: a restart keeps it until etcd says
         // otherwise (fail static), rather than falling back to the built-in catalogue.
@@ -392,7 +410,7 @@ impl Daemon {
                 Policy::from_toml_str(&daemon.state.policy_text, &daemon.state.policy_origin).ok();
         }
         daemon.dp.set_kernel_log_level(daemon.cfg.kernel_log)?;
-        if adopted {
+        if adopted && upgrade.is_none() {
             info!(generation = daemon.state.generation, attached = ?daemon.state.attached.keys().collect::<Vec<_>>(),
                 "adopted the pinned dataplane; traffic was not interrupted");
         }
@@ -401,10 +419,36 @@ impl Daemon {
             Err(ApplyError::Rejected(e)) if adopted => {
                 error!(%origin, "config rejected, the policy in force stays: {e}");
                 daemon.record_failure(e);
+                if upgrade.is_some() {
+                    // The new program gets the policy in force before any link moves to it.
+                    let (text, origin) = (
+                        daemon.state.policy_text.clone(),
+                        daemon.state.policy_origin.clone(),
+                    );
+                    daemon.apply_text(&text, &origin).map_err(
+                        |(ApplyError::Rejected(e) | ApplyError::Failed(e))| {
+                            DaemonError::Policy(format!(
+                                "upgrade stopped, the running dataplane is unchanged: the \
+                                 policy in force does not apply to this release: {e}"
+                            ))
+                        },
+                    )?;
+                }
             }
             Err(ApplyError::Rejected(e) | ApplyError::Failed(e)) => {
                 return Err(DaemonError::Policy(e))
             }
+        }
+        if let Some(upgrade) = &upgrade {
+            let layout = daemon.cfg.layout.clone();
+            let moved = daemon.dp.complete_upgrade(&layout, upgrade)?;
+            info!(
+                from_layout = upgrade.from_version(),
+                to_layout = crate::pins::LAYOUT_VERSION,
+                release = crate::metrics::BUILD_VERSION,
+                links = ?moved,
+                "upgraded the pinned dataplane in place; every link switched program atomically"
+            );
         }
         let wanted = daemon.cfg.ifaces.clone();
         for iface in &wanted {

@@ -110,6 +110,9 @@ impl Args {
     }
 }
 
+/// Boots of one kernel before a guest that dies while booting counts as a failure.
+const BOOT_ATTEMPTS: u32 = 3;
+
 /// Defaults: a kernel's job bound, the guest's memory and CPUs (as this machine's), and one
 /// test at a time (the suites' timing tests must not share the CPUs).
 const TIMEOUT_SECS: u64 = 1800;
@@ -229,7 +232,7 @@ pub fn run(args: Args) -> Result<()> {
             kernel.versions()
         );
         let started = Instant::now();
-        let run = Guest {
+        let guest = Guest {
             kernel,
             initramfs: &initramfs,
             accel: &accel,
@@ -240,8 +243,22 @@ pub fn run(args: Args) -> Result<()> {
             console_log: &console_log,
             timeout: Duration::from_secs(args.timeout),
             interrupted: &interrupted,
+        };
+        let mut run = guest.run()?;
+        // Emulated kernels now and then die while booting (an int3 oops patching kernel
+        // text under multi-threaded TCG was seen on 6.12): a guest that never reached its
+        // job boots again; one that failed in its job does not.
+        for attempt in 2..=BOOT_ATTEMPTS {
+            if run.boot.is_some() || run.error.is_none() {
+                break;
+            }
+            eprintln!(
+                "kernel {}: the guest died before its job started; booting again \
+                 (attempt {attempt} of {BOOT_ATTEMPTS})",
+                kernel.name
+            );
+            run = guest.run()?;
         }
-        .run()?;
         if let Some(collect) = &args.collect {
             copy_files(&share, &collect.join(&kernel.name))?;
         }

@@ -110,6 +110,13 @@ pub enum Command {
         /// Shell.
         shell: clap_complete::Shell,
     },
+    /// Write man pages (dataplane.1 and one per subcommand) into DIR; the .deb's build runs
+    /// it.
+    #[command(hide = true)]
+    Manpages {
+        /// Directory to write them into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]

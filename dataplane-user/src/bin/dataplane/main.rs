@@ -87,5 +87,6 @@ fn dispatch(cli: Cli) -> Result<(), Failed> {
             );
             Ok(())
         }
+        Command::Manpages { dir } => cmd::manpages::execute(Cli::command(), &dir),
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod detach;
 pub mod fleet;
 pub mod kernel;
+pub mod manpages;
 pub mod rule;
 pub mod run;
 pub mod stats;

@@ -27,7 +27,12 @@ fn print(s: &Status, json: bool) -> Result<()> {
         return print_json(s);
     }
     println!(
-        "dataplane: layout v{} at {}, program id {} (pass program {}), up {}",
+        "dataplane: release {}, layout v{} at {}, program id {} (pass program {}), up {}",
+        if s.release.is_empty() {
+            "unknown (pinned before releases were recorded)"
+        } else {
+            &s.release
+        },
         s.layout,
         s.pin_root,
         s.program_id,
