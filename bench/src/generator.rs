@@ -95,7 +95,9 @@ impl PacketRing {
         // SAFETY: all zeroes is a valid sockaddr_ll before the fields are set.
         let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         address.sll_family = libc::AF_PACKET as u16;
-        address.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        // Protocol 0: the socket sends and receives nothing (the frames carry their own
+        // EtherType).
+        address.sll_protocol = 0;
         address.sll_ifindex = ifindex as i32;
         // SAFETY: address is a valid sockaddr_ll of the given length.
         let bound = unsafe {

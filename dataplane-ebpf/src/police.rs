@@ -440,7 +440,7 @@ pub extern "C" fn dataplane_fair(ids: u64, now_ns: u64, fair: u64, leased: u64) 
         CLASSES.get(class_config_index(slot, class)),
         POLICERS.get_ptr_mut(class),
     ) else {
-        return fair;
+        return fair | (Standing::Neutral as u64) << FairWord::STANDING_BIT;
     };
     let lease = if leased != 0 {
         CLASS_LEASES.get_ptr_mut(class)

@@ -10,6 +10,9 @@ use std::{
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// How long a daemon expected to fail at start may take to do so.
+const FAIL_WITHIN: Duration = Duration::from_secs(60);
+
 /// The `dataplane` binary next to the test executable (`cargo xtask test` builds it first);
 /// `DATAPLANE_BIN` overrides.
 pub fn binary() -> PathBuf {
@@ -31,13 +34,13 @@ pub fn binary() -> PathBuf {
 }
 
 /// Another release's `dataplane` binary, for the upgrade test: `target/upgrade/<release>/`
-/// holds what `cargo xtask test` built there (today's main at layout v7, and this tree's
-/// next layout).
+/// holds what `cargo xtask test` built (today's main at layout v7, and this tree's next
+/// layout).
 pub fn release_binary(release: &str) -> PathBuf {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/upgrade")
         .join(release)
-        .join("target/debug/dataplane");
+        .join("dataplane");
     assert!(
         bin.exists(),
         "{} is missing: `cargo xtask test` builds the upgrade test's releases first",
@@ -206,17 +209,35 @@ impl Daemon {
         }
     }
 
-    /// Starts the daemon expecting it to fail; returns its exit code and log.
+    /// Starts the daemon expecting it to fail; returns its exit code and log. One that runs
+    /// instead is killed after [`FAIL_WITHIN`] and fails the test.
     pub fn start_fails(&self, args: &[&str]) -> (i32, String) {
-        let out = self
+        let mut child = self
             .command()
             .arg("run")
             .arg("--config")
             .arg(self.config_path())
             .args(["--metrics-addr", "127.0.0.1:0"])
             .args(args)
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run dataplane");
+        let deadline = Instant::now() + FAIL_WITHIN;
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child
+                    .wait_with_output()
+                    .expect("the killed daemon's output");
+                panic!(
+                    "the daemon was expected to fail but ran for {FAIL_WITHIN:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().expect("the daemon's output");
         assert!(!out.status.success(), "the daemon was expected to fail");
         (
             out.status.code().unwrap_or(-1),

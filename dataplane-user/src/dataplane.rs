@@ -34,7 +34,7 @@ use crate::{
     compile::{CompiledPolicy, RuleTables},
     config::Policy,
     kernel::{KernelError, Verified},
-    pins::{open_failure, PinError, PinLayout, LAYOUT_VERSION},
+    pins::{open_failure, pin_replacing, PinError, PinLayout, LAYOUT_VERSION},
     upgrade::Upgrade,
 };
 
@@ -188,18 +188,6 @@ pub struct Dataplane {
     verified: Vec<Verified>,
 }
 
-/// Removes the pin of a program another build of this layout pinned, which this one's
-/// replaces.
-fn unpin_replaced(path: &std::path::Path) -> Result<(), DataplaneError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataplaneError::Pin {
-            path: path.to_path_buf(),
-            reason: format!("removing the replaced program's pin: {e}"),
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// The kernel's id of `map`.
 fn map_id(map: &Map) -> Result<Option<u32>, DataplaneError> {
     let data: &MapData = match map {
@@ -287,23 +275,29 @@ fn refill(ebpf: &Ebpf, name: &str, old: &MapData, cpus: u32) -> Result<(), Datap
         new.info().map_err(map_err(name))?,
     );
     let kind = info_type(&old_info);
-    let fits = kind == info_type(&new_info)
+    // Only maps keyed by content carry over: an array's index is often composite (slot ×
+    // class, interface × class), and a resized array would put entries under other keys.
+    let keyed = [
+        BPF_MAP_TYPE_HASH,
+        BPF_MAP_TYPE_LRU_HASH,
+        BPF_MAP_TYPE_LPM_TRIE,
+    ]
+    .iter()
+    .any(|t| *t as u32 == kind);
+    let fits = keyed
+        && kind == info_type(&new_info)
         && old_info.key_size() == new_info.key_size()
-        && old_info.value_size() == new_info.value_size()
-        && kind != BPF_MAP_TYPE_RINGBUF as u32;
+        && old_info.value_size() == new_info.value_size();
     if !fits {
-        tracing::warn!(
-            map = name,
-            "upgrade: its entries changed shape; it starts afresh"
-        );
+        tracing::warn!(map = name, "upgrade: its layout changed; it starts afresh");
         return Ok(());
     }
     let copied = crate::upgrade::copy_entries(
         old,
         new,
         kind,
-        old_info.key_size(),
-        old_info.value_size(),
+        (old_info.key_size(), old_info.value_size()),
+        old_info.max_entries(),
         cpus,
     )
     .map_err(|e| DataplaneError::Object(format!("copying map {name}'s entries: {e}")))?;
@@ -314,6 +308,38 @@ fn refill(ebpf: &Ebpf, name: &str, old: &MapData, cpus: u32) -> Result<(), Datap
         "upgrade: entries carried over into the new map"
     );
     Ok(())
+}
+
+/// Whether every link pinned under `layout` runs program `id`.
+fn links_run(layout: &PinLayout, id: u32) -> Result<bool, DataplaneError> {
+    for iface in layout.attached() {
+        let path = layout.link(iface.as_str());
+        let link =
+            aya::programs::links::PinnedLink::from_pin(&path).map_err(|e| DataplaneError::Pin {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let info = FdLink::from(link).info().map_err(|e| DataplaneError::Pin {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if info.program_id() != id {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A digest of this binary's eBPF object (FNV-1a, 64 bits, in hex): which build pinned the
+/// running program, as the daemon's state records it, without loading anything to compare.
+pub fn object_digest() -> &'static str {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIGEST.get_or_init(|| {
+        let hash = EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    })
 }
 
 /// A refused load as one line: the verifier's last word, its whole log in a file (an
@@ -383,8 +409,21 @@ impl Dataplane {
                     Some(what) if running.version() == LAYOUT_VERSION => {
                         return Err(PinError::Incompatible { path, what }.into())
                     }
-                    _ => refilled.push((name.clone(), data)),
+                    // A changed meaning starts afresh; a changed shape carries what fits.
+                    Some(_) if kept => refilled.push((name.clone(), data)),
+                    _ => {}
                 }
+            }
+            // The policy's tables and the switch between generations are read together:
+            // an old program still attached must never see a shared switch flip to tables
+            // only the new program has. So they are shared all together or not at all (then
+            // the daemon writes the policy into the new ones before any link moves).
+            let whole = crate::upgrade::POLICY_MAPS
+                .iter()
+                .all(|m| shared.iter().any(|(name, _)| name == m));
+            if !whole {
+                shared.retain(|(name, _)| !crate::upgrade::POLICY_MAPS.contains(&name.as_str()));
+                refilled.retain(|(name, _)| !crate::upgrade::POLICY_MAPS.contains(&name.as_str()));
             }
         }
         let mut loader = EbpfLoader::new();
@@ -449,7 +488,15 @@ impl Dataplane {
     /// beside it, sharing its state, nothing pinned or attached yet;
     /// [`Dataplane::complete_upgrade`] then moves its links and pins it), or loaded and
     /// pinned afresh.
-    pub fn open_pinned(layout: &PinLayout) -> Result<(Dataplane, Opened), DataplaneError> {
+    ///
+    /// `pinned_object` is what the daemon's state says pinned the program
+    /// ([`object_digest`]): when it is this binary's and every link runs the pinned program,
+    /// the dataplane is adopted without loading anything; otherwise this binary's program is
+    /// loaded to compare.
+    pub fn open_pinned(
+        layout: &PinLayout,
+        pinned_object: Option<&str>,
+    ) -> Result<(Dataplane, Opened), DataplaneError> {
         let older = layout.check_version()?;
         if layout.is_pinned() {
             if let Some(version) = older {
@@ -460,14 +507,19 @@ impl Dataplane {
                     Opened::Upgrading(Upgrade { from }),
                 ));
             }
-            // Adopted, unless the program running is another build's.
-            let dp = Dataplane::load_sharing(Some(layout))?;
             let running = Xdp::from_pin(
                 layout.program(PROGRAM_NAME),
                 aya_obj::programs::XdpAttachType::Interface,
             )
             .map_err(|e| open_failure(&layout.program(PROGRAM_NAME), e))?;
-            if running.info()?.tag() == dp.program()?.info()?.tag() {
+            let links_run_it = links_run(layout, running.info()?.id())?;
+            if links_run_it && pinned_object == Some(object_digest()) {
+                return Ok((Dataplane::adopt(layout)?, Opened::Adopted));
+            }
+            // Adopted, unless the program pinned is another build's, or a link runs another
+            // (a crash moved it before the pins followed).
+            let dp = Dataplane::load_sharing(Some(layout))?;
+            if links_run_it && running.info()?.tag() == dp.program()?.info()?.tag() {
                 return Ok((Dataplane::adopt(layout)?, Opened::Adopted));
             }
             let from = layout.clone();
@@ -502,52 +554,71 @@ impl Dataplane {
         upgrade: &Upgrade,
     ) -> Result<Vec<String>, DataplaneError> {
         let from = &upgrade.from;
-        let moved = from.attached();
-        if from.version() != layout.version() {
+        let same_layout = from.version() == layout.version();
+        if !same_layout {
             // The new layout whole before any link moves: a crash from here on finds it
             // pinned and finishes the move (see `open_pinned`).
             self.pin(layout)?;
         }
-        for iface in &moved {
-            let old = from.link(iface);
-            let link = aya::programs::links::PinnedLink::from_pin(&old).map_err(|e| {
-                DataplaneError::Pin {
-                    path: old.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(link)).map_err(|e| {
-                DataplaneError::Pin {
-                    path: old.clone(),
-                    reason: format!("not an XDP link: {e}"),
-                }
-            })?;
-            let prog = self.xdp_mut(PROGRAM_NAME)?;
-            let id = prog.attach_to_link(link)?;
-            let link = FdLink::try_from(prog.take_link(id)?).map_err(|e| DataplaneError::Pin {
-                path: old.clone(),
-                reason: e.to_string(),
-            })?;
-            if from.version() != layout.version() {
-                let new = layout.link(iface);
-                link.pin(&new).map_err(|e| DataplaneError::Pin {
-                    path: new,
-                    reason: e.to_string(),
-                })?;
-                std::fs::remove_file(&old).map_err(|e| DataplaneError::Pin {
-                    path: old.clone(),
-                    reason: format!("removing the old link pin: {e}"),
-                })?;
+        let mut moved = Vec::new();
+        for iface in from.attached() {
+            if self.move_link(layout, from, &iface)? {
+                moved.push(iface);
             }
         }
-        if from.version() == layout.version() {
-            // Same layout: the links stay where they are pinned; the programs' pins now name
-            // this build's programs.
+        if same_layout {
+            // The links stay where they are pinned; the programs' pins now name this
+            // build's programs.
             self.pin(layout)?;
-        } else {
-            layout.remove_version(from.version())?;
+        } else if let Err(e) = layout.remove_version(from.version()) {
+            // Every link has moved: what is left of the old layout holds nothing attached.
+            tracing::warn!("upgrade done, but the old layout's pins stay: {e}");
         }
         Ok(moved)
+    }
+
+    /// Moves `iface`'s link of layout `from` to this dataplane's program and pins it in
+    /// `layout`; false when the link was defunct (its device gone while no daemon ran),
+    /// whose pin is dropped.
+    fn move_link(
+        &mut self,
+        layout: &PinLayout,
+        from: &PinLayout,
+        iface: &str,
+    ) -> Result<bool, DataplaneError> {
+        let old = from.link(iface);
+        let pin_error = |path: &std::path::Path, reason: String| DataplaneError::Pin {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let link = aya::programs::links::PinnedLink::from_pin(&old)
+            .map_err(|e| pin_error(&old, e.to_string()))?;
+        let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(link))
+            .map_err(|e| pin_error(&old, format!("not an XDP link: {e}")))?;
+        let prog = self.xdp_mut(PROGRAM_NAME)?;
+        let id = match prog.attach_to_link(link) {
+            Ok(id) => id,
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOLINK) =>
+            {
+                tracing::warn!(%iface, "its device is gone: its link is dropped, not moved");
+                std::fs::remove_file(&old).map_err(|e| pin_error(&old, e.to_string()))?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let link =
+            FdLink::try_from(prog.take_link(id)?).map_err(|e| pin_error(&old, e.to_string()))?;
+        if from.version() != layout.version() {
+            let new = layout.link(iface);
+            // A crash between pinning the link here and unpinning it there left both.
+            if !new.exists() {
+                link.pin(&new).map_err(|e| pin_error(&new, e.to_string()))?;
+            }
+            std::fs::remove_file(&old)
+                .map_err(|e| pin_error(&old, format!("removing the old link pin: {e}")))?;
+        }
+        Ok(true)
     }
 
     /// Opens the dataplane pinned under `layout`, checking every pinned map against the map
@@ -597,43 +668,37 @@ impl Dataplane {
     /// pinned there is another build's, replaced.
     pub fn pin(&mut self, layout: &PinLayout) -> Result<(), DataplaneError> {
         layout.prepare()?;
+        // With nothing attached from this layout, another map pinned here is what a crash
+        // half way through pinning left: replaced. With links, it is another dataplane's.
+        let unattached = layout.attached().is_empty();
         for (name, map) in &self.maps {
             let path = layout.map(name);
             if path.exists() {
                 let pinned = MapData::from_pin(&path).map_err(|e| open_failure(&path, e))?;
-                if map_id(map)? != Some(pinned.info().map_err(map_err(name))?.id()) {
+                if map_id(map)? == Some(pinned.info().map_err(map_err(name))?.id()) {
+                    continue;
+                }
+                if !unattached {
                     return Err(PinError::Incompatible {
                         path,
                         what: "another dataplane's map is pinned there".into(),
                     }
                     .into());
                 }
-                continue;
             }
-            map.pin(&path).map_err(|e| DataplaneError::Pin {
-                path,
-                reason: e.to_string(),
-            })?;
+            pin_replacing(&path, |at| map.pin(at).map_err(|e| e.to_string()))?;
         }
         for (index, (name, _)) in REDIRECT_WATCHERS.iter().enumerate() {
-            let path = layout.program(name);
-            unpin_replaced(&path)?;
-            self.watcher_mut(index)?
-                .pin(&path)
-                .map_err(|e| DataplaneError::Pin {
-                    path,
-                    reason: e.to_string(),
-                })?;
+            let watcher = self.watcher_mut(index)?;
+            pin_replacing(&layout.program(name), |at| {
+                watcher.pin(at).map_err(|e| e.to_string())
+            })?;
         }
         for name in [PASS_PROGRAM_NAME, PROGRAM_NAME] {
-            let path = layout.program(name);
-            unpin_replaced(&path)?;
-            self.xdp_mut(name)?
-                .pin(&path)
-                .map_err(|e| DataplaneError::Pin {
-                    path,
-                    reason: e.to_string(),
-                })?;
+            let prog = self.xdp_mut(name)?;
+            pin_replacing(&layout.program(name), |at| {
+                prog.pin(at).map_err(|e| e.to_string())
+            })?;
         }
         Ok(())
     }

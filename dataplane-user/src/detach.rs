@@ -17,10 +17,15 @@ pub enum DetachError {
     Pins(#[from] PinError),
 }
 
-/// Removes the whole dataplane: its links (detaching it everywhere), programs and maps, and
-/// the run directory's state. Returns whether one was pinned.
+/// Removes the whole dataplane: its links (detaching it everywhere), programs and maps, of
+/// this layout and of an older one an upgrade has not finished with, and the run
+/// directory's state. Returns whether one was pinned.
 pub fn remove_all(layout: &PinLayout, run: &RunDir) -> Result<bool, PinError> {
-    let removed = layout.remove_version(LAYOUT_VERSION)?;
+    let older = layout.check_version()?;
+    let mut removed = layout.remove_version(LAYOUT_VERSION)?;
+    if let Some(version) = older {
+        removed |= layout.remove_version(version)?;
+    }
     run.clear();
     Ok(removed)
 }
@@ -31,7 +36,13 @@ pub fn detach_link(
     state: Option<&mut State>,
     iface: &str,
 ) -> Result<(), DetachError> {
-    if !layout.unpin_link(iface)? {
+    // Its link may still be in an older layout an upgrade has not finished with.
+    let older = layout
+        .check_version()?
+        .map(|version| layout.of_version(version));
+    let unpinned =
+        layout.unpin_link(iface)? || older.map_or(Ok(false), |older| older.unpin_link(iface))?;
+    if !unpinned {
         return Err(DetachError::NotAttached(iface.to_string()));
     }
     if let Some(state) = state {

@@ -343,8 +343,8 @@ fn verified_insns(release: &str) -> Option<String> {
     ((major, minor) < (5, 16)).then(|| "program info has no verified_insns before 5.16".into())
 }
 
-/// Loads a five-instruction XDP program with a 64-bit compare-and-exchange on its stack:
-/// kernels before 5.12 refuse the instruction ("BPF_STX uses reserved fields").
+/// Loads a seven-instruction XDP program with a 64-bit compare-and-exchange on its stack:
+/// kernels before 5.12 refuse the instruction ("BPF_STX uses reserved fields", EINVAL).
 fn probe_atomics() -> Outcome {
     const ALU64_MOV_K: u8 = 0xb7;
     const STX_MEM_DW: u8 = 0x7b;
@@ -398,7 +398,7 @@ fn probe_atomics() -> Outcome {
     let error = std::io::Error::last_os_error();
     let said = String::from_utf8_lossy(&log);
     match error.raw_os_error() {
-        Some(libc::EINVAL) | Some(libc::EACCES) => Ok(Some(
+        Some(libc::EINVAL) => Ok(Some(
             match verifier_last_word(said.trim_end_matches('\0')) {
                 Some(said) => format!("the verifier says \"{said}\""),
                 None => "the kernel refuses BPF_ATOMIC instructions".into(),

@@ -258,14 +258,25 @@ impl PinLayout {
         }
     }
 
-    /// Makes sure the pin root can be created on a bpf filesystem, mounting bpffs at
-    /// /sys/fs/bpf when the system has not.
-    pub fn prepare(&self) -> Result<(), PinError> {
+    /// Makes sure the pin root exists on a bpf filesystem, mounting bpffs at /sys/fs/bpf
+    /// when the system has not. The version's directories come with [`PinLayout::prepare`]:
+    /// an empty one left by a failed start would look like a layout to the next release.
+    pub fn prepare_root(&self) -> Result<(), PinError> {
         if self.root.starts_with(BPFFS.mount_point) {
             BPFFS
                 .ensure_mounted()
                 .map_err(io_err("mounting bpffs on", Path::new(BPFFS.mount_point)))?;
         }
+        std::fs::create_dir_all(&self.root).map_err(io_err("creating", &self.root))?;
+        if !BPFFS.holds(&self.root) {
+            return Err(PinError::NotBpffs(self.root.clone()));
+        }
+        Ok(())
+    }
+
+    /// [`PinLayout::prepare_root`], and this version's directories.
+    pub fn prepare(&self) -> Result<(), PinError> {
+        self.prepare_root()?;
         for dir in [
             self.dir().join("maps"),
             self.dir().join("programs"),
@@ -273,8 +284,34 @@ impl PinLayout {
         ] {
             std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         }
-        if !BPFFS.holds(&self.root) {
-            return Err(PinError::NotBpffs(self.root.clone()));
+        Ok(())
+    }
+
+    /// Removes every layout directory under the root that pins nothing (what a start that
+    /// failed before pinning leaves): it would otherwise look like a layout, newer perhaps,
+    /// to the next start, of this release or an older one being rolled back to. Call with
+    /// the pin root locked.
+    pub fn remove_empty_versions(&self) -> Result<(), PinError> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Ok(());
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Some(version) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix('v'))
+                .and_then(|v| v.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let layout = self.of_version(version);
+            let pins_something = ["maps", "programs", "links"].iter().any(|sub| {
+                std::fs::read_dir(layout.dir().join(sub))
+                    .is_ok_and(|mut entries| entries.next().is_some())
+            });
+            if !pins_something {
+                layout.remove_version(version)?;
+            }
         }
         Ok(())
     }
@@ -354,6 +391,27 @@ impl PinLayout {
         let _ = std::fs::remove_dir(&self.root);
         Ok(true)
     }
+}
+
+/// Pins an object at `path` through `pin` (which pins at the path it is given), replacing
+/// whatever `path` pins now in one rename: the path never stands empty, so a crash leaves
+/// either the old object or the new one there.
+pub fn pin_replacing(
+    path: &Path,
+    pin: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), PinError> {
+    // bpffs refuses names with a dot.
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push("-staged");
+    let staged = path.with_file_name(name);
+    // A staged pin a crash left behind goes first.
+    let _ = std::fs::remove_file(&staged);
+    pin(&staged).map_err(|reason| PinError::Io {
+        what: "pinning",
+        path: staged.clone(),
+        source: io::Error::other(reason),
+    })?;
+    std::fs::rename(&staged, path).map_err(io_err("renaming into place", path))
 }
 
 /// Why pin `path` could not be opened (`error` is what the loader said): not root, gone, or

@@ -87,6 +87,9 @@ pub struct State {
     /// before this field pinned it.
     #[serde(default)]
     pub release: String,
+    /// The digest of the eBPF object it loaded (`dataplane::object_digest`).
+    #[serde(default)]
+    pub object: String,
 }
 
 /// A daemon's standing with its fleet (see [`crate::fleet`]).

@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use aya::maps::MapData;
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
+use dataplane_common::maps::names;
 
 use crate::pins::{PinLayout, CHANGED_MEANING};
 
@@ -32,6 +33,20 @@ impl Upgrade {
     }
 }
 
+/// The maps a policy generation lives in, read together by the program: shared all together
+/// or none (see `Dataplane::load_sharing`). The flow cache belongs with them: its entries
+/// hold classes tagged with the generation that computed them.
+pub const POLICY_MAPS: [&str; 8] = [
+    names::ACTIVE_SLOT,
+    names::POLICY_SLOTS,
+    names::CLASSES,
+    names::RULE_CLASSES,
+    names::FIELD_TABLE,
+    names::VECTOR_POOL,
+    names::PREFIXES,
+    names::FLOW_CACHE,
+];
+
 /// Whether map `name` of layout `from` may be shared by this binary's program, its shape
 /// being the same: not when a layout between changed its meaning.
 pub(crate) fn meaning_kept(name: &str, from: u32, to: u32) -> bool {
@@ -49,15 +64,17 @@ pub struct Copied {
     pub refused: u64,
 }
 
-/// Copies every entry of `from` into `to`, both maps of `kind` with the same key and value
-/// sizes (per CPU: `value_size` per possible CPU). Ring buffers, device and program maps have
-/// no entries to carry (their values are file descriptors or records): callers skip them.
+/// Copies the entries of `from` (at most `max_entries` of them) into `to`, both maps of
+/// `kind` with the same (key, value) sizes (per CPU: the value per possible CPU). Ring
+/// buffers, device and program maps have no entries to carry (their values are file
+/// descriptors or records): callers skip them. The walk is bounded: a key another CPU
+/// deletes under it restarts BPF_MAP_GET_NEXT_KEY from the first key.
 pub(crate) fn copy_entries(
     from: &MapData,
     to: &MapData,
     kind: u32,
-    key_size: u32,
-    value_size: u32,
+    (key_size, value_size): (u32, u32),
+    max_entries: u32,
     cpus: u32,
 ) -> std::io::Result<Copied> {
     let per_cpu = [
@@ -79,7 +96,7 @@ pub(crate) fn copy_entries(
     let mut copied = Copied::default();
     // The first key: a null key asks for it (BPF_MAP_GET_NEXT_KEY's documented start).
     let mut first = true;
-    loop {
+    for _ in 0..2 * u64::from(max_entries) {
         let found = next_key(from, (!first).then_some(&key[..]), &mut next)?;
         if !found {
             return Ok(copied);
@@ -96,6 +113,7 @@ pub(crate) fn copy_entries(
             copied.refused += 1;
         }
     }
+    Ok(copied)
 }
 
 fn map_attr(fd: BorrowedFd<'_>, key: *const u8, value: u64) -> bpf_attr {

@@ -234,6 +234,10 @@ impl Running {
             kernel_log_level: self.state.kernel_log_level.clone(),
             fleet: self.state.fleet.clone(),
             release: self.state.release.clone(),
+            unfinished_upgrade: self.layout.check_version()?.map(|version| {
+                let links = self.layout.of_version(version).attached();
+                (version, links)
+            }),
             kernel: crate::kernel::KernelSupport::probe().ok().cloned(),
             verified: if self.state.verified.is_empty() {
                 self.dp.verified()?
@@ -427,6 +431,9 @@ pub struct Status {
     /// The release that loaded the running dataplane (empty: one from before releases were
     /// recorded).
     pub release: String,
+    /// An older layout still pinned beside this one (an upgrade that has not finished), and
+    /// the interfaces whose links still run its program.
+    pub unfinished_upgrade: Option<(u32, Vec<String>)>,
     /// The kernel's features as probed now (absent where the probes could not run).
     pub kernel: Option<crate::kernel::KernelSupport>,
     /// What verifying each XDP program cost.

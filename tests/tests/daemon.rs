@@ -456,8 +456,21 @@ fn other_layout_versions_and_incompatible_pins_are_refused() {
     let mut d = Daemon::create();
     d.write_config(&policy("8Mbit"));
 
-    // A layout of another version: refused with the way out, then removed that way.
-    std::fs::create_dir_all(d.pin_root.join("v9")).expect("mkdir on bpffs");
+    // A layout of a newer version (something pinned in it: an empty one is what a failed
+    // start leaves, and goes): refused with the way out, then removed that way.
+    std::fs::create_dir_all(d.pin_root.join("v9/maps")).expect("mkdir on bpffs");
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(d.pin_root.join("v9/maps/ACTIVE_SLOT"))
+        .args(["type", "array", "key", "4", "value", "4", "entries", "1"])
+        .args(["name", "ACTIVE_SLOT"])
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (code, err) = d.start_fails(&["--iface", &net.root_if]);
     assert_eq!(code, 1);
     assert!(

@@ -50,7 +50,8 @@ fn pinned_maps_read_with_libbpf_and_bpftool_agree_with_ours() {
     let layout = PinLayout::new(format!("/sys/fs/bpf/dp-libbpf-{}", std::process::id()));
     let _ = layout.remove_version(dataplane::pins::LAYOUT_VERSION);
     let pins = Pins(layout);
-    let (mut dp, opened) = dataplane::dataplane::Dataplane::open_pinned(&pins.0).expect("pin");
+    let (mut dp, opened) =
+        dataplane::dataplane::Dataplane::open_pinned(&pins.0, None).expect("pin");
     assert!(matches!(opened, dataplane::dataplane::Opened::Fresh));
     let policy = dataplane::config::Policy::from_toml_str(
         "[[class]]\nname = \"default\"\n[[class]]\nname = \"rdma\"\n[[rule]]\nclass = \"rdma\"\nprotocol = \"udp\"\ndst_port = 5001\n",

@@ -511,3 +511,52 @@ fn a_downgrade_is_refused_and_the_running_dataplane_kept() {
         "the v8 dataplane still runs"
     );
 }
+
+#[test]
+fn an_upgrade_finishes_what_a_crash_left_and_drops_vanished_devices() {
+    let _serial = serial();
+    let (this, next) = (binary(), release_binary("next"));
+    let mut g = Gateway::new(&this);
+    g.daemon.stop();
+    let v7 = dataplane::pins::PinLayout::new(&g.daemon.pin_root).of_version(7);
+    let v8 = v7.of_version(8);
+    let (kept, gone) = (
+        g.topo.clients[0].gateway_iface.clone(),
+        g.topo.server.gateway_iface.clone(),
+    );
+    // A crash of an earlier upgrade left the first link pinned in both layouts, and the
+    // other interface's device went away while no daemon ran.
+    std::fs::create_dir_all(v8.dir().join("links")).expect("v8 links dir");
+    let link = aya::programs::links::PinnedLink::from_pin(v7.link(&kept)).expect("v7 link");
+    aya::programs::links::FdLink::from(link)
+        .pin(v8.link(&kept))
+        .expect("pin the link in v8 too");
+    netns_run(&g.topo.gateway, "ip", &["link", "del", &gone]).expect("delete a device");
+    g.daemon.bin = next;
+    g.start();
+    assert_eq!(g.daemon.status()["layout"], 8);
+    assert!(v8.link(&kept).exists(), "the surviving link moved");
+    assert!(
+        !v8.link(&gone).exists(),
+        "the vanished device's link is not carried"
+    );
+    assert!(!v7.dir().exists(), "the old layout is gone");
+    let log = g.daemon.log();
+    assert!(log.contains("its device is gone"), "{log}");
+}
+
+#[test]
+fn a_start_that_failed_before_pinning_does_not_block_the_next() {
+    let _serial = serial();
+    let this = binary();
+    let mut g = Gateway::new(&this);
+    g.daemon.stop();
+    // What a newer release's failed start leaves: its layout's directories, empty.
+    let empty = dataplane::pins::PinLayout::new(&g.daemon.pin_root).of_version(99);
+    for sub in ["maps", "programs", "links"] {
+        std::fs::create_dir_all(empty.dir().join(sub)).expect("mkdir");
+    }
+    g.start();
+    assert!(!empty.dir().exists(), "the empty layout is removed");
+    assert_eq!(g.daemon.status()["layout"], 7);
+}

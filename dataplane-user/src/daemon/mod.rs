@@ -279,12 +279,15 @@ impl Daemon {
             ),
             None => (DEFAULT_POLICY.to_string(), BUILT_IN.to_string()),
         };
-        let (dp, opened) = Dataplane::open_pinned(&cfg.layout)?;
+        // Which build pinned what runs, as the state says: this one's is adopted as it is.
+        let pinned_object = cfg.run.read().ok().flatten().map(|s| s.object);
+        let (dp, opened) = Dataplane::open_pinned(&cfg.layout, pinned_object.as_deref())?;
         let layout = cfg.layout.clone();
         let fresh = matches!(opened, Opened::Fresh);
         Daemon::start_with(cfg, dp, opened, text, origin).inspect_err(|_| {
             // A dataplane this start created and could not finish goes away again. An
-            // upgrade that could not finish has changed nothing of the one running.
+            // upgrade that could not finish leaves the old program on every link it had not
+            // moved (the policy it applied may be in force there, in shared maps).
             if fresh {
                 let _ = layout.remove_version(crate::pins::LAYOUT_VERSION);
             }
@@ -348,6 +351,7 @@ impl Daemon {
         }
         if upgrade.is_some() || !adopted {
             state.release = crate::metrics::BUILD_VERSION.to_string();
+            state.object = crate::dataplane::object_digest().to_string();
         }
         // In a fleet, what is in force came from etcd: a restart keeps it until etcd says
         // otherwise (fail static), rather than falling back to the built-in catalogue.

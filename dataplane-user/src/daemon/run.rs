@@ -47,8 +47,11 @@ pub async fn run(mut cfg: DaemonConfig) -> Result<(), DaemonError> {
     // SAFETY: mallopt only tunes the allocator; called before other threads allocate much.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
     // One daemon per pin root, whatever its run directory: held until this process exits.
-    cfg.layout.prepare()?;
+    cfg.layout.prepare_root()?;
     let _pins = cfg.layout.lock()?;
+    // What a start that failed before pinning left would pass for a layout (a newer one,
+    // to a release being rolled back to).
+    cfg.layout.remove_empty_versions()?;
     let watch_interval = cfg.watch_interval;
     let metrics_listener = cfg.metrics.take();
     let mut daemon = Daemon::start(cfg)?;

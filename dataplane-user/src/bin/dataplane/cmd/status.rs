@@ -81,6 +81,17 @@ fn print(s: &Status, json: bool) -> Result<()> {
             .as_ref()
             .map_or(String::new(), |e| format!(" (last: {e})"))
     );
+    if let Some((version, links)) = &s.unfinished_upgrade {
+        println!(
+            "WARNING:   an upgrade from layout v{version} has not finished: {} still run its \
+             program; `dataplane run` finishes it",
+            if links.is_empty() {
+                "no interfaces".to_string()
+            } else {
+                links.join(", ")
+            }
+        );
+    }
     if let Some(k) = &s.kernel {
         println!("kernel:    {}", k.summary().trim_start_matches("kernel "));
     }
