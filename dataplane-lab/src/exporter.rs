@@ -27,7 +27,7 @@ impl Exporter {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
-        runtime.spawn(serve(listener, source));
+        runtime.spawn(serve(listener, source, std::sync::Arc::new(|| Ok(()))));
         Exporter {
             addr,
             _runtime: runtime,

@@ -535,6 +535,11 @@ impl Dataplane {
                 Ok((dp, Opened::Upgrading(Upgrade { from })))
             }
             None => {
+                // Links without the program pin (deleted by hand): a dataplane runs from them;
+                // say so, with the way out. Maps alone are what a crashed start left, replaced.
+                if !layout.attached().is_empty() {
+                    return Err(PinError::Missing(layout.program(PROGRAM_NAME)).into());
+                }
                 layout.prepare()?;
                 let mut dp = Dataplane::load()?;
                 dp.pin(layout)?;

@@ -49,7 +49,7 @@ impl AttachMode {
 /// The daemon's persistent state.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
-    /// Policy text in force (as validated; the file's own text when it came from a file).
+    /// Policy text in force, without comments (see [`crate::config::without_comments`]).
     pub policy_text: String,
     /// Where it came from: a file path or "built-in".
     pub policy_origin: String,

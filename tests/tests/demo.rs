@@ -2,13 +2,21 @@
 //! to each class, and leaves nothing behind, also when interrupted.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    io::{BufRead, BufReader, Lines},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use dataplane::units::parse_rate;
 use dataplane_lab::{daemon::binary, kernel::require_root};
+
+/// Demos measure rates and build topologies: on two cores they must not run at the same time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Namespaces, pins and run directories of a demo process that has exited.
 fn leftovers(pid: u32) -> Vec<String> {
@@ -68,6 +76,7 @@ fn summary_rates(out: &str, class: &str) -> [Option<u64>; 4] {
 #[test]
 fn the_demo_polices_the_ai_mix_and_cleans_up() {
     require_root();
+    let _serial = serial();
     let child = Command::new(binary())
         .args(["demo", "--duration", "4s", "--metrics-addr", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -123,16 +132,63 @@ fn the_demo_polices_the_ai_mix_and_cleans_up() {
     assert_eq!(leftovers(pid), Vec::<String>::new());
 }
 
-#[test]
-fn ctrl_c_stops_the_demo_and_cleans_up() {
-    require_root();
+/// Processes (other than the demo itself) whose command line names demo `pid`'s pins: its
+/// daemon.
+fn demo_daemons(pid: u32) -> Vec<u32> {
+    let pins = format!("/sys/fs/bpf/dataplane-demo-{pid}");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| *p != pid)
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| c.split(|b| *b == 0).any(|arg| arg == pins.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// What demo `pid` left, removed on drop whether the test passed or not: its daemon
+/// (SIGKILL), then its pins, run directory and namespaces, the way an operator would.
+struct Cleanup(u32);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for daemon in demo_daemons(self.0) {
+            // SAFETY: kill(2) on the daemon our demo started.
+            unsafe { libc::kill(daemon as i32, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = Command::new(binary())
+            .args([
+                "--pin-root",
+                &format!("/sys/fs/bpf/dataplane-demo-{}", self.0),
+            ])
+            .arg("detach")
+            .output();
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/dataplane-demo-{}", self.0));
+        let _ = std::fs::remove_dir_all(format!("/run/dataplane-demo-{}", self.0));
+        for netns in leftovers(self.0)
+            .into_iter()
+            .filter(|n| !n.starts_with('/'))
+        {
+            let _ = Command::new("ip").args(["netns", "del", &netns]).status();
+        }
+    }
+}
+
+/// Starts `dataplane demo ARGS` and reads its output until the live table shows.
+fn demo_with_live_table(args: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>, String) {
     let mut child = Command::new(binary())
-        .args(["demo", "--duration", "60s", "--no-metrics"])
+        .arg("demo")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the demo");
-    let pid = child.id();
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut output = String::new();
@@ -141,24 +197,110 @@ fn ctrl_c_stops_the_demo_and_cleans_up() {
         output += &line;
         output.push('\n');
         if line.contains("per class on the gateway") {
+            return (child, lines, output);
+        }
+        if Instant::now() > deadline {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no live table within 60 s:\n{output}"
-        );
     }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("no live table within 60 s:\n{output}");
+}
+
+/// Waits (bounded) for `child` to exit.
+fn exits_within(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the demo did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctrl_c_stops_the_demo_and_cleans_up() {
+    require_root();
+    let _serial = serial();
+    let (mut child, lines, mut output) =
+        demo_with_live_table(&["--duration", "60s", "--no-metrics"]);
+    let pid = child.id();
+    let _cleanup = Cleanup(pid);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     for line in lines {
         output += &line.expect("read");
         output.push('\n');
     }
-    let status = child.wait().expect("wait");
+    let status = exits_within(&mut child, Duration::from_secs(60));
     assert!(status.success(), "{status}:\n{output}");
     assert!(
         output.contains("(interrupted)") && output.contains("cleaned up"),
         "{output}"
     );
     assert_eq!(leftovers(pid), Vec::<String>::new());
+}
+
+/// A closed terminal (SIGHUP) stops the demo as Ctrl-C does: its daemon stopped, nothing left.
+#[test]
+fn a_hangup_stops_the_demo_and_cleans_up() {
+    require_root();
+    let _serial = serial();
+    let (mut child, lines, _) = demo_with_live_table(&["--duration", "60s", "--no-metrics"]);
+    let pid = child.id();
+    let _cleanup = Cleanup(pid);
+    // The terminal is gone: nobody reads the output any more.
+    drop(lines);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    exits_within(&mut child, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !demo_daemons(pid).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(demo_daemons(pid), Vec::<u32>::new(), "its daemon runs on");
+    assert_eq!(leftovers(pid), Vec::<String>::new());
+}
+
+/// A demo killed outright (SIGKILL: no cleanup of its own) takes its daemon with it, and the
+/// next run on the same metrics port starts and removes what the killed one left.
+#[test]
+fn a_killed_demo_leaves_nothing_that_breaks_the_next_run() {
+    require_root();
+    let _serial = serial();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let (mut first, _lines, _) =
+        demo_with_live_table(&["--duration", "60s", "--metrics-addr", &metrics]);
+    let pid = first.id();
+    let _cleanup = Cleanup(pid);
+    let _ = first.kill();
+    let _ = first.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !demo_daemons(pid).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(demo_daemons(pid), Vec::<u32>::new(), "its daemon runs on");
+
+    let next = Command::new(binary())
+        .args(["demo", "--duration", "2s", "--metrics-addr", &metrics])
+        .output()
+        .expect("run the next demo");
+    let stdout = String::from_utf8_lossy(&next.stdout);
+    assert!(
+        next.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    assert!(stdout.contains("cleaned up"), "{stdout}");
+    assert_eq!(
+        leftovers(pid),
+        Vec::<String>::new(),
+        "the killed demo's leftovers"
+    );
 }

@@ -59,12 +59,45 @@ const MILLIS_PER_SEC: u64 = 1000;
 /// Largest policy file read: a 16 384-rule policy takes about 1 MiB.
 pub const MAX_POLICY_BYTES: u64 = 16 << 20;
 
+/// Checks that `name` can be a kernel interface name and is safe to pass around: 1 to 15
+/// characters, none of them '/', ':' or whitespace, not "." or ".." (the kernel refuses all of
+/// these), and not starting with '-' (which `ip` and `tc` would take for an option).
+pub fn check_interface_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_IFACE_NAME_LEN
+        && name != "."
+        && name != ".."
+        && !name.starts_with('-')
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{name}\" is not a valid interface name: 1 to {MAX_IFACE_NAME_LEN} characters, \
+             no '/', ':' or whitespace, not \".\" or \"..\", not starting with '-'"
+        ))
+    }
+}
+
 /// Reads a policy file of at most [`MAX_POLICY_BYTES`]; a larger one is refused before it is
-/// read, so it never takes the daemon's memory.
+/// read, so it never takes the daemon's memory. Only a regular file is read: a FIFO would
+/// block the reader until a writer comes, a device might never end. The path is checked
+/// before opening, and what was opened (without blocking) again, so a swap in between cannot
+/// block either.
 pub fn read_policy_text(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let mut text = String::new();
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    require_regular_file(&std::fs::metadata(path)?)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    require_regular_file(&meta)?;
+    // Sized up front: a large text is then mapped on its own and unmapped when freed, rather
+    // than grown in the heap, where it would stay resident until the next trim.
+    let mut text = String::with_capacity(meta.len().min(MAX_POLICY_BYTES) as usize + 1);
     file.take(MAX_POLICY_BYTES + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_POLICY_BYTES {
         return Err(std::io::Error::new(
@@ -76,6 +109,36 @@ pub fn read_policy_text(path: &Path) -> std::io::Result<String> {
         ));
     }
     Ok(text)
+}
+
+fn require_regular_file(m: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "not a file"
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("not a regular file ({kind}); a policy is read from a regular file only"),
+    ))
+}
+
+/// `text` without its comments and layout: what is kept of a policy where only its meaning
+/// matters (the state file), so megabytes of comment in a valid file are not copied there.
+/// `None` when `text` is not TOML.
+pub fn without_comments(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    toml::to_string(&table).ok()
 }
 
 /// Rate and burst of the bucket a class's AQM manages: the committed one when what exceeds it

@@ -339,6 +339,37 @@ fn example_files_load() {
         .expect("default.toml loads from disk");
 }
 
+/// What the state file keeps of a policy has no comments and means the same policy.
+#[test]
+fn a_policy_without_comments_is_the_same_policy() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+    let mut texts = vec![default_toml().to_string()];
+    for entry in std::fs::read_dir(examples).expect("config/examples exists") {
+        texts.push(std::fs::read_to_string(entry.expect("dir entry").path()).expect("read"));
+    }
+    for text in texts {
+        let bare = without_comments(&text).expect("TOML");
+        assert!(text.contains('#') && !bare.contains('#'), "{bare}");
+        assert_eq!(load(&bare).expect("valid"), load(&text).expect("valid"));
+    }
+    assert_eq!(without_comments("[[class]"), None);
+}
+
+/// Only a regular file is read as a policy (a FIFO: `daemon.rs`).
+#[test]
+fn a_policy_is_read_from_a_regular_file_only() {
+    let e = read_policy_text(Path::new("/dev/null")).expect_err("a device");
+    assert!(
+        e.to_string().contains("not a regular file (a device)"),
+        "{e}"
+    );
+    let e = read_policy_text(Path::new("/")).expect_err("a directory");
+    assert!(
+        e.to_string().contains("not a regular file (a directory)"),
+        "{e}"
+    );
+}
+
 #[test]
 fn missing_file_names_it() {
     let e = Policy::load(Path::new("/nonexistent/policy.toml")).expect_err("missing");
@@ -774,6 +805,21 @@ fn interfaces_unique_valid_and_bounded() {
         "rule[0].iface",
         "1 to 15",
     );
+    // What the kernel refuses as a name, and a leading '-' (read as an option by `ip`).
+    for name in [".", "..", "-x", "a:b", "tab\\tx"] {
+        assert_err(
+            with_base(&format!("[[interface]]\nname = \"{name}\"\n")),
+            "interface[0].name",
+            "not a valid",
+        );
+        assert_err(
+            with_base(&format!("[[rule]]\nclass = \"rdma\"\niface = \"{name}\"\n")),
+            "rule[0].iface",
+            "not a valid",
+        );
+    }
+    // Loopback is a real interface (the kernel tests classify BPF_PROG_TEST_RUN frames on it).
+    with_base("[[rule]]\nclass = \"rdma\"\niface = \"lo\"\n").expect("lo");
 
     let mut text = String::from(BASE);
     for i in 0..MAX_POLICY_IFACES {
@@ -898,7 +944,7 @@ fn ports_with_a_portless_protocol_never_match() {
         "rule[0].src_port",
         "protocol 132 has no ports",
     );
-    rule("protocol = \"TCP\"\ndst_port = 80").expect("tcp has ports");
+    rule("protocol = \"tcp\"\ndst_port = 80").expect("tcp has ports");
     rule("dst_port = 80").expect("no protocol: tcp or udp");
 }
 
@@ -914,6 +960,15 @@ fn protocols() {
     assert_err(rule("protocol = -3"), "rule[0].protocol", "not a protocol");
     let p = rule("protocol = \"47\"").expect("numeric string");
     assert_eq!(p.rules[0].protocol, Some(Range::one(47)));
+    // Names are spelt one way: another case or stray spaces are refused, naming the
+    // accepted spellings, rather than silently read as something.
+    for spelling in ["TCP", "tcp ", " udp", "Icmp", " 47"] {
+        assert_err(
+            rule(&format!("protocol = \"{spelling}\"")),
+            "rule[0].protocol",
+            "\"tcp\", \"udp\", \"icmp\", \"icmpv6\"",
+        );
+    }
 }
 
 #[test]

@@ -21,8 +21,8 @@ use super::{
         parse_prefix, parse_protocol, parse_range, parse_roce_opcode, protocol_name, MAX_PORT,
     },
     AqmSpec, ClassSpec, ConfigError, InterfaceSpec, Policy, DEFAULT_AQM_INTERVAL_NS,
-    DEFAULT_AQM_TARGET_NS, DEFAULT_CLASS_NAME, MAX_CLASS_NAME_LEN, MAX_DSCP, MAX_IFACE_NAME_LEN,
-    MAX_POLICY_IFACES, MAX_PRIORITY, MIN_BURST_BYTES,
+    DEFAULT_AQM_TARGET_NS, DEFAULT_CLASS_NAME, MAX_CLASS_NAME_LEN, MAX_DSCP, MAX_POLICY_IFACES,
+    MAX_PRIORITY, MIN_BURST_BYTES,
 };
 use crate::units::{self, UnitError, RATE_HELP};
 
@@ -499,22 +499,7 @@ impl Validator<'_> {
     }
 
     fn iface_name(&self, field: &str, name: &str) -> Result<(), ConfigError> {
-        let ok = !name.is_empty()
-            && name.len() <= MAX_IFACE_NAME_LEN
-            && !name
-                .chars()
-                .any(|c| c == '/' || c == ':' || c.is_whitespace());
-        if ok {
-            Ok(())
-        } else {
-            Err(self.err(
-                field,
-                format!(
-                    "\"{name}\" is not a valid interface name: 1 to {MAX_IFACE_NAME_LEN} \
-                     characters, no '/', ':' or whitespace"
-                ),
-            ))
-        }
+        super::check_interface_name(name).map_err(|reason| self.err(field, reason))
     }
 
     fn rate(&self, field: &str, v: &Scalar) -> Result<u64, ConfigError> {

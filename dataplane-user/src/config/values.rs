@@ -126,14 +126,17 @@ pub(super) fn parse_range(v: &Scalar, max: u32, what: &str) -> Result<Range, Str
     Ok(Range { lo, hi })
 }
 
-/// "tcp", "udp", "icmp", "icmpv6" or a number.
+/// "tcp", "udp", "icmp", "icmpv6" or a number, spelt exactly so: another case or surrounding
+/// spaces are refused rather than read as something.
 pub(super) fn parse_protocol(v: &Scalar) -> Result<u8, String> {
-    let accepted = "expected \"tcp\", \"udp\", \"icmp\", \"icmpv6\" or a number 0..=255";
+    let accepted = "expected \"tcp\", \"udp\", \"icmp\", \"icmpv6\" (lowercase, no spaces) or a \
+                    number 0..=255";
     let n = match v {
         Scalar::Int(i) => u32::try_from(*i).ok(),
+        Scalar::Str(s) if s.trim() != s => None,
         Scalar::Str(s) => PROTOCOL_NAMES
             .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(s.trim()))
+            .find(|(name, _)| name == s)
             .map(|(_, p)| u32::from(*p))
             .or_else(|| parse_number(s)),
     };

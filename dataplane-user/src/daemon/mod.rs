@@ -4,7 +4,8 @@
 //!
 //! One room per concern: this module holds the daemon's state and how a policy is applied;
 //! [`run`] its event loop; `requests` the control socket's requests; `watch` what it checks
-//! every watch interval (config file, interfaces, egresses); `fleet` how it follows etcd.
+//! every watch interval (interfaces, egresses) and how it follows the config file; `fleet` how
+//! it follows etcd.
 
 mod fleet;
 mod requests;
@@ -38,7 +39,7 @@ use crate::{
     upgrade::Upgrade,
 };
 
-use watch::{FileDigest, FileStamp};
+use watch::FileDigest;
 
 /// The default AI catalogue, built in so the binary runs without a file.
 pub const DEFAULT_POLICY: &str = include_str!("../../../config/default.toml");
@@ -70,7 +71,8 @@ pub struct DaemonConfig {
     pub layout: PinLayout,
     /// Run directory (state, socket).
     pub run: RunDir,
-    /// How often the config file is checked for changes.
+    /// How often interfaces, egresses and the state file are checked (and the control loop
+    /// stamps its heartbeat); the config file is followed by inotify.
     pub watch_interval: Duration,
     /// Kernel log level at start.
     pub kernel_log: KernelLogLevel,
@@ -88,10 +90,9 @@ pub struct Daemon {
     cfg: DaemonConfig,
     /// Last text read from the config file (to notice changes).
     file_text: Option<FileDigest>,
-    /// A changed text seen in the config file and since when, until it settles.
-    pending_file: Option<(FileDigest, Instant)>,
-    /// The config file's metadata when the watcher last read it.
-    file_stamp: Option<FileStamp>,
+    /// The policy in force as written, comments included: what runtime edits change and
+    /// `--save` writes (the state file keeps it without comments).
+    source_text: String,
     /// Set by a full detach: the daemon exits after answering.
     exit: bool,
     /// The policy in force (parsed `state.policy_text`).
@@ -391,8 +392,7 @@ impl Daemon {
             dp,
             state,
             file_text: cfg.config.as_ref().map(|_| FileDigest::of(&text)),
-            pending_file: None,
-            file_stamp: None,
+            source_text: String::new(),
             cfg,
             exit: false,
             policy: None,
@@ -412,6 +412,8 @@ impl Daemon {
         if !daemon.state.policy_text.is_empty() {
             daemon.policy =
                 Policy::from_toml_str(&daemon.state.policy_text, &daemon.state.policy_origin).ok();
+            // What runtime edits change while a rejected config leaves this policy in force.
+            daemon.source_text = daemon.state.policy_text.clone();
         }
         daemon.dp.set_kernel_log_level(daemon.cfg.kernel_log)?;
         if adopted && upgrade.is_none() {
@@ -583,7 +585,9 @@ impl Daemon {
         }
         self.state.ids = ids;
         self.state.generation = generation;
-        self.state.policy_text = text.to_string();
+        self.source_text = text.to_string();
+        self.state.policy_text =
+            crate::config::without_comments(text).unwrap_or_else(|| text.to_string());
         self.state.policy_origin = origin.to_string();
         self.policy = Some(policy.clone());
         Ok(generation)

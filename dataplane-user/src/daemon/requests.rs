@@ -38,7 +38,10 @@ impl Daemon {
         if self.cfg.config.is_some() {
             self.file_text = Some(FileDigest::of(&text));
         }
-        match self.apply_text(&text, &origin) {
+        let applied = self.apply_text(&text, &origin);
+        // Freed before the state is saved, whose malloc_trim then gives the memory back.
+        drop(text);
+        match applied {
             Ok(generation) => {
                 self.state.reloads_ok += 1;
                 info!(generation, %origin, trigger = why, "reloaded");
@@ -97,7 +100,23 @@ impl Daemon {
         let mut message = format!("{what}: generation {generation}");
         if let Some(path) = save_path {
             let tmp = path.with_extension("dataplane-tmp");
-            match std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &path)) {
+            // A new file of our own: whatever sits at the temporary path (a FIFO would block
+            // the write, a symlink would redirect it) is removed first, and O_EXCL refuses
+            // anything that appears meanwhile.
+            let write = || {
+                use std::io::Write;
+                match std::fs::remove_file(&tmp) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)?
+                    .write_all(text.as_bytes())?;
+                std::fs::rename(&tmp, &path)
+            };
+            match write() {
                 Ok(()) => {
                     // Our own write must not count as an outside change.
                     self.file_text = Some(FileDigest::of(&text));
@@ -139,7 +158,7 @@ impl Daemon {
         match request {
             Request::Reload => self.reload("dataplane reload"),
             Request::SetClass { change, save } => {
-                let edited = edit::set_class(&self.state.policy_text, &change);
+                let edited = edit::set_class(&self.source_text, &change);
                 self.apply_edit(edited, save, format!("class {} changed", change.name))
             }
             Request::AddRule {
@@ -147,11 +166,11 @@ impl Daemon {
                 position,
                 save,
             } => {
-                let edited = edit::add_rule(&self.state.policy_text, &rule, position);
+                let edited = edit::add_rule(&self.source_text, &rule, position);
                 self.apply_edit(edited, save, format!("rule for class {} added", rule.class))
             }
             Request::DeleteRule { index, save } => {
-                let edited = edit::delete_rule(&self.state.policy_text, index);
+                let edited = edit::delete_rule(&self.source_text, index);
                 self.apply_edit(edited, save, format!("rule {index} deleted"))
             }
             Request::KernelLogLevel { level } => match level.parse::<KernelLogLevel>() {

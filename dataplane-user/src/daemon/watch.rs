@@ -1,18 +1,24 @@
-//! What the daemon checks every watch interval: the config file, the interfaces it keeps
-//! attached, the egresses forwarded frames leave by, and the state file it owes.
+//! What the daemon checks every watch interval (the interfaces it keeps attached, the
+//! egresses forwarded frames leave by, the state file it owes), and how it follows its config
+//! file: by inotify, applying a file only once it is complete.
 
 use std::{
+    collections::{BTreeMap, VecDeque},
+    ffi::{CString, OsString},
     io::ErrorKind,
-    time::{Duration, Instant},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Component, Path, PathBuf},
+    time::Duration,
 };
 
+use tokio::io::unix::AsyncFd;
 use tracing::{debug, error, info, warn};
 
 use super::Daemon;
 use crate::config::read_policy_text;
-
-/// How long a changed config file must stay the same before the watcher applies it.
-const FILE_SETTLE: Duration = Duration::from_secs(1);
 
 /// What the file watcher remembers of a config file's text: enough to notice a change, not
 /// the text (a rejected file of many MiB must not stay in memory).
@@ -34,26 +40,227 @@ impl FileDigest {
     }
 }
 
-/// What the file watcher checks before reading a config file: size, modification and change
-/// times (nanoseconds) and inode. Any write or replacement moves at least one of them.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) struct FileStamp {
-    len: u64,
-    modified: (i64, i64),
-    changed: (i64, i64),
-    inode: u64,
+/// Most symlinks followed from the config path (the kernel's own limit).
+const MAX_SYMLINKS: usize = 40;
+/// How often a config file whose directory is gone is looked for again.
+const REWATCH: Duration = Duration::from_secs(1);
+
+/// Follows the config file through inotify and says when a complete new version may be in
+/// place: when a writer closes the file (IN_CLOSE_WRITE), or when an entry on the way to it is
+/// renamed in (IN_MOVED_TO: an editor's save, `mv`, the kubelet's swap of a ConfigMap's
+/// `..data`) or created as a symlink (IN_CREATE: `ln -sfn`; a symlink is whole once it
+/// exists). A regular file being created or written is not looked at until it is closed, so a
+/// writer that pauses half-way is never applied half-written, however long it pauses.
+///
+/// Raw inotify through libc (already a dependency): one descriptor, three calls, and the
+/// event records read below; a crate would add dependencies for no less code.
+pub(super) struct ConfigWatch {
+    fd: AsyncFd<OwnedFd>,
+    path: PathBuf,
+    /// The directory entries resolving the path goes through, the file's own last.
+    chain: Vec<(PathBuf, OsString)>,
+    /// Watched directories by watch descriptor.
+    dirs: BTreeMap<i32, PathBuf>,
 }
 
-impl FileStamp {
-    pub(super) fn of(m: &std::fs::Metadata) -> FileStamp {
-        use std::os::unix::fs::MetadataExt;
-        FileStamp {
-            len: m.len(),
-            modified: (m.mtime(), m.mtime_nsec()),
-            changed: (m.ctime(), m.ctime_nsec()),
-            inode: m.ino(),
+/// What a watched directory reports: entries renamed in or out, created, deleted, closed
+/// after writing; the directory itself going away.
+const DIR_EVENTS: u32 = libc::IN_CLOSE_WRITE
+    | libc::IN_MOVED_TO
+    | libc::IN_MOVED_FROM
+    | libc::IN_CREATE
+    | libc::IN_DELETE
+    | libc::IN_DELETE_SELF
+    | libc::IN_MOVE_SELF
+    | libc::IN_ONLYDIR;
+
+impl ConfigWatch {
+    /// Watches `path` (the config file as given, symlinks and all).
+    pub(super) fn new(path: &Path) -> std::io::Result<ConfigWatch> {
+        // SAFETY: inotify_init1 takes flags only and returns a new descriptor or -1.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a descriptor we just opened and own alone; the OwnedFd keeps it
+        // open, unchanged, for as long as the AsyncFd holds it.
+        let fd = unsafe { AsyncFd::register(OwnedFd::from_raw_fd(raw)) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let path = std::path::absolute(path)?;
+        let mut watch = ConfigWatch {
+            fd,
+            path,
+            chain: Vec::new(),
+            dirs: BTreeMap::new(),
+        };
+        watch.rewatch();
+        Ok(watch)
+    }
+
+    /// Waits until the config file may have been replaced or finished.
+    pub(super) async fn changed(&mut self) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let read = if self.dirs.is_empty() {
+                // Nothing to watch (the directory is gone): look again now and then.
+                tokio::time::timeout(REWATCH, self.fd.readable()).await.ok()
+            } else {
+                Some(self.fd.readable().await)
+            };
+            let Some(ready) = read else {
+                self.rewatch();
+                continue;
+            };
+            let mut guard = match ready {
+                Ok(guard) => guard,
+                Err(e) => {
+                    error!("watching the config file failed ({e}); `dataplane reload` still applies it");
+                    return std::future::pending().await;
+                }
+            };
+            let n = match guard.try_io(|fd| {
+                // SAFETY: reads at most buf.len() bytes into buf from our inotify descriptor.
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+            }) {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) if e.kind() == ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => {
+                    error!("reading the config file's events failed ({e}); `dataplane reload` still applies it");
+                    return std::future::pending().await;
+                }
+                Err(_would_block) => continue,
+            };
+            let relevant = self.relevant(&buf[..n]);
+            // What was renamed, created or deleted may have changed the way to the file.
+            self.rewatch();
+            if relevant {
+                return;
+            }
         }
     }
+
+    /// Whether the events in `records` say the file may be complete and new.
+    fn relevant(&self, mut records: &[u8]) -> bool {
+        const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+        let mut relevant = false;
+        while records.len() >= HEADER {
+            // SAFETY: the kernel writes whole records, each a header followed by `len` bytes
+            // of name; read_unaligned copies the header out of the byte buffer.
+            let event: libc::inotify_event =
+                unsafe { std::ptr::read_unaligned(records.as_ptr().cast()) };
+            let end = (HEADER + event.len as usize).min(records.len());
+            let name = &records[HEADER..end];
+            let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
+            records = &records[end..];
+            if event.mask & libc::IN_Q_OVERFLOW != 0 {
+                // Events were lost: one of them may have been the end of a write.
+                warn!("config file events overflowed; reading the file again");
+                relevant = true;
+                continue;
+            }
+            let Some(dir) = self.dirs.get(&event.wd) else {
+                continue;
+            };
+            let Some(position) = self
+                .chain
+                .iter()
+                .position(|(d, n)| d == dir && n.as_bytes() == name)
+            else {
+                continue;
+            };
+            let is_file = position + 1 == self.chain.len();
+            let entry = dir.join(std::ffi::OsStr::from_bytes(name));
+            let is_symlink =
+                || std::fs::symlink_metadata(&entry).is_ok_and(|m| m.file_type().is_symlink());
+            if event.mask & libc::IN_MOVED_TO != 0
+                || event.mask & libc::IN_CLOSE_WRITE != 0 && is_file
+                || event.mask & libc::IN_CREATE != 0 && is_symlink()
+            {
+                debug!(entry = %entry.display(), mask = event.mask, "config file event");
+                relevant = true;
+            }
+        }
+        relevant
+    }
+
+    /// Resolves the path again and watches the directories of the entries on the way: the
+    /// new ones first, then the old ones no longer needed are dropped, so no event is missed.
+    fn rewatch(&mut self) {
+        self.chain = resolve(&self.path);
+        let mut dirs = BTreeMap::new();
+        for dir in self.chain.iter().map(|(d, _)| d) {
+            if dirs.values().any(|d| d == dir) {
+                continue;
+            }
+            let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
+                continue;
+            };
+            // SAFETY: a valid descriptor and a NUL-terminated path.
+            let wd = unsafe {
+                libc::inotify_add_watch(self.fd.get_ref().as_raw_fd(), c.as_ptr(), DIR_EVENTS)
+            };
+            if wd >= 0 {
+                dirs.insert(wd, dir.clone());
+            } else {
+                debug!(dir = %dir.display(), "cannot watch: {}", std::io::Error::last_os_error());
+            }
+        }
+        for old in self.dirs.keys().filter(|wd| !dirs.contains_key(wd)) {
+            // SAFETY: removes a watch of our own descriptor (one already gone fails harmlessly).
+            unsafe { libc::inotify_rm_watch(self.fd.get_ref().as_raw_fd(), *old) };
+        }
+        if dirs.is_empty() && !self.dirs.is_empty() {
+            warn!(path = %self.path.display(), "the config file's directory is gone: it is looked for again every second; `dataplane reload` applies a new file");
+        }
+        self.dirs = dirs;
+    }
+}
+
+/// The directory entries resolving `path` goes through that a replacement can swap: the
+/// file's own name and every name a symlink on the way leads through (the directories above
+/// the path's own are taken as they are). The file's entry comes last; resolving stops at an
+/// entry that does not exist.
+fn resolve(path: &Path) -> Vec<(PathBuf, OsString)> {
+    let mut chain = Vec::new();
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return chain;
+    };
+    let Ok(mut dir) = std::fs::canonicalize(parent) else {
+        return chain;
+    };
+    let mut pending: VecDeque<PathBuf> = VecDeque::from([PathBuf::from(name)]);
+    let mut hops = 0;
+    while let Some(step) = pending.pop_front() {
+        let name = match step.components().next() {
+            Some(Component::RootDir) => {
+                dir = PathBuf::from("/");
+                continue;
+            }
+            Some(Component::ParentDir) => {
+                dir.pop();
+                continue;
+            }
+            Some(Component::Normal(name)) => name.to_os_string(),
+            _ => continue,
+        };
+        let entry = dir.join(&name);
+        chain.push((dir.clone(), name));
+        match std::fs::symlink_metadata(&entry) {
+            Ok(m) if m.file_type().is_symlink() && hops < MAX_SYMLINKS => {
+                hops += 1;
+                let Ok(target) = std::fs::read_link(&entry) else {
+                    break;
+                };
+                for component in target.components().rev() {
+                    pending.push_front(component.as_os_str().into());
+                }
+            }
+            Ok(_) if !pending.is_empty() => dir = entry,
+            _ => break,
+        }
+    }
+    chain
 }
 
 impl Daemon {
@@ -219,39 +426,24 @@ impl Daemon {
         }
     }
 
-    /// Reloads when the config file's content changed since it was last read or written.
+    /// Reloads when the config file's content changed since it was last read or written
+    /// (called when [`ConfigWatch`] says a complete new version may be in place).
     pub(super) fn check_config_file(&mut self) {
         let Some(path) = self.cfg.config.clone() else {
             return;
         };
-        // Unchanged metadata, nothing waiting to settle: no need to read the file (it may be
-        // many MiB, and this runs every watch interval).
-        let stamp = std::fs::metadata(&path).ok().map(|m| FileStamp::of(&m));
-        if self.pending_file.is_none() && stamp.is_some() && stamp == self.file_stamp {
-            return;
-        }
-        self.file_stamp = stamp;
         let current = match read_policy_text(&path) {
             Ok(t) => FileDigest::of(&t),
             // Editors replace files by rename: a moment without the file is not a change.
             Err(e) if e.kind() == ErrorKind::NotFound => return,
-            // Unreadable now: nothing to compare; `dataplane reload` reports why.
-            Err(_) => return,
-        };
-        if Some(&current) == self.file_text.as_ref() {
-            self.pending_file = None;
-            return;
-        }
-        // Applied only once the new content has stayed the same for FILE_SETTLE: a file
-        // written in place in several parts is never applied half-written.
-        match &self.pending_file {
-            Some((seen, since)) if *seen == current => {
-                if since.elapsed() >= FILE_SETTLE {
-                    self.pending_file = None;
-                    self.reload("config file changed");
-                }
+            // Not a regular file, unreadable: refused and reported as a failed reload.
+            Err(_) => {
+                self.reload("config file changed");
+                return;
             }
-            _ => self.pending_file = Some((current, Instant::now())),
+        };
+        if Some(&current) != self.file_text.as_ref() {
+            self.reload("config file changed");
         }
     }
 }

@@ -133,7 +133,8 @@ pub struct RunArgs {
     /// Kernel log level at start.
     #[arg(long, default_value = "off")]
     pub kernel_log: KernelLogLevel,
-    /// How often to check the config file for changes.
+    /// How often to check the interfaces and the state file (the config file is followed as
+    /// it changes).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub watch_interval: Duration,
     /// Serve Prometheus metrics (/metrics, /healthz) on this address (port 0: any free port).
@@ -323,13 +324,17 @@ pub enum ConfigCommand {
     Check {
         /// Policy file.
         file: PathBuf,
+        /// An interface the daemon is started with (`run --iface`), counted as the daemon
+        /// counts it; repeat for several.
+        #[arg(long = "iface", value_parser = interface_name)]
+        ifaces: Vec<String>,
     },
 }
 
 pub fn interface_name(s: &str) -> Result<String, String> {
-    dataplane::pins::check_interface_name(s)
-        .map(|()| s.to_string())
-        .map_err(|e| e.to_string())
+    dataplane::pins::check_interface_name(s).map_err(|e| e.to_string())?;
+    dataplane::config::check_interface_name(s)?;
+    Ok(s.to_string())
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -2,11 +2,14 @@
 //! network namespaces, runs the real daemon on the gateway with the built-in AI catalogue
 //! (rates scaled from a 100 Gbit/s gateway down to veth-sized traffic) and forwarding on,
 //! sends a bounded mix of AI-like traffic that exceeds some class limits, shows a live
-//! per-class table, prints a summary, and removes everything on exit and on Ctrl-C.
+//! per-class table, prints a summary, and removes everything however it ends: on exit, on
+//! Ctrl-C, SIGTERM or a closed terminal (SIGHUP) it cleans up itself; killed outright, its
+//! daemon goes with it (parent-death signal) and the next demo removes the rest.
 
 use std::{
     io::{IsTerminal, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
@@ -34,6 +37,35 @@ use dataplane_netns::{
     topology::{Host, Topology},
     traffic::{pace, roce_bth, tcp_rpcs, tcp_serve, tcp_stream, udp_socket_with_tos, Rpc},
 };
+
+/// `println!` that carries on when the terminal is gone (SIGHUP, a dropped SSH session):
+/// the demo must still clean up, and `println!` would panic on the failed write.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` likewise.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Signals that stop the demo in order (cleaning up): Ctrl-C, SIGTERM, a closed terminal,
+/// Ctrl-\\.
+const STOP_SIGNALS: [libc::c_int; 4] = [
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+    signal_hook::consts::SIGQUIT,
+];
+/// Names of what a demo creates: `<tag>-<pid>` under /sys/fs/bpf, /run and the temporary
+/// directory.
+const DEMO_TAG: &str = "dataplane-demo";
+/// How long a stale demo's daemon gets to stop on SIGTERM before SIGKILL.
+const STALE_DAEMON_STOP: Duration = Duration::from_secs(5);
 
 /// The catalogue is written for a 100 Gbit/s gateway; the demo's veths carry Mbit/s.
 const RATE_SCALE: u64 = 1000;
@@ -89,7 +121,7 @@ impl Drop for Demo {
             let _ = child.wait();
         }
         if let Err(e) = self.layout.remove_version(LAYOUT_VERSION) {
-            eprintln!("demo cleanup: {e}");
+            tell!("demo cleanup: {e}");
         }
         self.run.clear();
         self.pass = None;
@@ -101,10 +133,11 @@ impl Drop for Demo {
 /// Runs the demo.
 pub fn run(options: &DemoOptions) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    for signal in STOP_SIGNALS {
         signal_hook::flag::register(signal, stop.clone()).context("installing Ctrl-C handling")?;
     }
-    let id = format!("dataplane-demo-{}", std::process::id());
+    remove_stale_demos();
+    let id = format!("{DEMO_TAG}-{}", std::process::id());
     let mut demo = Demo {
         topology: None,
         pass: None,
@@ -115,7 +148,7 @@ pub fn run(options: &DemoOptions) -> Result<()> {
     };
     std::fs::create_dir_all(&demo.dir).context("creating the demo's scratch directory")?;
 
-    println!(
+    say!(
         "building the topology: {CLIENTS} clients -> gateway -> server (network namespaces, veth)"
     );
     let topology = demo.topology.insert(Topology::new(CLIENTS)?);
@@ -151,9 +184,28 @@ pub fn run(options: &DemoOptions) -> Result<()> {
         Some(addr) => daemon.args(["--metrics-addr", &addr.to_string()]),
         None => daemon.arg("--no-metrics"),
     };
+    // The daemon is the demo's to stop, in order: a terminal's Ctrl-C or hangup reaches the
+    // demo only (the daemon takes SIGHUP for a reload), and a demo killed outright takes its
+    // daemon with it.
+    let demo_pid = std::process::id();
+    // SAFETY: between fork and exec the closure makes two system calls and builds an error
+    // from a number, all async-signal-safe; it allocates nothing.
+    unsafe {
+        daemon.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The demo may have died before the prctl: then no signal would come.
+            if libc::getppid() as u32 != demo_pid {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        })
+    };
     let log = std::fs::File::create(&log_path)?;
     demo.daemon = Some(
         daemon
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -161,13 +213,13 @@ pub fn run(options: &DemoOptions) -> Result<()> {
     );
     wait_for_daemon(&mut demo, &log_path)?;
     let running = Running::open(&demo.layout, &demo.run)?;
-    println!(
+    say!(
         "dataplane running on the gateway ({}), generation {}, default AI catalogue scaled 1:{RATE_SCALE}, forwarding on",
         gateway_ifaces.join(", "),
         running.dp.generation()?
     );
     if let Some(addr) = &running.state.metrics_addr {
-        println!("metrics: http://{addr}/metrics");
+        say!("metrics: http://{addr}/metrics");
     }
 
     let traffic = Traffic::start(&clients, server.v4, &server.netns, &stop, options.duration)?;
@@ -182,15 +234,15 @@ pub fn run(options: &DemoOptions) -> Result<()> {
         let after = running.sample()?;
         let (_, classes) = rows(&before.merged(GATEWAY), &after.merged(GATEWAY));
         if tty {
-            print!("\x1b[2J\x1b[H");
+            let _ = write!(std::io::stdout(), "\x1b[2J\x1b[H");
         }
-        println!(
+        say!(
             "\ndataplane demo: {:.0}/{:.0} s, per class on the gateway (Ctrl-C stops)",
             started.elapsed().as_secs_f64(),
             options.duration.as_secs_f64()
         );
         table(&classes);
-        std::io::stdout().flush()?;
+        let _ = std::io::stdout().flush();
         before = after;
     }
     let interrupted = stop.load(Ordering::Relaxed);
@@ -201,11 +253,80 @@ pub fn run(options: &DemoOptions) -> Result<()> {
     summary(&totals, &running, &offered, started.elapsed())?;
     drop(running);
     drop(demo);
-    println!("cleaned up: daemon stopped, pins, namespaces and veths removed");
+    say!("cleaned up: daemon stopped, pins, namespaces and veths removed");
     if interrupted {
-        println!("(interrupted)");
+        say!("(interrupted)");
     }
     Ok(())
+}
+
+/// Removes what demos that no longer run left behind (killed outright, they could not clean
+/// up): their daemon if it still runs (one started before daemons took a parent-death
+/// signal), their pins, run and scratch directories. Their namespaces go when the topology is
+/// built ([`Topology::new`]).
+fn remove_stale_demos() {
+    let prefix = format!("{DEMO_TAG}-");
+    let bpffs = PathBuf::from("/sys/fs/bpf");
+    let run = PathBuf::from("/run");
+    let tmp = std::env::temp_dir();
+    let mut stale = std::collections::BTreeSet::new();
+    for dir in [&bpffs, &run, &tmp] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid.filter(|p| !PathBuf::from(format!("/proc/{p}")).exists()) {
+                stale.insert(pid);
+            }
+        }
+    }
+    for pid in stale {
+        let id = format!("{prefix}{pid}");
+        let layout = PinLayout::new(bpffs.join(&id));
+        let run_dir = RunDir::new(run.join(&id));
+        if let Ok(Some(state)) = run_dir.read() {
+            stop_stale_daemon(state.daemon_pid, layout.root());
+        }
+        match layout.remove_version(LAYOUT_VERSION) {
+            Ok(_) => tell!("removed what demo {pid} left behind (it did not exit cleanly)"),
+            Err(e) => tell!("demo {pid} left pins behind that could not be removed: {e}"),
+        }
+        run_dir.clear();
+        let _ = std::fs::remove_dir_all(tmp.join(&id));
+    }
+}
+
+/// Stops process `pid` if it is the daemon of the pins under `pin_root` (its command line
+/// names them), SIGTERM first, SIGKILL when it does not stop in time.
+fn stop_stale_daemon(pid: u32, pin_root: &std::path::Path) {
+    let ours = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == pin_root.as_os_str().as_encoded_bytes())
+        })
+    };
+    let Ok(raw) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pid == 0 || !ours(pid) {
+        return;
+    }
+    // SAFETY: kill(2) on a daemon a demo started, checked by its command line just now.
+    unsafe { libc::kill(raw, libc::SIGTERM) };
+    let deadline = Instant::now() + STALE_DAEMON_STOP;
+    while ours(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if ours(pid) {
+        // SAFETY: as above.
+        unsafe { libc::kill(raw, libc::SIGKILL) };
+    }
 }
 
 /// The built-in catalogue with its rates divided by [`RATE_SCALE`] (bursts back to their
@@ -262,12 +383,19 @@ fn wait_for_daemon(demo: &mut Demo, log: &std::path::Path) -> Result<()> {
 }
 
 fn table(rows: &[ClassRow]) {
-    println!(
+    say!(
         "{:<12} {:>10} {:>12} {:>12} {:>12} {:>10} {:>12} {:>10}",
-        "CLASS", "PPS", "OFFERED", "ADMITTED", "DROP RATE", "PACKETS", "ECN-MARKED", "DROPS"
+        "CLASS",
+        "PPS",
+        "OFFERED",
+        "ADMITTED",
+        "DROP RATE",
+        "PACKETS",
+        "ECN-MARKED",
+        "DROPS"
     );
     for r in rows {
-        println!(
+        say!(
             "{:<12} {:>10} {:>12} {:>12} {:>12} {:>10} {:>12} {:>10}",
             r.class,
             format_pps(r.packets_per_sec),
@@ -289,13 +417,19 @@ fn summary(
 ) -> Result<()> {
     let secs = elapsed.as_secs_f64().max(1e-3);
     let policy = running.policy.as_ref().context("the daemon's policy")?;
-    println!(
-        "\nsummary after {secs:.1} s (classified, policed and forwarded in XDP on the gateway):"
-    );
+    say!("\nsummary after {secs:.1} s (classified, policed and forwarded in XDP on the gateway):");
     // Offered counts every classified byte; admitted leaves out what the policy dropped.
-    println!(
+    say!(
         "{:<12} {:>10} {:>12} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
-        "CLASS", "PACKETS", "BYTES", "OFFERED", "ADMITTED", "RATE", "CEIL", "ECN-MARKED", "DROPS"
+        "CLASS",
+        "PACKETS",
+        "BYTES",
+        "OFFERED",
+        "ADMITTED",
+        "RATE",
+        "CEIL",
+        "ECN-MARKED",
+        "DROPS"
     );
     for r in totals.iter().filter(|r| r.packets > 0) {
         let spec = policy.classes.iter().find(|c| c.name == r.class);
@@ -309,7 +443,7 @@ fn summary(
         let ceil = spec
             .and_then(|c| c.ceil_bytes_per_sec)
             .map_or("-".into(), format_rate);
-        println!(
+        say!(
             "{:<12} {:>10} {:>12} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
             r.class,
             r.packets,
@@ -339,9 +473,9 @@ fn summary(
         })
         .sum();
     let classified: u64 = totals.iter().map(|r| r.packets).sum();
-    println!("forwarded in XDP: {forwarded} of {classified} classified packets");
+    say!("forwarded in XDP: {forwarded} of {classified} classified packets");
     let flows: Vec<String> = offered.iter().map(|(f, n)| format!("{f} {n}")).collect();
-    println!("sent by the traffic generators: {}", flows.join(", "));
+    say!("sent by the traffic generators: {}", flows.join(", "));
     Ok(())
 }
 

@@ -63,8 +63,8 @@ fn dispatch(cli: Cli) -> Result<(), Failed> {
         Command::Rule { command } => cmd::rule::execute(&paths, command),
         Command::Reload => cmd::call(&paths, &Request::Reload),
         Command::Config {
-            command: ConfigCommand::Check { file },
-        } => cmd::config::check(&file),
+            command: ConfigCommand::Check { file, ifaces },
+        } => cmd::config::check(&file, &ifaces),
         Command::Detach(args) => cmd::detach::execute(&paths, args),
         Command::Fleet { command } => cmd::fleet::execute(command),
         Command::Kernel { json } => cmd::kernel::execute(json),
