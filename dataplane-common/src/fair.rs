@@ -9,12 +9,11 @@
 //!   that take more than their share instead of whichever flow sends next;
 //! - otherwise the AQM, where on, and the class's bucket decide, as without fairness.
 //!
-//! The bucket's limit is the same for every flow: sparing flows under their share beyond
-//! it (tried: up to twice the burst, as for TCP retransmissions) let a flood that pauses now
-//! and then start each burst "under its share" and take a second burst, 2.5 times the rate
-//! measured over 1.5 s at 1 Mbit/s with a 32 MiB burst. Only the exact path (a class near
-//! its rate) keeps these queues: green traffic spent from per-CPU leases, a class well under
-//! its rate, needs no fairness.
+//! The bucket's limit is the same for every flow: an allowance beyond it for flows under
+//! their share would let a flood that pauses now and then take a second burst each time
+//! (history: docs/design.md). Only the exact path (a class near its rate) keeps these
+//! queues: green traffic spent from per-CPU leases, a class well under its rate, needs no
+//! fairness.
 
 /// log2 of an epoch in ns (8.4 ms): long enough that a flow of the class sends at least one
 /// packet in it while it is active (a window per round trip, or a paced stream), short enough
@@ -171,11 +170,9 @@ pub const MIN_COUNTED_UNITS: u32 = 4;
 /// share each would get with [`MORE_FLOWS`] more, at least [`MIN_COUNTED_UNITS`], at most
 /// 255. A flow that sends less takes so little that counting it would only cut the others'
 /// shares (and shares that jump whenever a ping falls into an epoch or not). The flows to
-/// come let flows that start together count in their first round trips: counted against
-/// the whole rate, 16 flows' initial windows (15 kB each) at 300 Mbit/s each fell short of
-/// the 39 kB to count, the class shared its window by one flow, and their slow starts
-/// overran its burst. (A sum, not a bound: one more branch here took the verifier's count
-/// past its limit.)
+/// come let flows that start together count in their first round trips, while each initial
+/// window is still small. (A sum, not a bound: one more branch here takes the verifier's
+/// count past its limit.)
 #[inline(always)]
 pub const fn counted_units(epoch_units: u32, sharing: u32) -> u8 {
     // In u64: the divisor cannot wrap to zero (a possible division by zero panics, which

@@ -225,9 +225,9 @@ impl ForwardCounters {
     }
 }
 
-/// Every field a rule can match on, so a cached class is exact. The flow cache is keyed by
-/// its [`FlowKey::hash`] and stores the whole key in the entry, compared on every hit: the
-/// kernel hashes and compares an 8-byte map key in about half the time of this 44-byte one.
+/// Every field a rule can match on, so a cached class is exact. The flow cache is indexed by
+/// its [`FlowKey::hash`] and stores the whole key in the entry, compared on every hit, so a
+/// hash collision is a miss, never a wrong class.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {

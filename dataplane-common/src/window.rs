@@ -126,24 +126,22 @@ pub const fn rtt_average_us(average_us: u32, sample_us: u32) -> u32 {
 ///
 /// The first packet over the target clamps: the window starts from the start window, scaled
 /// to the class's round trip when that is longer than the data-centre one it assumes (the
-/// flows then share it: many flows starting at once each took the whole start window when
-/// it was per flow, 16 flows 16 times the class's rate). From then on the window moves once
-/// per period: an interval, or the class's round trip when that is longer (senders need a
-/// round trip to follow a window). It follows the smallest backlog of the period, the
-/// standing queue: a window-limited sender sends its window in one burst per round trip, so
-/// the backlog peaks at a window's worth each round trip even when the class is not
-/// overloaded.
+/// flows then share it, so flows starting at once cannot each take the whole of it). From
+/// then on the window moves once per period: an interval, or the class's round trip when
+/// that is longer (senders need a round trip to follow a window). It follows the smallest
+/// backlog of the period, the standing queue: a window-limited sender sends its window in
+/// one burst per round trip, so the backlog peaks at a window's worth each round trip even
+/// when the class is not overloaded.
 ///
 /// A phantom queue does not slow its senders as a real one does: it only adds up what the
 /// window admits beyond the rate. So each adjustment matches the rate first: the standing
 /// backlog's growth over the period tells by how much the window's senders outran the rate
-/// (or fell short of it), and the window is scaled by the inverse (of half that excess:
-/// one period's minimum is noisy). Then it steers the backlog back to the target, half the
-/// way each period. (Shrinking and growing by fixed
-/// steps swung the window around the rate: 16 flows at 100 Mbit/s over 5 ms between 0.66
-/// and 1.14 of it, and the rate lost while under it.) At most it halves or grows an eighth
-/// per period, halves above half the burst (drops are near), and never goes under two
-/// segments per flow. Writes `state` only where it changes, and returns whether it did.
+/// (or fell short of it), and the window is scaled by the inverse (of half that excess: one
+/// period's minimum is noisy). Then it steers the backlog back to the target, half the way
+/// each period (fixed steps swing the window around the rate; history: docs/design.md). At
+/// most it halves or grows an eighth per period, halves above half the burst (drops are
+/// near), and never goes under two segments per flow. Writes `state` only where it changes,
+/// and returns whether it did.
 #[inline(always)]
 pub fn window_update(
     ctl: &WindowControl,
@@ -287,13 +285,13 @@ const DITHER_SHIFT: u32 = 16;
 /// Senders fill a window in whole segments, so every flow of a window of 2.9 segments sends
 /// 2 per round trip: with many flows, each near two segments, the class's rate moves in
 /// steps of a segment per flow, and the window control cannot find the rate between two
-/// steps (16 flows over 5 ms at 100 Mbit/s: 72 or 107 Mbit/s). Drawn apart, a share of the
-/// flows rounds up and the rest down, so the class's rate follows the window smoothly. The
-/// draw comes from the flow's hash and its acknowledged bytes (`ack`), anew every 64 KiB:
-/// each flow gets the larger windows as often as the others. Two segments is the least a
-/// window may hold: with one, the receiver's delayed acknowledgement (40 ms on Linux) waits
-/// for a second segment that cannot come. `segment_bytes` is the connection's MSS (0: not
-/// announced, [`DEFAULT_SEGMENT_BYTES`]); 0 for `window_bytes` stays 0 (no clamp).
+/// steps. Drawn apart, a share of the flows rounds up and the rest down, so the class's
+/// rate follows the window smoothly. The draw comes from the flow's hash and its
+/// acknowledged bytes (`ack`), anew every 64 KiB: each flow gets the larger windows as
+/// often as the others. Two segments is the least a window may hold: with one, the
+/// receiver's delayed acknowledgement (40 ms on Linux) waits for a second segment that
+/// cannot come. `segment_bytes` is the connection's MSS (0: not announced,
+/// [`DEFAULT_SEGMENT_BYTES`]); 0 for `window_bytes` stays 0 (no clamp).
 #[inline(always)]
 pub const fn flow_window(window_bytes: u32, segment_bytes: u16, flow_hash: u64, ack: u32) -> u32 {
     if window_bytes == 0 {

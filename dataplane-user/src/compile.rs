@@ -324,10 +324,10 @@ fn polices(class: &ClassSpec) -> bool {
     class.rate_bytes_per_sec > 0 || class.ceil_bytes_per_sec.is_some()
 }
 
-/// With `flow_cache = "auto"`, cache when the rules span more words than this (measured: a
-/// cache hit, 20 ns, costs less than classifying against 10 port rules, 31 ns, and against
-/// 1000, 47 ns; a new flow pays the classification and the entry's write on top, which short
-/// flows through a small policy would pay for nothing).
+/// With `flow_cache = "auto"`, cache when the rules span more words than this: a hit is
+/// cheaper than classifying, but a new flow pays the classification and the entry's write on
+/// top, which short flows through a small policy would pay for nothing (figures:
+/// docs/design.md, "Flow cache").
 pub const AUTO_CACHE_MIN_WORDS: u32 = 4;
 
 impl CompiledPolicy {

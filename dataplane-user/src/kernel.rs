@@ -2,7 +2,7 @@
 //! version; whether the object can run on it; and what verifying the object cost.
 //!
 //! One object serves every supported kernel (6.1 and newer are tested, see README.md,
-//! "Supported kernels"). What a kernel lacks either refuses the start with one line naming
+//! "Supported kernels", and docs/kernels.md). What a kernel lacks either refuses the start with one line naming
 //! the kernel needed and the missing feature, or turns one use off, said in `status`,
 //! `--version` and the metrics.
 

@@ -48,7 +48,7 @@ pub const MIN_BURST_BYTES: u64 = 1514;
 pub const MIN_DEFAULT_BURST_BYTES: u64 = 64 * 1024;
 /// A default burst holds this many milliseconds of traffic at its rate: enough for the
 /// initial windows of 16 TCP connections opened at once at 100 Mbit/s (10 segments each,
-/// 242 kB of frames, sent before any ACK can narrow them; 10 ms dropped a third of them).
+/// 242 kB of frames, sent before any ACK can narrow them).
 pub const DEFAULT_BURST_MILLIS: u64 = 20;
 /// Largest DSCP value (six bits).
 pub const MAX_DSCP: u8 = 63;
@@ -197,12 +197,11 @@ pub struct Policy {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlowCache {
-    /// On when a cache hit is cheaper than classifying: the rules span more than
+    /// On where caching pays for a new flow's extra cost: the rules span more than
     /// [`AUTO_CACHE_MIN_WORDS`] 64-bit words (more than 256 rules) or match on address
-    /// prefixes (measured: a hit, 32 ns, costs as much as classifying against 10 port rules
-    /// and less than against 1000, 51 ns). On as well when a class polices (its flows' TCP
-    /// state lives in the cache entries) or an interface forwards (a flow keeps its next hop
-    /// there).
+    /// prefixes. On as well when a class polices (its flows' TCP state lives in the cache
+    /// entries) or an interface forwards (a flow keeps its next hop there). Costs:
+    /// docs/design.md, "Flow cache".
     ///
     /// [`AUTO_CACHE_MIN_WORDS`]: crate::compile::AUTO_CACHE_MIN_WORDS
     #[default]
