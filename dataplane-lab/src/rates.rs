@@ -12,7 +12,10 @@
 //! the read counts low by all of them (seen: several milliseconds of the rate).
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        OnceLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -21,6 +24,44 @@ use dataplane::dataplane::Dataplane;
 use dataplane_common::policer::Colour;
 
 use crate::kernel::{pin_to_cpu, run_until_stopped, SenderEnd};
+
+/// The variable that scales the rate tests' configured and offered rates (and the bursts
+/// and pacing that go with them): `cargo xtask vm` sets it under QEMU's emulator, whose
+/// packet path carries about a tenth of what a CPU does, so that the offered load can
+/// still exceed the rates. Unset, the scale is 1.
+pub const RATE_SCALE_VAR: &str = "DATAPLANE_TEST_RATE_SCALE";
+
+/// This run's rate scale, in (0, 1]; a value that is not one stops the test naming it.
+pub fn rate_scale() -> f64 {
+    static SCALE: OnceLock<f64> = OnceLock::new();
+    *SCALE.get_or_init(|| match std::env::var(RATE_SCALE_VAR) {
+        Err(_) => 1.0,
+        Ok(text) => match text.parse::<f64>() {
+            Ok(scale) if scale > 0.0 && scale <= 1.0 => {
+                eprintln!("{RATE_SCALE_VAR}={scale}: rates, bursts and pacing scaled");
+                scale
+            }
+            _ => panic!("{RATE_SCALE_VAR}={text:?}: expected a number in (0, 1]"),
+        },
+    })
+}
+
+/// `bits_per_second` at this run's scale: the figure, and the text a policy takes.
+pub fn scaled_rate(bits_per_second: f64) -> (f64, String) {
+    let bps = (bits_per_second * rate_scale()).round();
+    (bps, format!("{bps:.0}bit"))
+}
+
+/// A burst of `bytes` at this run's scale, as a policy writes it: the same time's worth of
+/// the scaled rate.
+pub fn scaled_size(bytes: f64) -> String {
+    format!("{:.0}B", (bytes * rate_scale()).round())
+}
+
+/// A pacing interval at this run's scale: the same packets, sent less often.
+pub fn scaled_interval(interval: Duration) -> Duration {
+    interval.div_f64(rate_scale())
+}
 
 /// How a measurement samples.
 #[derive(Clone, Copy, Debug)]
@@ -48,7 +89,9 @@ pub struct ClassRates {
 }
 
 /// How precisely a sample's moment must be known (its reads' span), the pause between its
-/// reads (it lets a sender sharing the sampler's CPU run), and how long to try for one.
+/// reads (it lets a sender sharing the sampler's CPU run), and how long to try for one. The
+/// span and the bound stretch with the rate scale (an emulator's reads and sleeps take
+/// longer), as the callers' windows do, so the error a span allows stays the same.
 const SAMPLE_SLACK: Duration = Duration::from_millis(1);
 const SAMPLE_PAUSE: Duration = Duration::from_micros(100);
 const SAMPLE_BOUND: Duration = Duration::from_secs(2);
@@ -96,6 +139,7 @@ pub fn admitted_rates(
             })
             .collect()
     };
+    let (slack, bound) = (scaled_interval(SAMPLE_SLACK), scaled_interval(SAMPLE_BOUND));
     let sample = || -> Result<(Instant, Vec<Read>)> {
         let start = Instant::now();
         loop {
@@ -108,14 +152,13 @@ pub fn admitted_rates(
             let after = Instant::now();
             let refused =
                 |a: &[Read], b: &[Read]| a.iter().zip(b).all(|(a, b)| b.refused > a.refused);
-            if after - before <= SAMPLE_SLACK && refused(&first, &middle) && refused(&middle, &last)
-            {
+            if after - before <= slack && refused(&first, &middle) && refused(&middle, &last) {
                 return Ok((before + (after - before) / 2, middle));
             }
-            if start.elapsed() >= SAMPLE_BOUND {
+            if start.elapsed() >= bound {
                 bail!(
-                    "no moment in {SAMPLE_BOUND:?} when every class refused packets: the \
-                     offered load does not exceed the rates"
+                    "no moment in {bound:?} when every class refused packets within \
+                     {slack:?}: the offered load does not exceed the rates"
                 );
             }
         }
@@ -127,7 +170,7 @@ pub fn admitted_rates(
                 let stop = &stop;
                 s.spawn(move || {
                     pin_to_cpu(cpu);
-                    run_until_stopped(prog, frame, stop, SENDER_BOUND)
+                    run_until_stopped(prog, frame, stop, scaled_interval(SENDER_BOUND))
                 })
             })
             .collect();

@@ -30,6 +30,7 @@ use dataplane_lab::{
         udp_send_paced, udp_socket, IperfServer,
     },
     netns::{in_netns, netns_run},
+    rates::{scaled_interval, scaled_rate},
     topology::{AttachTopology, Topology},
 };
 
@@ -237,18 +238,20 @@ fn forwarded_flows_arrive_intact_and_bypass_the_kernel() {
     );
 }
 
-/// iperf3 UDP at twice `rate` from the client to `port`; the receiver's steady frame rate.
-fn iperf_udp(s: &Setup, port: u16, offered: &str) -> f64 {
+/// iperf3 UDP offering `offered` bits per second (at this run's rate scale) from the client
+/// to `port`; the receiver's steady frame rate.
+fn iperf_udp(s: &Setup, port: u16, offered: f64) -> f64 {
     iperf_udp_run(s, port, offered).0
 }
 
 /// [`iperf_udp`] and whether iperf3 had to repeat the run.
-fn iperf_udp_run(s: &Setup, port: u16, offered: &str) -> (f64, bool) {
+fn iperf_udp_run(s: &Setup, port: u16, offered: f64) -> (f64, bool) {
     let (sns, saddr) = s.server(false);
     let server = IperfServer::start(sns, SocketAddr::new(saddr, port), IPERF_INTERVAL);
+    let offered = format!("{:.0}", scaled_rate(offered).0);
     let result = server.run_client(
         s.client(false).0,
-        &["-u", "-b", offered, "-l", "1400", "-t", IPERF_SECONDS],
+        &["-u", "-b", &offered, "-l", "1400", "-t", IPERF_SECONDS],
     );
     let rate = result.steady_rate() * (IPERF_LEN + UDP_V4_OVERHEAD) / IPERF_LEN;
     (rate, result.reruns > 0)
@@ -274,26 +277,29 @@ fn assert_within(what: &str, got: f64, want: f64, tolerance: f64) {
 #[test]
 fn a_policed_class_arrives_at_its_rate() {
     let _serial = serial();
+    let (bps, rate) = scaled_rate(40e6);
     let s = Setup::new(|t| {
         policy(
             t,
             true,
             None,
-            r#"
+            &format!(
+                r#"
 [[class]]
 name = "limited"
-rate = "40Mbit"
+rate = "{rate}"
 exceed = "drop"
 
 [[rule]]
 class = "limited"
 protocol = "udp"
 dst_port = 5202
-"#,
+"#
+            ),
         )
     });
-    let rate = iperf_udp(&s, 5202, "80M");
-    assert_within("policed class at the receiver", rate, 40e6 / 8.0, 0.05);
+    let got = iperf_udp(&s, 5202, 80e6);
+    assert_within("policed class at the receiver", got, bps / 8.0, 0.05);
     let c =
         s.dp.class_counters(CLIENT_SLOT, s.class("limited"))
             .expect("counters");
@@ -307,18 +313,19 @@ dst_port = 5202
 #[test]
 fn high_priority_keeps_its_rate_on_a_saturated_link() {
     let _serial = serial();
-    const LINK: f64 = 60e6 / 8.0;
-    const HIGH_COMMITTED: f64 = 30e6 / 8.0;
+    let ((link_bps, link_rate), (high_bps, high_rate)) = (scaled_rate(60e6), scaled_rate(30e6));
+    let (link, high_committed) = (link_bps / 8.0, high_bps / 8.0);
     let s = Setup::new(|t| {
         policy(
             t,
             true,
-            Some("60Mbit"),
-            r#"
+            Some(&link_rate),
+            &format!(
+                r#"
 [[class]]
 name = "high"
 priority = 6
-rate = "30Mbit"
+rate = "{high_rate}"
 
 [[class]]
 name = "low"
@@ -333,7 +340,8 @@ dst_port = 5203
 class = "low"
 protocol = "udp"
 dst_port = 5204
-"#,
+"#
+            ),
         )
     });
     // The two flows must overlap: a pair in which iperf3 repeated one run (it aborts now
@@ -342,8 +350,8 @@ dst_port = 5204
     let (high, low) = loop {
         attempts += 1;
         let ((high, high_rerun), (low, low_rerun)) = std::thread::scope(|scope| {
-            let high = scope.spawn(|| iperf_udp_run(&s, 5203, "45M"));
-            let low = scope.spawn(|| iperf_udp_run(&s, 5204, "90M"));
+            let high = scope.spawn(|| iperf_udp_run(&s, 5203, 45e6));
+            let low = scope.spawn(|| iperf_udp_run(&s, 5204, 90e6));
             (
                 high.join().expect("high flow"),
                 low.join().expect("low flow"),
@@ -355,18 +363,20 @@ dst_port = 5204
         eprintln!("a run was repeated, so the flows did not overlap: measuring the pair again");
     };
     eprintln!(
-        "offered 45 + 90 Mbit/s on a 60 Mbit/s link: high {:.1}, low {:.1} Mbit/s",
+        "offered 3/4 + 3/2 of a {:.1} Mbit/s link: high {:.1}, low {:.1} Mbit/s",
+        mbit(link),
         mbit(high),
         mbit(low)
     );
     assert!(
-        high >= 0.95 * HIGH_COMMITTED,
-        "high priority got {:.1} Mbit/s, below its committed 30",
-        mbit(high)
+        high >= 0.95 * high_committed,
+        "high priority got {:.1} Mbit/s, below its committed {:.1}",
+        mbit(high),
+        mbit(high_committed)
     );
-    assert_within("high + low (the link budget)", high + low, LINK, 0.07);
+    assert_within("high + low (the link budget)", high + low, link, 0.07);
     assert!(
-        low > 0.1 * LINK,
+        low > 0.1 * link,
         "low priority must get the rest, got {:.1} Mbit/s",
         mbit(low)
     );
@@ -386,8 +396,10 @@ fn send_with_tos(s: &Setup, port: u16, tos: u8, count: u32) -> Vec<u8> {
     );
     let to = udp_socket(sns, SocketAddr::new(saddr, port));
     report_ip_fields(&to, false);
-    // 20 datagrams every 5 ms: about 33 Mbit/s of frames, four times the classes' rate.
-    udp_send_paced(&from, &to, count, 1000, 20, Duration::from_millis(5))
+    // 20 datagrams every 5 ms: about 33 Mbit/s of frames, four times the classes' rate (both
+    // at this run's rate scale).
+    let every = scaled_interval(Duration::from_millis(5));
+    udp_send_paced(&from, &to, count, 1000, 20, every)
         .iter()
         .map(|(d, intact)| {
             assert!(intact, "datagram corrupted");
@@ -396,16 +408,21 @@ fn send_with_tos(s: &Setup, port: u16, tos: u8, count: u32) -> Vec<u8> {
         .collect()
 }
 
-const ECN_CLASSES: &str = r#"
+/// Two classes at 8 Mbit/s (at this run's rate scale) with a burst of 16 KiB, which
+/// [`send_with_tos`] overruns four times.
+fn ecn_classes() -> String {
+    let (_, rate) = scaled_rate(8e6);
+    format!(
+        r#"
 [[class]]
 name = "ect"
-rate = "8Mbit"
+rate = "{rate}"
 burst = "16KiB"
 exceed = "ecn"
 
 [[class]]
 name = "not_ect"
-rate = "8Mbit"
+rate = "{rate}"
 burst = "16KiB"
 exceed = "ecn"
 
@@ -418,13 +435,15 @@ dst_port = 6100
 class = "not_ect"
 protocol = "udp"
 dst_port = 6101
-"#;
+"#
+    )
+}
 
 #[test]
 fn ecn_marks_capable_traffic_over_its_rate_and_drops_the_rest() {
     let _serial = serial();
     const SENT: u32 = 600;
-    let s = Setup::new(|t| policy(t, true, None, ECN_CLASSES));
+    let s = Setup::new(|t| policy(t, true, None, &ecn_classes()));
 
     let ect = send_with_tos(&s, 6100, ECT0, SENT);
     let marked = ect.iter().filter(|t| *t & 0b11 == CE).count();
@@ -468,7 +487,7 @@ fn ecn_marks_capable_traffic_over_its_rate_and_drops_the_rest() {
 fn without_forwarding_the_kernel_forwards_and_the_policy_still_applies() {
     let _serial = serial();
     const SENT: u32 = 600;
-    let s = Setup::new(|t| policy(t, false, None, ECN_CLASSES));
+    let s = Setup::new(|t| policy(t, false, None, &ecn_classes()));
     let before = kernel_forwarded(&s.topo.gateway);
 
     for v6 in [false, true] {

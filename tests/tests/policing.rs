@@ -15,7 +15,7 @@ use dataplane_common::policer::{Colour, LeaseParams, TICKS_PER_NS};
 use dataplane_lab::{
     frames::Frame,
     kernel::{load_policy, pin_to_cpu, run_once, run_repeated},
-    rates::{admitted_rates, ClassRates, Sampling},
+    rates::{admitted_rates, scaled_interval, scaled_rate, scaled_size, ClassRates, Sampling},
 };
 
 const FRAME_BYTES: usize = 1000;
@@ -23,12 +23,14 @@ const XDP_PASS: u32 = 2;
 /// Sampling: after a warm-up (the buckets reach steady state), five windows of 500 ms; each
 /// rate is the median window (a sender the VM's host stalls, steal time seen in CI now and
 /// then, skews the windows around each stall, and the median stays clean with two such
-/// windows).
-const SAMPLING: Sampling = Sampling {
-    warm_up: Duration::from_millis(150),
-    window: Duration::from_millis(500),
-    windows: 5,
-};
+/// windows). Both stretch with the rate scale, as the samples' precision does.
+fn sampling() -> Sampling {
+    Sampling {
+        warm_up: scaled_interval(Duration::from_millis(150)),
+        window: scaled_interval(Duration::from_millis(500)),
+        windows: 5,
+    }
+}
 
 /// Policing tests measure rates: they must not share the CPUs with each other.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -39,12 +41,17 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// Bursts large enough that a sender thread preempted for a few milliseconds does not lose
 /// tokens (which would measure the load generator, not the policer); offered load far above
-/// the rates drains them within the warm-up.
-const BURST: &str = "32MiB";
+/// the rates drains them within the warm-up. Rates and bursts scale together
+/// (`dataplane_lab::rates::rate_scale`), so the bursts stay the same time's worth.
+fn burst() -> String {
+    scaled_size(32.0 * 1024.0 * 1024.0)
+}
 /// Link and class bursts under contention: a class's initial burst is guaranteed traffic the
 /// link must carry even beyond its own burst, and that overdraft has to drain within the
 /// warm-up (2 x 4 MiB at 1 Gbit/s: 67 ms).
-const LINK_BURST: &str = "4MiB";
+fn link_burst() -> String {
+    scaled_size(4.0 * 1024.0 * 1024.0)
+}
 
 fn udp_frame(dport: u16) -> Vec<u8> {
     Frame::eth()
@@ -62,7 +69,7 @@ fn measure(
     classes: &[u32],
     senders: &[(&[u8], usize)],
 ) -> Vec<ClassRates> {
-    let rates = admitted_rates(dp, iface_slot, classes, senders, FRAME_BYTES, &SAMPLING)
+    let rates = admitted_rates(dp, iface_slot, classes, senders, FRAME_BYTES, &sampling())
         .expect("admitted rates");
     for (class, r) in classes.iter().zip(&rates) {
         eprintln!("class {class}: green windows (B/s) {:.0?}", r.green_windows);
@@ -95,6 +102,7 @@ fn load(toml: &str) -> (Dataplane, dataplane::config::Policy) {
 }
 
 fn policy(rate: &str) -> String {
+    let burst = burst();
     format!(
         r#"
 [[class]]
@@ -103,7 +111,7 @@ name = "default"
 [[class]]
 name = "limited"
 rate = "{rate}"
-burst = "{BURST}"
+burst = "{burst}"
 exceed = "drop"
 
 [[rule]]
@@ -117,8 +125,9 @@ dst_port = 5001
 #[test]
 fn committed_rate_holds_on_one_cpu() {
     let _serial = serial();
-    for (rate, bps) in [("100Mbit", 100e6), ("1Gbit", 1e9), ("5Gbit", 5e9)] {
-        let (dp, p) = load(&policy(rate));
+    for bps in [100e6, 1e9, 5e9] {
+        let (bps, rate) = scaled_rate(bps);
+        let (dp, p) = load(&policy(&rate));
         let class = p.class_id("limited").expect("class");
         let frame = udp_frame(5001);
         let admitted = &measure(&dp, 0, &[class], &[(&frame, 0)])[0];
@@ -126,32 +135,35 @@ fn committed_rate_holds_on_one_cpu() {
             admitted.offered > 2.0 * admitted.green,
             "{rate}: offered load must exceed the rate"
         );
-        assert_rate(rate, admitted.green, bps, 0.01);
+        assert_rate(&rate, admitted.green, bps, 0.01);
     }
 }
 
 #[test]
 fn committed_rate_holds_across_two_cpus() {
     let _serial = serial();
-    let (dp, p) = load(&policy("2Gbit"));
+    let (bps, rate) = scaled_rate(2e9);
+    let (dp, p) = load(&policy(&rate));
     let class = p.class_id("limited").expect("class");
     let frame = udp_frame(5001);
     let admitted = &measure(&dp, 0, &[class], &[(&frame, 0), (&frame, 1)])[0];
-    assert_rate("2Gbit on two CPUs", admitted.green, 2e9, 0.01);
+    assert_rate(&format!("{rate} on two CPUs"), admitted.green, bps, 0.01);
 }
 
 #[test]
 fn peak_rate_separates_yellow_from_red() {
     let _serial = serial();
-    let toml = r#"
+    let ((committed, rate), (peak, ceil)) = (scaled_rate(500e6), scaled_rate(1500e6));
+    let toml = format!(
+        r#"
 [[class]]
 name = "default"
 
 [[class]]
 name = "burst"
-rate = "500Mbit"
-ceil = "1500Mbit"
-burst = "32MiB"
+rate = "{rate}"
+ceil = "{ceil}"
+burst = "{burst}"
 exceed = "pass"
 violate = "drop"
 
@@ -159,27 +171,34 @@ violate = "drop"
 class = "burst"
 protocol = "udp"
 dst_port = 5001
-"#;
-    let (dp, p) = load(toml);
+"#,
+        burst = burst()
+    );
+    let (dp, p) = load(&toml);
     let class = p.class_id("burst").expect("class");
     let frame = udp_frame(5001);
     let admitted = &measure(&dp, 0, &[class], &[(&frame, 0)])[0];
     let (green, yellow) = (admitted.green, admitted.yellow);
     let c = dp.class_counters(0, class).expect("counters");
     assert!(c.dropped_packets > 0 && c.dropped_packets == c.colour_packets[Colour::Red as usize]);
-    assert_rate("green (committed)", green, 500e6, 0.01);
-    assert_rate("green + yellow (peak)", green + yellow, 1500e6, 0.01);
+    assert_rate("green (committed)", green, committed, 0.01);
+    assert_rate("green + yellow (peak)", green + yellow, peak, 0.01);
 }
 
-/// Link budget 1 Gbit/s on loopback (BPF_PROG_TEST_RUN's ingress device); `hi` (priority 7)
-/// and `lo` (priority 0) each offer far more from their own CPU.
+/// The link budget of the contention tests, in bits per second (at scale 1).
+const LINK_RATE: f64 = 1e9;
+
+/// Link budget [`LINK_RATE`] on loopback (BPF_PROG_TEST_RUN's ingress device); `hi` (priority
+/// 7) and `lo` (priority 0) each offer far more from their own CPU.
 fn contention_policy(hi_rate: &str, lo_rate: &str) -> String {
+    let (_, link_rate) = scaled_rate(LINK_RATE);
+    let link_burst = link_burst();
     format!(
         r#"
 [[interface]]
 name = "lo"
-link_rate = "1Gbit"
-link_burst = "{LINK_BURST}"
+link_rate = "{link_rate}"
+link_burst = "{link_burst}"
 
 [[class]]
 name = "default"
@@ -188,7 +207,7 @@ name = "default"
 name = "hi"
 priority = 7
 rate = "{hi_rate}"
-burst = "{LINK_BURST}"
+burst = "{link_burst}"
 exceed = "pass"
 violate = "drop"
 
@@ -196,7 +215,7 @@ violate = "drop"
 name = "lo"
 priority = 0
 rate = "{lo_rate}"
-burst = "{LINK_BURST}"
+burst = "{link_burst}"
 exceed = "pass"
 violate = "drop"
 
@@ -230,13 +249,13 @@ fn low_priority_loses_first_when_the_link_budget_runs_low() {
     let _serial = serial();
     // Nothing guaranteed: the excess of both competes for the link by priority alone.
     let (hi, lo) = contend(&contention_policy("1kbit", "1kbit"));
-    let link = 1e9 / 8.0;
+    let link = scaled_rate(LINK_RATE).0 / 8.0;
     eprintln!(
         "hi {:.1}% of link, lo {:.1}% of link",
         hi / link * 100.0,
         lo / link * 100.0
     );
-    assert_rate("hi + lo (link budget)", hi + lo, 1e9, 0.01);
+    assert_rate("hi + lo (link budget)", hi + lo, link * 8.0, 0.01);
     assert!(
         hi > 0.95 * link,
         "high priority keeps the link under contention"
@@ -247,10 +266,12 @@ fn low_priority_loses_first_when_the_link_budget_runs_low() {
 #[test]
 fn guaranteed_rates_hold_under_link_contention() {
     let _serial = serial();
-    // lo is guaranteed 200 Mbit/s, hi 300 Mbit/s; hi (higher priority) takes the rest.
-    let (hi, lo) = contend(&contention_policy("300Mbit", "200Mbit"));
-    assert_rate("lo keeps its guarantee", lo, 200e6, 0.01);
-    assert_rate("hi gets the rest of the link", hi, 800e6, 0.01);
+    // lo is guaranteed a fifth of the link, hi 30%; hi (higher priority) takes the rest.
+    let ((_, hi_rate), (lo_bps, lo_rate)) = (scaled_rate(300e6), scaled_rate(200e6));
+    let (hi, lo) = contend(&contention_policy(&hi_rate, &lo_rate));
+    let link = scaled_rate(LINK_RATE).0;
+    assert_rate("lo keeps its guarantee", lo, lo_bps, 0.01);
+    assert_rate("hi gets the rest of the link", hi, link - lo_bps, 0.01);
 }
 
 /// The phantom queue's AQM under a flood far above the rate: the backlog stands above the
@@ -263,6 +284,8 @@ fn guaranteed_rates_hold_under_link_contention() {
 #[test]
 fn aqm_signals_once_per_interval_and_keeps_the_rate() {
     let _serial = serial();
+    let (bps, rate) = scaled_rate(200e6);
+    let burst = burst();
     let toml = |dport: u16| {
         format!(
             r#"
@@ -271,8 +294,8 @@ name = "default"
 
 [[class]]
 name = "managed"
-rate = "200Mbit"
-burst = "{BURST}"
+rate = "{rate}"
+burst = "{burst}"
 exceed = "drop"
 aqm = true
 aqm_target = "1ms"
@@ -297,7 +320,7 @@ dst_port = {dport}
         let before = dp.class_counters(0, class).expect("counters");
         let admitted = &measure(&dp, 0, &[class], &[(&frame, 0)])[0];
         let after = dp.class_counters(0, class).expect("counters");
-        assert_rate(what, admitted.green, 200e6, 0.01);
+        assert_rate(what, admitted.green, bps, 0.01);
         let (marked, dropped) = (
             after.early_marked_packets - before.early_marked_packets,
             after.early_dropped_packets - before.early_dropped_packets,
@@ -315,8 +338,9 @@ dst_port = {dport}
         // One signal per 20 ms while the backlog stands above the target, over a run of at
         // least one window and less than twice warm-up and windows. The lower bound is half
         // the ideal count: measured, the test harness gives one signal per 25 ms or so.
-        let run = SAMPLING.warm_up + SAMPLING.window * SAMPLING.windows as u32;
-        let least = (SAMPLING.window.as_secs_f64() / 20e-3 * 0.5) as u64;
+        let sampling = sampling();
+        let run = sampling.warm_up + sampling.window * sampling.windows as u32;
+        let least = (sampling.window.as_secs_f64() / 20e-3 * 0.5) as u64;
         let most = (run.as_secs_f64() * 2.0 / 20e-3) as u64;
         eprintln!("{what}: {signals} early signals over {run:?} (expected {least}..={most})");
         assert!(

@@ -140,9 +140,9 @@ pub fn exec_job(command: &str) -> String {
 
 /// job.sh for test suites: each suite's binary in its package's directory (as cargo runs
 /// it), its output also in `suite-<name>.log`, its exit status in `suite-<name>.rc`, between
-/// start and end marks the host times.
-pub fn suites_job(suites: &[Suite], test_threads: u32) -> String {
-    let mut s = String::from("#!/bin/sh\nfailed=0\n");
+/// start and end marks the host times; the rate tests scaled by `rate_scale`.
+pub fn suites_job(suites: &[Suite], test_threads: u32, rate_scale: f64) -> String {
+    let mut s = format!("#!/bin/sh\nfailed=0\nexport DATAPLANE_TEST_RATE_SCALE={rate_scale}\n");
     for suite in suites {
         let args: Vec<String> = suite.args.iter().map(|a| quote(a)).collect();
         let args = args.join(" ");

@@ -79,7 +79,7 @@ pub struct Args {
     /// Copy each kernel's share (what its job wrote under /vm) to DIR/<kernel>.
     #[arg(long, value_name = "DIR")]
     collect: Option<PathBuf>,
-    /// Test suites to run [default: kernel corpus classifier flow_cache differential].
+    /// Test suites to run [default: kernel corpus classifier policing flow_cache differential].
     #[arg(value_name = "SUITE",
           value_parser = clap::builder::PossibleValuesParser::new(suites::names()))]
     suites: Vec<String>,
@@ -128,6 +128,8 @@ struct Report {
     started_unix: u64,
     accelerator: &'static str,
     accelerator_reason: &'static str,
+    /// What the rate tests scaled their rates by (`DATAPLANE_TEST_RATE_SCALE`).
+    rate_scale: f64,
     nics: bool,
     exec: Option<String>,
     kernels: Vec<KernelReport>,
@@ -187,12 +189,12 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         suites::build(&root, &suite_names)?
     };
-    let job = match &args.exec {
-        Some(command) => guest::exec_job(command),
-        None => guest::suites_job(&suites, args.test_threads),
-    };
     let (accel, why) = Accel::choose();
     eprintln!("accelerator: {} ({why})", accel.name());
+    let job = match &args.exec {
+        Some(command) => guest::exec_job(command),
+        None => guest::suites_job(&suites, args.test_threads, accel.rate_scale()),
+    };
     // From here on Ctrl-C stops the guest and lets the clean-up (the namespace) run.
     let interrupted = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -210,6 +212,7 @@ pub fn run(args: Args) -> Result<()> {
             .map_or(0, |d| d.as_secs()),
         accelerator: accel.name(),
         accelerator_reason: why,
+        rate_scale: accel.rate_scale(),
         nics: args.nics,
         exec: args.exec.clone(),
         kernels: Vec::new(),
@@ -342,6 +345,12 @@ fn kernel_report(
 
 fn print_table(report: &Report) {
     println!();
+    if report.exec.is_none() && report.rate_scale < 1.0 {
+        println!(
+            "rate tests scaled by {} under {} (DATAPLANE_TEST_RATE_SCALE)",
+            report.rate_scale, report.accelerator
+        );
+    }
     println!(
         "{:<11} {:<22} {:<20} {:<5} {:>6}  {:<13} {:>6} {:>6} {:>8}  result",
         "kernel", "release", "version", "accel", "boot", "suite", "passed", "failed", "seconds"

@@ -52,6 +52,17 @@ impl Accel {
         }
     }
 
+    /// The rate tests' scale (`DATAPLANE_TEST_RATE_SCALE`, see `dataplane_lab::rates`): the
+    /// emulator's packet path carries about a tenth of a CPU's (measured under TCG: 1 Gbit/s
+    /// of 1000-byte frames through BPF_PROG_TEST_RUN per CPU, 26 Mbit/s of iperf3 through
+    /// the veths), so the suites scale their rates, bursts and pacing by this.
+    pub fn rate_scale(&self) -> f64 {
+        match self {
+            Accel::Kvm => 1.0,
+            Accel::Tcg => 0.1,
+        }
+    }
+
     /// KVM where it can run Debian's kernels, the emulator elsewhere, and why.
     pub fn choose() -> (Self, &'static str) {
         // kvm_pvm runs only guest kernels built for PVM; Debian's abort or hang under it.
