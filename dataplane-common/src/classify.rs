@@ -256,7 +256,8 @@ pub struct RuleSpec {
     pub dst: Option<Prefix>,
     /// IP protocol.
     pub protocol: Option<Range>,
-    /// Source ports; a packet without ports never matches.
+    /// Source ports; a packet without ports never matches, nor does a sprayed transport's
+    /// packet, whose source port is entropy ([`PacketMeta::rule_src_port`]).
     pub src_ports: Option<Range>,
     /// Destination ports; a packet without ports never matches.
     pub dst_ports: Option<Range>,
@@ -306,7 +307,7 @@ impl RuleSpec {
         addr_ok(&self.src, &pkt.src)
             && addr_ok(&self.dst, &pkt.dst)
             && value_ok(Field::Protocol, Some(u32::from(pkt.protocol)))
-            && value_ok(Field::SrcPort, ports.then_some(u32::from(pkt.src_port)))
+            && value_ok(Field::SrcPort, pkt.rule_src_port())
             && value_ok(Field::DstPort, ports.then_some(u32::from(pkt.dst_port)))
             && value_ok(Field::Dscp, Some(u32::from(pkt.dscp())))
             && value_ok(Field::Iface, Some(iface_slot))
@@ -384,6 +385,35 @@ mod tests {
             field_table_index(1, Field::Protocol, 0) as usize,
             FIELD_TABLE_SLOT_LEN
         );
+    }
+
+    #[test]
+    fn a_sprayed_packet_s_source_port_matches_no_rule() {
+        let rule = RuleSpec {
+            class: 1,
+            src_ports: Some(Range { lo: 0, hi: 65535 }),
+            ..RuleSpec::default()
+        };
+        let udp = PacketMeta {
+            has_ports: true,
+            src_port: 49152,
+            dst_port: crate::ROCEV2_UDP_PORT,
+            ..PacketMeta::default()
+        };
+        assert!(
+            rule.matches(&udp, 0),
+            "a RoCE packet whose header was not read"
+        );
+        let sprayed = PacketMeta {
+            connection: Some(7),
+            ..udp
+        };
+        assert!(!rule.matches(&sprayed, 0), "its source port is entropy");
+        let any_port = RuleSpec {
+            src_ports: None,
+            ..rule
+        };
+        assert!(any_port.matches(&sprayed, 0));
     }
 
     #[test]

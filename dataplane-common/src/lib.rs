@@ -16,6 +16,7 @@ pub mod packet;
 pub mod policer;
 pub mod programs;
 pub mod reason;
+pub mod spray;
 pub mod window;
 pub mod wire;
 
@@ -46,5 +47,7 @@ pub const MAX_IPV6_EXTENSION_HEADERS: usize = 6;
 pub const MAX_VLAN_TAGS: usize = 2;
 /// UDP destination port of RoCEv2.
 pub const ROCEV2_UDP_PORT: u16 = 4791;
+/// UDP destination port of UET, Ultra Ethernet Transport (UEC 1.0 specification).
+pub const UET_UDP_PORT: u16 = 4793;
 /// RoCEv2 BTH opcode of a Congestion Notification Packet.
 pub const ROCE_OPCODE_CNP: u8 = 0x81;

@@ -228,6 +228,10 @@ impl ForwardCounters {
 /// Every field a rule can match on, so a cached class is exact. The flow cache is indexed by
 /// its [`FlowKey::hash`] and stores the whole key in the entry, compared on every hit, so a
 /// hash collision is a miss, never a wrong class.
+///
+/// A sprayed transport's packet (RoCEv2, UET: see [`crate::spray`]) is keyed on the
+/// connection its header names instead of its source port, which is entropy: one connection
+/// sprayed over hundreds of source ports is one flow.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -247,10 +251,14 @@ pub struct FlowKey {
     pub dscp: u8,
     /// RoCEv2 opcode (0 without one; see `flags`).
     pub roce_opcode: u8,
-    /// [`FlowKey::FLAG_V6`] | [`FlowKey::FLAG_PORTS`] | [`FlowKey::FLAG_OPCODE`].
+    /// [`FlowKey::FLAG_V6`] | [`FlowKey::FLAG_PORTS`] | [`FlowKey::FLAG_OPCODE`] |
+    /// [`FlowKey::FLAG_CONNECTION`].
     pub flags: u8,
     /// Padding, always zero.
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// With [`FlowKey::FLAG_CONNECTION`], the connection a sprayed transport's header names
+    /// ([`PacketMeta::connection`]; `src_port` is 0 then); 0 otherwise.
+    pub connection: u32,
 }
 
 /// Words of a [`FlowKey`].
@@ -279,8 +287,12 @@ impl FlowKey {
     pub const FLAG_PORTS: u8 = 2;
     /// RoCEv2 opcode present.
     pub const FLAG_OPCODE: u8 = 4;
+    /// A sprayed transport's connection in place of the source port.
+    pub const FLAG_CONNECTION: u8 = 8;
 
-    /// The key of a parsed packet.
+    /// The key of a parsed packet: which fields make its flow. Every field a rule can match
+    /// on, with one exception: a sprayed transport's packet has its connection where the
+    /// source port would be (rules do not see that port either: [`PacketMeta::rule_src_port`]).
     #[inline(always)]
     pub fn of(meta: &PacketMeta, iface_slot: u8) -> FlowKey {
         let mut flags = 0;
@@ -293,17 +305,25 @@ impl FlowKey {
         if meta.roce_opcode.is_some() {
             flags |= Self::FLAG_OPCODE;
         }
+        let (src_port, connection) = match meta.connection {
+            Some(connection) => {
+                flags |= Self::FLAG_CONNECTION;
+                (0, connection)
+            }
+            None => (meta.src_port, 0),
+        };
         FlowKey {
             src: meta.src,
             dst: meta.dst,
-            src_port: meta.src_port,
+            src_port,
             dst_port: meta.dst_port,
             iface_slot,
             protocol: meta.protocol,
             dscp: meta.dscp(),
             roce_opcode: meta.roce_opcode.unwrap_or_default(),
             flags,
-            _pad: [0; 7],
+            _pad: [0; 3],
+            connection,
         }
     }
 
@@ -325,7 +345,8 @@ impl FlowKey {
             } else {
                 Self::FLAG_PORTS
             },
-            _pad: [0; 7],
+            _pad: [0; 3],
+            connection: 0,
         }
     }
 
@@ -488,6 +509,9 @@ pub mod names {
     pub const CLASS_COUNTERS: &str = "CLASS_COUNTERS";
     /// `PerCpuArray<IfaceCounters, MAX_IFACES>`.
     pub const IFACE_COUNTERS: &str = "IFACE_COUNTERS";
+    /// `PerCpuArray<u64, MAX_IFACES>`: per interface slot, packets of a sprayed transport
+    /// keyed on their 5-tuple because their header was cut short (see `spray`).
+    pub const SPRAY_UNKEYED: &str = "SPRAY_UNKEYED";
     /// `Array<u32, 1>`: kernel log level (0 off, 1 error ... 5 trace).
     pub const LOG_LEVEL: &str = "LOG_LEVEL";
     /// `Array<u32, 1>`: the route generation, bumped on every routing change (see
@@ -507,7 +531,7 @@ pub mod names {
     pub const FLOW_CACHE_BITS: &str = "FLOW_CACHE_BITS";
 
     /// Every map, for checks that the object and the pins hold them all.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         ACTIVE_SLOT,
         POLICY_SLOTS,
         CLASSES,
@@ -524,6 +548,7 @@ pub mod names {
         TCP_RETURNS,
         CLASS_COUNTERS,
         IFACE_COUNTERS,
+        SPRAY_UNKEYED,
         LOG_LEVEL,
         ROUTE_GENERATION,
         EGRESS_DEVICES,
@@ -554,6 +579,8 @@ pub const fn class_counter_index(iface_slot: u32, class: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    extern crate alloc;
+
     /// Distinct sets `keys` take in one CPU's table of 2^17 slots, against what uniform
     /// random sets would give (`m (1 - e^(-n/m))`).
     fn occupancy(keys: impl Iterator<Item = super::FlowKey>) -> (f64, f64) {
@@ -685,11 +712,106 @@ mod tests {
                 dst: [0xff; 16],
                 ..base
             },
+            FlowKey {
+                connection: 1,
+                ..base
+            },
         ];
         assert!(base.same_flow(&key(1)));
         for v in variants {
             assert!(!base.same_flow(&v), "{v:?}");
             assert_ne!(base.hash(), v.hash(), "{v:?}");
+        }
+    }
+
+    /// An untagged IPv4 UDP frame from 198.18.0.1 to 198.19.0.1 with this UDP payload.
+    fn udp_frame(src_port: u16, dst_port: u16, payload: &[u8]) -> alloc::vec::Vec<u8> {
+        let mut f = alloc::vec![0u8; 14 + 20 + 8];
+        f[12..14].copy_from_slice(&crate::packet::ethertype::IPV4.to_be_bytes());
+        f[14] = 0x45;
+        let total = (20 + 8 + payload.len()) as u16;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f[14 + 9] = crate::packet::ipproto::UDP;
+        f[26..30].copy_from_slice(&[198, 18, 0, 1]);
+        f[30..34].copy_from_slice(&[198, 19, 0, 1]);
+        f[34..36].copy_from_slice(&src_port.to_be_bytes());
+        f[36..38].copy_from_slice(&dst_port.to_be_bytes());
+        f[38..40].copy_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn key_of(frame: &[u8]) -> FlowKey {
+        FlowKey::of(&crate::packet::parse(frame).expect("parses"), 1)
+    }
+
+    /// A RoCEv2 BTH with this opcode and destination QP.
+    fn bth(opcode: u8, qp: u32) -> [u8; 12] {
+        let q = qp.to_be_bytes();
+        [opcode, 0x40, 0xff, 0xff, 0, q[1], q[2], q[3], 0x80, 0, 0, 1]
+    }
+
+    /// A UET RUD request's PDS header with this source PDC id.
+    fn pds(spdcid: u16) -> [u8; 12] {
+        let s = spdcid.to_be_bytes();
+        [2 << 3, 0, 0, 0, 0, 0, 0, 1, s[0], s[1], 0, 9]
+    }
+
+    #[test]
+    fn a_sprayed_connection_is_one_key_whatever_its_source_port() {
+        use crate::{ROCEV2_UDP_PORT, UET_UDP_PORT};
+        for (port, same, other) in [
+            (
+                ROCEV2_UDP_PORT,
+                &bth(0x0a, 0x12_3456)[..],
+                &bth(0x0a, 0x12_3457)[..],
+            ),
+            (UET_UDP_PORT, &pds(42)[..], &pds(43)[..]),
+        ] {
+            let first = key_of(&udp_frame(49152, port, same));
+            assert_eq!(
+                first.src_port, 0,
+                "port {port}: the entropy is not in the key"
+            );
+            assert_ne!(first.flags & FlowKey::FLAG_CONNECTION, 0);
+            for src_port in (49153..=u16::MAX).step_by(61) {
+                assert_eq!(
+                    key_of(&udp_frame(src_port, port, same)),
+                    first,
+                    "port {port}, source port {src_port}"
+                );
+            }
+            assert_ne!(
+                key_of(&udp_frame(49152, port, other)),
+                first,
+                "port {port}: another connection"
+            );
+        }
+        // Neither the QP nor the PDC id of one transport is the other's.
+        assert_ne!(
+            key_of(&udp_frame(1, ROCEV2_UDP_PORT, &bth(0x0a, 42))),
+            key_of(&udp_frame(1, UET_UDP_PORT, &pds(42)))
+        );
+        // A CNP to the QP is its own flow (rules tell CNPs from data by the opcode).
+        assert_ne!(
+            key_of(&udp_frame(1, ROCEV2_UDP_PORT, &bth(0x81, 42))),
+            key_of(&udp_frame(1, ROCEV2_UDP_PORT, &bth(0x0a, 42)))
+        );
+    }
+
+    #[test]
+    fn other_udp_and_a_cut_short_uet_header_keep_the_five_tuple() {
+        for (port, payload) in [
+            (5001, &pds(42)[..]),
+            (crate::UET_UDP_PORT, &pds(42)[..7]),
+            (crate::UET_UDP_PORT, &[31 << 3, 0, 0, 0][..]),
+        ] {
+            let meta = crate::packet::parse(&udp_frame(40000, port, payload)[..]).expect("parses");
+            assert_eq!(meta.spray_unkeyed, port == crate::UET_UDP_PORT, "{port}");
+            let a = FlowKey::of(&meta, 1);
+            let b = key_of(&udp_frame(40001, port, payload));
+            assert_eq!((a.src_port, a.flags & FlowKey::FLAG_CONNECTION), (40000, 0));
+            assert_ne!(a, b, "port {port}: two source ports, two flows");
         }
     }
 
@@ -714,6 +836,13 @@ mod tests {
         for port in 0..=u16::MAX {
             keys.insert(FlowKey {
                 src_port: port,
+                ..key(7)
+            });
+            // As many RoCE QPs between one pair of addresses.
+            keys.insert(FlowKey {
+                src_port: 0,
+                flags: FlowKey::FLAG_PORTS | FlowKey::FLAG_CONNECTION,
+                connection: u32::from(port) << 8,
                 ..key(7)
             });
         }

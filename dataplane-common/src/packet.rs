@@ -1,10 +1,16 @@
 //! Header parsing: Ethernet, up to two VLAN tags, IPv4 (with options) or IPv6 (with a bounded
-//! extension-header chain), then TCP/UDP/ICMP/ICMPv6 and the RoCEv2 BTH opcode.
+//! extension-header chain), then TCP/UDP/ICMP/ICMPv6, the RoCEv2 BTH opcode and, for the
+//! transports that spray connections over UDP source ports, the connection their header names
+//! (see [`crate::spray`]).
 //!
 //! The parser is generic over [`PacketBytes`] so the same code runs on a byte slice in host
 //! tests and on the XDP frame in the kernel.
 
-use crate::{reason::Reason, MAX_IPV6_EXTENSION_HEADERS, MAX_VLAN_TAGS, ROCEV2_UDP_PORT};
+use crate::{
+    reason::Reason,
+    spray::{roce_connection, uet_connection},
+    MAX_IPV6_EXTENSION_HEADERS, MAX_VLAN_TAGS, ROCEV2_UDP_PORT, UET_UDP_PORT,
+};
 
 /// Bounds-checked reads from a frame.
 pub trait PacketBytes {
@@ -60,9 +66,9 @@ pub mod ipproto {
 }
 
 use crate::wire::{
-    ETH_HLEN, ICMPV6_HLEN, ICMP_HLEN, IPV4_MIN_HLEN, IPV6_HLEN, TCP_MIN_HLEN, UDP_HLEN, VLAN_HLEN,
+    ETH_HLEN, ICMPV6_HLEN, ICMP_HLEN, IPV4_MIN_HLEN, IPV6_HLEN, ROCE_BTH_LEN, TCP_MIN_HLEN,
+    UDP_HLEN, VLAN_HLEN,
 };
-const ROCE_BTH_LEN: usize = 12;
 const IPV6_FRAGMENT_HLEN: usize = 8;
 
 /// IP version of a parsed packet.
@@ -101,6 +107,14 @@ pub struct PacketMeta {
     pub later_fragment: bool,
     /// RoCEv2 BTH opcode, for UDP destination port 4791.
     pub roce_opcode: Option<u8>,
+    /// For a transport that sprays its connections over UDP source ports (RoCEv2, UET; see
+    /// [`crate::spray`]): the connection its header names, which takes the source port's
+    /// place in the flow key. The source port is entropy then, and rules do not see it
+    /// ([`PacketMeta::rule_src_port`]).
+    pub connection: Option<u32>,
+    /// A UET packet whose PDS header is cut short or of a reserved type: keyed on its
+    /// 5-tuple like any UDP packet, and counted (never dropped).
+    pub spray_unkeyed: bool,
     /// TCP's header fields, for TCP (first fragments and whole packets).
     pub tcp: Option<TcpMeta>,
 }
@@ -155,6 +169,18 @@ impl PacketMeta {
     /// DSCP (upper six bits of the DS field).
     pub const fn dscp(&self) -> u8 {
         self.tos >> 2
+    }
+
+    /// The source port rules match on: none without ports, and none for a packet of a
+    /// sprayed connection, whose source port is entropy (its flow key leaves the port out, so
+    /// its class must not depend on it either).
+    #[inline(always)]
+    pub const fn rule_src_port(&self) -> Option<u32> {
+        if self.has_ports && self.connection.is_none() {
+            Some(self.src_port as u32)
+        } else {
+            None
+        }
     }
 }
 
@@ -378,7 +404,8 @@ pub fn tcp_handshake_options(options: &[u8; TCP_OPTIONS_ROOM], len: usize) -> Ha
     }
 }
 
-/// Reads ports (TCP/UDP) and the RoCEv2 opcode; checks ICMP headers are whole.
+/// Reads ports (TCP/UDP), the RoCEv2 opcode and a sprayed transport's connection; checks
+/// ICMP headers are whole.
 #[inline(always)]
 fn parse_l4<P: PacketBytes + ?Sized>(
     pkt: &P,
@@ -408,13 +435,23 @@ fn parse_l4<P: PacketBytes + ?Sized>(
         meta.tcp = Some(parse_tcp(pkt, span)?);
         return Ok(());
     }
-    if meta.protocol == ipproto::UDP && meta.dst_port == ROCEV2_UDP_PORT {
-        if off + UDP_HLEN + ROCE_BTH_LEN > span.end {
-            return Err(Reason::TruncatedRoce);
+    let payload = off + UDP_HLEN;
+    match meta.dst_port {
+        ROCEV2_UDP_PORT => {
+            if payload + ROCE_BTH_LEN > span.end {
+                return Err(Reason::TruncatedRoce);
+            }
+            // The whole BTH is inside the packet (checked above); the opcode and the
+            // destination QP are in its first eight bytes.
+            let bth: [u8; 8] = pkt.bytes(payload).ok_or(Reason::TruncatedRoce)?;
+            meta.roce_opcode = Some(bth[0]);
+            meta.connection = Some(roce_connection(bth));
         }
-        // The whole BTH is inside the packet (checked above); only its first byte matters.
-        let [opcode] = pkt.bytes(off + UDP_HLEN).ok_or(Reason::TruncatedRoce)?;
-        meta.roce_opcode = Some(opcode);
+        UET_UDP_PORT => {
+            meta.connection = uet_connection(pkt, payload, span.end);
+            meta.spray_unkeyed = meta.connection.is_none();
+        }
+        _ => {}
     }
     Ok(())
 }

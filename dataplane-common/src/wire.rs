@@ -33,3 +33,20 @@ pub const UDP_HLEN: usize = 8;
 pub const ICMP_HLEN: usize = 8;
 /// ICMPv6 header as far as the parser reads it (type, code, checksum).
 pub const ICMPV6_HLEN: usize = 4;
+/// RoCEv2 base transport header (IBTA RoCEv2 Annex A17; IBA 9.2): opcode, flags, P_Key,
+/// a reserved byte, the 24-bit destination QP, the PSN.
+pub const ROCE_BTH_LEN: usize = 12;
+/// Offset of the destination QP (three bytes) in the BTH.
+pub const ROCE_BTH_DEST_QP_OFFSET: usize = 5;
+/// UET transport security header (UEC 1.0.1 TSS): type, SP, AN, SDI (4 bytes), then the
+/// 4-byte SSI when SP is set, then the 8-byte TSC.
+pub const UET_TSS_HLEN: usize = 12;
+/// The optional SSI word of the TSS header (present when SP is set).
+pub const UET_TSS_SSI_LEN: usize = 4;
+/// The part of a UET PDS header that every connection-oriented type (RUD/ROD requests with
+/// or without CC state, ACK, ACK_CC, ACK_CCX, NACK, NACK_CCX, control) lays out alike: the
+/// 2-byte prologue, 2 + 4 bytes of type-specific fields, the source PDC id, the destination
+/// PDC id (or, with SYN, the PDC mode and PSN offset).
+pub const UET_PDS_PDC_HLEN: usize = 12;
+/// Offset of the source PDC id (16 bits) in the PDS header.
+pub const UET_PDS_SPDCID_OFFSET: usize = 8;

@@ -7,7 +7,7 @@
 use dataplane_common::{
     packet::{ethertype, ipproto, parse, Family, PacketMeta, TcpMeta},
     reason::Reason,
-    MAX_IPV6_EXTENSION_HEADERS, ROCEV2_UDP_PORT,
+    MAX_IPV6_EXTENSION_HEADERS, ROCEV2_UDP_PORT, UET_UDP_PORT,
 };
 use proptest::prelude::*;
 
@@ -61,6 +61,9 @@ impl Spec {
             has_ports: true,
             later_fragment: false,
             roce_opcode: self.is_roce().then_some(self.opcode),
+            // The BTH as built: destination QP 1.
+            connection: self.is_roce().then_some(1),
+            spray_unkeyed: false,
             tcp: self.tcp.then(|| TcpMeta {
                 offset: layout.l4,
                 header_len: 20,
@@ -215,7 +218,11 @@ fn spec(max_exts: usize) -> impl Strategy<Value = Spec> {
         prop::collection::vec(ext(), 0..=max_exts),
     )
         .prop_map(|(src, dst, exts)| (true, src, dst, Vec::new(), exts));
-    let dport = prop_oneof![3 => any::<u16>(), 1 => Just(ROCEV2_UDP_PORT)];
+    // UET's port is left to the corpus and the unit tests: the payload here is no PDS header.
+    let dport = prop_oneof![
+        3 => any::<u16>().prop_filter("not UET", |p| *p != UET_UDP_PORT),
+        1 => Just(ROCEV2_UDP_PORT),
+    ];
     (
         tags,
         prop_oneof![v4, v6],
@@ -262,6 +269,30 @@ fn check_invariants(frame: &[u8], meta: &PacketMeta) {
         assert!(meta.has_ports && meta.protocol == ipproto::UDP);
         assert_eq!(meta.dst_port, ROCEV2_UDP_PORT);
     }
+    // Only the sprayed transports name a connection, and only they fall back from one.
+    if meta.connection.is_some() || meta.spray_unkeyed {
+        assert!(meta.has_ports && meta.protocol == ipproto::UDP, "{meta:?}");
+        assert!(
+            [ROCEV2_UDP_PORT, UET_UDP_PORT].contains(&meta.dst_port),
+            "{meta:?}"
+        );
+        assert!(
+            !(meta.connection.is_some() && meta.spray_unkeyed),
+            "{meta:?}"
+        );
+        // Rules see the source port exactly when the flow key holds it.
+        let keyed_on_port = meta
+            .connection
+            .is_none()
+            .then_some(u32::from(meta.src_port));
+        assert_eq!(meta.rule_src_port(), keyed_on_port, "{meta:?}");
+    }
+    let uet = meta.has_ports && meta.protocol == ipproto::UDP && meta.dst_port == UET_UDP_PORT;
+    assert_eq!(
+        meta.connection.is_some(),
+        meta.roce_opcode.is_some() || (uet && !meta.spray_unkeyed),
+        "a RoCEv2 packet always names its QP, a UET one unless it falls back: {meta:?}"
+    );
 }
 
 fn parse_checked(frame: &[u8]) -> Result<PacketMeta, Reason> {

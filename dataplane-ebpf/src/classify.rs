@@ -156,7 +156,7 @@ fn classify(
         prefix(Field::SrcAddr, &meta.src)?,
         prefix(Field::DstAddr, &meta.dst)?,
         table(Field::Protocol, Some(u32::from(meta.protocol)))?,
-        table(Field::SrcPort, ports.then_some(u32::from(meta.src_port)))?,
+        table(Field::SrcPort, meta.rule_src_port())?,
         table(Field::DstPort, ports.then_some(u32::from(meta.dst_port)))?,
         table(Field::Dscp, Some(u32::from(meta.dscp())))?,
         table(

@@ -41,7 +41,10 @@ use dataplane_common::{
 
 use crate::{
     frame::Frame,
-    maps::{ACTIVE_SLOT, CLASSES, CLASS_COUNTERS, IFACE_COUNTERS, PACKET_SCRATCH, POLICY_SLOTS},
+    maps::{
+        ACTIVE_SLOT, CLASSES, CLASS_COUNTERS, IFACE_COUNTERS, PACKET_SCRATCH, POLICY_SLOTS,
+        SPRAY_UNKEYED,
+    },
     police::Kind,
 };
 
@@ -164,6 +167,12 @@ fn pipeline(
         return Err(Reason::NoPolicy);
     }
     let iface_counters: Option<*mut IfaceCounters> = IFACE_COUNTERS.get_ptr_mut(iface_slot);
+    if meta.spray_unkeyed {
+        if let Some(n) = SPRAY_UNKEYED.get_ptr_mut(iface_slot) {
+            // SAFETY: per-CPU value; XDP does not nest on one CPU.
+            unsafe { *n += 1 };
+        }
+    }
     let (class, flow) =
         classify::class_of(meta, scratch, iface_slot, slot, policy, iface_counters)?;
     if class >= MAX_CLASSES as u32 {

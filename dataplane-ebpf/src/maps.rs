@@ -94,6 +94,10 @@ pub static CLASS_COUNTERS: PerCpuArray<ClassCounters, { MAX_IFACES * MAX_CLASSES
 /// Per interface slot: outcomes by reason, flow-cache hits and misses.
 #[btf_map]
 pub static IFACE_COUNTERS: PerCpuArray<IfaceCounters, MAX_IFACES> = PerCpuArray::new();
+/// Per interface slot: packets of a sprayed transport (UET) whose header was cut short or of
+/// a reserved type, keyed on their 5-tuple instead of their connection.
+#[btf_map]
+pub static SPRAY_UNKEYED: PerCpuArray<u64, MAX_IFACES> = PerCpuArray::new();
 /// Kernel log level set by user space at runtime (0 = off): checked before any log call, so
 /// logging costs one array read when off.
 #[btf_map]

@@ -1,6 +1,7 @@
 //! Host and kernel agree: the same frames go through the host parser and the naive
 //! first-match classifier, and through the real program (BPF_PROG_TEST_RUN); verdict, class
-//! and reason must be identical. The frames: every corpus frame truncated at every byte,
+//! and reason must be identical (a rule on the source ports of the corpus's RoCEv2 and UET
+//! frames checks both leave a sprayed connection's entropy out of classification). The frames: every corpus frame truncated at every byte,
 //! random byte mutations of the corpus, and random bytes behind an IPv4 or IPv6 Ethernet
 //! header. Shared by the differential test (CI) and `cargo xtask bench`.
 
@@ -29,7 +30,15 @@ name = "expedited"
 name = "lab"
 [[class]]
 name = "icmp"
+[[class]]
+name = "uet"
+[[class]]
+name = "entropy"
 
+[[rule]]
+class = "entropy"
+protocol = "udp"
+src_port = "49152-49299"
 [[rule]]
 class = "cnp"
 protocol = "udp"
@@ -39,6 +48,10 @@ roce_opcode = "cnp"
 class = "roce"
 protocol = "udp"
 dst_port = 4791
+[[rule]]
+class = "uet"
+protocol = "udp"
+dst_port = 4793
 [[rule]]
 class = "web"
 protocol = "tcp"
@@ -109,8 +122,9 @@ pub fn frames(count: usize) -> Vec<Vec<u8>> {
     out
 }
 
-/// (class packet counters, reason counters) on slot 0.
-fn counters(dp: &Dataplane, classes: u32) -> (Vec<u64>, Vec<u64>) {
+/// (class packet counters, reason counters, sprayed packets keyed on their 5-tuple) on
+/// slot 0.
+fn counters(dp: &Dataplane, classes: u32) -> (Vec<u64>, Vec<u64>, u64) {
     let per_class = (0..classes)
         .map(|c| dp.class_counters(SLOT, c).expect("class counters").packets)
         .collect();
@@ -119,7 +133,8 @@ fn counters(dp: &Dataplane, classes: u32) -> (Vec<u64>, Vec<u64>) {
         .expect("iface counters")
         .reasons
         .to_vec();
-    (per_class, reasons)
+    let unkeyed = dp.spray_unkeyed(SLOT).expect("spray counter");
+    (per_class, reasons, unkeyed)
 }
 
 /// How many frames the host and the kernel treated alike.
@@ -142,7 +157,9 @@ pub fn check(dp: &Dataplane, policy: &Policy, frames: &[Vec<u8>]) -> Result<Agre
     };
     let mut before = counters(dp, classes);
     for (i, frame) in frames.iter().enumerate() {
-        let host = parse(frame.as_slice())
+        let parsed = parse(frame.as_slice());
+        let host_unkeyed = parsed.as_ref().is_ok_and(|meta| meta.spray_unkeyed);
+        let host = parsed
             .map(|meta| first_match(&policy.rules, &meta, SLOT).unwrap_or(policy.default_class));
         let run = try_run_once(prog, frame).map_err(|e| e.to_string())?;
         let after = counters(dp, classes);
@@ -156,7 +173,9 @@ pub fn check(dp: &Dataplane, policy: &Policy, frames: &[Vec<u8>]) -> Result<Agre
             .map(|((a, b), r)| (r, a - b))
             .collect();
         let kernel_class = class_deltas.iter().position(|d| *d == 1);
+        let kernel_unkeyed = after.2 - before.2;
         let agree = run.action == XDP_PASS
+            && kernel_unkeyed == u64::from(host_unkeyed)
             && match host {
                 Ok(class) => {
                     class_deltas.iter().sum::<u64>() == 1
@@ -169,8 +188,10 @@ pub fn check(dp: &Dataplane, policy: &Policy, frames: &[Vec<u8>]) -> Result<Agre
             };
         if !agree {
             return Err(format!(
-                "frame {i} ({} bytes) {frame:02x?}: host says {host:?}; the kernel returned \
-                 {} with class deltas {class_deltas:?} and reasons {reason_deltas:?}",
+                "frame {i} ({} bytes) {frame:02x?}: host says {host:?} (keyed on the 5-tuple \
+                 for want of a connection: {host_unkeyed}); the kernel returned {} with class \
+                 deltas {class_deltas:?}, reasons {reason_deltas:?} and {kernel_unkeyed} \
+                 packets keyed on the 5-tuple for want of a connection",
                 frame.len(),
                 run.action
             ));

@@ -11,7 +11,8 @@
 use dataplane_common::{
     packet::{ethertype, ipproto, Family, PacketMeta, TcpMeta},
     reason::Reason,
-    MAX_IPV6_EXTENSION_HEADERS, ROCEV2_UDP_PORT, ROCE_OPCODE_CNP,
+    spray::UET_CONNECTIONLESS,
+    MAX_IPV6_EXTENSION_HEADERS, ROCEV2_UDP_PORT, ROCE_OPCODE_CNP, UET_UDP_PORT,
 };
 
 /// Destination MAC of every built frame (locally administered).
@@ -41,6 +42,51 @@ const ETH_HLEN: usize = 14;
 /// Sequence number of every TCP header the builder writes.
 pub const TCP_SEQUENCE: u32 = 0x0102_0304;
 const VLAN_HLEN: usize = 4;
+/// Destination QP of every BTH the builder writes unless told otherwise ([`Frame::roce_qp`]).
+pub const ROCE_QP: u32 = 0x00_1234;
+
+/// UET PDS types (UEC 1.0.1, as Wireshark's UET dissector numbers them).
+pub mod uet {
+    /// RUD request.
+    pub const RUD_REQ: u8 = 2;
+    /// ROD request.
+    pub const ROD_REQ: u8 = 3;
+    /// RUDI request (connectionless).
+    pub const RUDI_REQ: u8 = 4;
+    /// UUD request (connectionless).
+    pub const UUD_REQ: u8 = 6;
+    /// ACK.
+    pub const ACK: u8 = 7;
+    /// NACK.
+    pub const NACK: u8 = 10;
+    /// Control.
+    pub const CTRL: u8 = 11;
+    /// The SYN flag of requests and control packets (a new PDC).
+    pub const SYN: u8 = 0x04;
+}
+
+/// A UET PDS header of PDS type `kind` with `flags`, source PDC id `spdcid` and destination
+/// PDC id `dpdcid` (with SYN, those bytes are the PDC mode and PSN offset): the 12 bytes every
+/// type with a PDC lays out alike (RUDI and UUD read only their first 8 or 4).
+pub fn uet_pds(kind: u8, flags: u8, spdcid: u16, dpdcid: u16) -> [u8; 12] {
+    let prologue = u16::from(kind) << 11 | u16::from(flags & 0x7f);
+    let (p, s, d) = (
+        prologue.to_be_bytes(),
+        spdcid.to_be_bytes(),
+        dpdcid.to_be_bytes(),
+    );
+    [p[0], p[1], 0, 0, 0, 0, 0, 7, s[0], s[1], d[0], d[1]]
+}
+
+/// A UET transport security (TSS) header, with the SSI word when `sp`.
+pub fn uet_tss(sp: bool) -> Vec<u8> {
+    let mut h = vec![1 << 3 | if sp { 0x04 } else { 0 }, 0, 0, 1];
+    if sp {
+        h.extend_from_slice(&[0, 0, 0, 9]);
+    }
+    h.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
+    h
+}
 
 /// Whether `a` is in 198.18.0.0/15.
 pub fn is_test_v4(a: [u8; 4]) -> bool {
@@ -130,6 +176,8 @@ pub struct Frame {
     l4: L4,
     protocol: Option<u8>,
     roce_opcode: Option<u8>,
+    roce_qp: u32,
+    transport: Vec<u8>,
     body: Vec<u8>,
     payload: usize,
     l4_truncate: Option<usize>,
@@ -148,6 +196,8 @@ impl Frame {
             l4: L4::None,
             protocol: None,
             roce_opcode: None,
+            roce_qp: ROCE_QP,
+            transport: Vec::new(),
             body: Vec::new(),
             payload: 0,
             l4_truncate: None,
@@ -412,6 +462,19 @@ impl Frame {
         self
     }
 
+    /// The BTH's destination QP ([`ROCE_QP`] unless set).
+    pub fn roce_qp(mut self, qp: u32) -> Frame {
+        self.roce_qp = qp;
+        self
+    }
+
+    /// These transport header bytes after the L4 header (and the BTH), before the payload:
+    /// a UET TSS or PDS header, say ([`uet_pds`], [`uet_tss`]).
+    pub fn transport(mut self, bytes: &[u8]) -> Frame {
+        self.transport.extend_from_slice(bytes);
+        self
+    }
+
     /// What the parser should report of this frame's TCP header: where the builder put it,
     /// its 20 bytes with the ACK flag, and data ending at the sequence number plus the payload.
     fn tcp_meta(&self, expect: &ExpectedMeta) -> Option<TcpMeta> {
@@ -537,9 +600,11 @@ impl Frame {
             b.push(opcode);
             b.push(0x40); // migration state set, pad count 0, transport version 0
             b.extend_from_slice(&0xffffu16.to_be_bytes()); // default P_Key
-            b.extend_from_slice(&[0, 0x00, 0x12, 0x34]); // reserved, destination QP
+            let qp = self.roce_qp.to_be_bytes();
+            b.extend_from_slice(&[0, qp[1], qp[2], qp[3]]); // reserved, destination QP
             b.extend_from_slice(&[0x80, 0x00, 0x00, 0x2a]); // ack request, PSN
         }
+        b.extend_from_slice(&self.transport);
         b.extend((0..self.payload).map(|i| (i % 251) as u8));
         if let L4::Udp(..) = self.l4 {
             let len = u16::try_from(b.len()).expect("UDP datagram too long");
@@ -706,6 +771,10 @@ pub struct ExpectedMeta {
     pub later_fragment: bool,
     /// RoCEv2 BTH opcode.
     pub roce_opcode: Option<u8>,
+    /// A sprayed transport's connection (RoCEv2 QP, UET source PDC id).
+    pub connection: Option<u32>,
+    /// A UET packet whose header is cut short: keyed on its 5-tuple.
+    pub spray_unkeyed: bool,
     /// Offset of the IP header.
     pub l3_offset: usize,
     /// TCP's fields, for a whole TCP header.
@@ -724,6 +793,8 @@ impl ExpectedMeta {
             ports: None,
             later_fragment: false,
             roce_opcode: None,
+            connection: None,
+            spray_unkeyed: false,
             l3_offset: ETH_HLEN,
             tcp: None,
         }
@@ -763,9 +834,22 @@ impl ExpectedMeta {
         self
     }
 
-    /// With this RoCEv2 opcode.
+    /// With this RoCEv2 opcode, to the builder's QP ([`ROCE_QP`]).
     pub fn roce(mut self, opcode: u8) -> ExpectedMeta {
         self.roce_opcode = Some(opcode);
+        self.connection = Some(ROCE_QP);
+        self
+    }
+
+    /// Keyed on this connection (a RoCEv2 QP, a UET source PDC id).
+    pub fn connection(mut self, connection: u32) -> ExpectedMeta {
+        self.connection = Some(connection);
+        self
+    }
+
+    /// A UET packet keyed on its 5-tuple (its header cut short or of a reserved type).
+    pub fn spray_unkeyed(mut self) -> ExpectedMeta {
+        self.spray_unkeyed = true;
         self
     }
 
@@ -784,6 +868,8 @@ impl ExpectedMeta {
             has_ports: self.ports.is_some(),
             later_fragment: self.later_fragment,
             roce_opcode: self.roce_opcode,
+            connection: self.connection,
+            spray_unkeyed: self.spray_unkeyed,
             tcp: self.tcp,
         }
     }
@@ -852,6 +938,7 @@ const UDP: u8 = ipproto::UDP;
 const ICMP: u8 = ipproto::ICMP;
 const ICMPV6: u8 = ipproto::ICMPV6;
 const ROCE: u16 = ROCEV2_UDP_PORT;
+const UET: u16 = UET_UDP_PORT;
 const CNP: u8 = ROCE_OPCODE_CNP;
 const DSCP_EF: u8 = 46;
 const DSCP_AF41: u8 = 34;
@@ -1268,6 +1355,132 @@ pub fn corpus() -> Vec<Case> {
             "roce_v6_bth_truncated_to_11_bytes",
             v6().udp(49164, ROCE).roce_bth(CNP).l4_truncate(8 + 11),
             TruncatedRoce,
+        ),
+        ok(
+            "roce_v4_qp_is_the_connection",
+            v4().udp(61234, ROCE)
+                .roce_bth(ROCE_RC_RDMA_WRITE_ONLY)
+                .roce_qp(0xab_cdef)
+                .payload(64),
+            e4(UDP)
+                .ports(61234, ROCE)
+                .roce(ROCE_RC_RDMA_WRITE_ONLY)
+                .connection(0xab_cdef),
+        ),
+        ok(
+            "roce_v4_same_qp_other_source_port",
+            v4().udp(50001, ROCE)
+                .roce_bth(ROCE_RC_RDMA_WRITE_ONLY)
+                .roce_qp(0xab_cdef)
+                .payload(64),
+            e4(UDP)
+                .ports(50001, ROCE)
+                .roce(ROCE_RC_RDMA_WRITE_ONLY)
+                .connection(0xab_cdef),
+        ),
+        // ---- UET (UDP 4793): keyed on the source PDC id ----
+        ok(
+            "uet_v4_rud_request",
+            v4().udp(49200, UET)
+                .transport(&uet_pds(uet::RUD_REQ, 0, 0x0101, 0x0202))
+                .payload(64),
+            e4(UDP).ports(49200, UET).connection(0x0101),
+        ),
+        ok(
+            "uet_v4_rud_request_other_entropy",
+            v4().udp(63001, UET)
+                .transport(&uet_pds(uet::RUD_REQ, 0, 0x0101, 0x0202))
+                .payload(64),
+            e4(UDP).ports(63001, UET).connection(0x0101),
+        ),
+        ok(
+            "uet_v4_syn_opens_the_pdc",
+            v4().udp(49201, UET)
+                .transport(&uet_pds(uet::ROD_REQ, uet::SYN, 0x0101, 0x8010))
+                .payload(32),
+            e4(UDP).ports(49201, UET).connection(0x0101),
+        ),
+        ok(
+            "uet_v6_ack",
+            v6().traffic_class(ECT0).udp(49202, UET).transport(&uet_pds(
+                uet::ACK,
+                0,
+                0x0202,
+                0x0101,
+            )),
+            e6(UDP).ports(49202, UET).connection(0x0202).tos(ECT0),
+        ),
+        ok(
+            "uet_v4_nack",
+            v4().udp(49203, UET)
+                .transport(&uet_pds(uet::NACK, 0, 0x0202, 0x0101))
+                .payload(4),
+            e4(UDP).ports(49203, UET).connection(0x0202),
+        ),
+        ok(
+            "uet_vlan_v4_control",
+            v4().vlan(ethertype::VLAN, 42)
+                .udp(49204, UET)
+                .transport(&uet_pds(uet::CTRL, 0, 0x0303, 0x0404))
+                .payload(4),
+            e4(UDP).ports(49204, UET).connection(0x0303).l3_offset(18),
+        ),
+        ok(
+            "uet_v4_tss_then_pds",
+            v4().udp(49205, UET)
+                .transport(&uet_tss(false))
+                .transport(&uet_pds(uet::RUD_REQ, 0, 0x0505, 1))
+                .payload(48),
+            e4(UDP).ports(49205, UET).connection(0x0505),
+        ),
+        ok(
+            "uet_v6_tss_with_ssi_then_pds",
+            v6().udp(49206, UET)
+                .transport(&uet_tss(true))
+                .transport(&uet_pds(uet::ACK, 0, 0x0606, 1)),
+            e6(UDP).ports(49206, UET).connection(0x0606),
+        ),
+        ok(
+            "uet_v4_rudi_is_connectionless",
+            v4().udp(49207, UET)
+                .transport(&uet_pds(uet::RUDI_REQ, 0, 0, 0)[..8])
+                .payload(16),
+            e4(UDP).ports(49207, UET).connection(UET_CONNECTIONLESS),
+        ),
+        ok(
+            "uet_v4_uud_is_connectionless",
+            v4().udp(49208, UET)
+                .transport(&uet_pds(uet::UUD_REQ, 0, 0, 0)[..4]),
+            e4(UDP).ports(49208, UET).connection(UET_CONNECTIONLESS),
+        ),
+        ok(
+            "uet_v4_pds_cut_short_keeps_the_five_tuple",
+            v4().udp(49209, UET)
+                .transport(&uet_pds(uet::RUD_REQ, 0, 0x0101, 0x0202)[..11]),
+            e4(UDP).ports(49209, UET).spray_unkeyed(),
+        ),
+        ok(
+            "uet_v4_pds_in_ethernet_padding_keeps_the_five_tuple",
+            v4().udp(49210, UET)
+                .transport(&uet_pds(uet::RUD_REQ, 0, 0x0101, 0x0202)[..2])
+                .pad_to(80),
+            e4(UDP).ports(49210, UET).spray_unkeyed(),
+        ),
+        ok(
+            "uet_v4_reserved_pds_type_keeps_the_five_tuple",
+            v4().udp(49211, UET).transport(&uet_pds(31, 0, 1, 2)),
+            e4(UDP).ports(49211, UET).spray_unkeyed(),
+        ),
+        ok(
+            "uet_v4_udp_without_payload_keeps_the_five_tuple",
+            v4().udp(49212, UET),
+            e4(UDP).ports(49212, UET).spray_unkeyed(),
+        ),
+        ok(
+            "udp_src_port_4793_is_not_uet",
+            v4().udp(UET, 49213)
+                .transport(&uet_pds(uet::RUD_REQ, 0, 1, 2)),
+            e4(UDP).ports(UET, 49213),
         ),
         // ---- truncation at every boundary ----
         Case {

@@ -477,7 +477,7 @@ impl RuleTables {
             prefix(Field::SrcAddr, &meta.src),
             prefix(Field::DstAddr, &meta.dst),
             table(Field::Protocol, Some(u32::from(meta.protocol))),
-            table(Field::SrcPort, ports.then_some(u32::from(meta.src_port))),
+            table(Field::SrcPort, meta.rule_src_port()),
             table(Field::DstPort, ports.then_some(u32::from(meta.dst_port))),
             table(Field::Dscp, Some(u32::from(meta.dscp()))),
             table(Field::Iface, Some(iface_slot)),
@@ -595,6 +595,10 @@ mod tests {
                     } else {
                         None
                     },
+                    // A sprayed transport's packet (its source port hidden from rules) with
+                    // each opcode, and without.
+                    connection: (has_ports && protocol == 17 && op.is_some()).then_some(7),
+                    spray_unkeyed: false,
                     tcp: None,
                 };
                 (meta, iface)

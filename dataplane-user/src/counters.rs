@@ -26,6 +26,7 @@ pub struct CounterReader<T: Borrow<MapData> = MapData> {
     classes: PerCpuArray<T, ClassCounters>,
     ifaces: PerCpuArray<T, IfaceCounters>,
     forwarded: PerCpuArray<T, ForwardCounters>,
+    spray_unkeyed: PerCpuArray<T, u64>,
 }
 
 /// One read through the dataplane's own handles, for the CLI and the tests.
@@ -58,6 +59,12 @@ impl Dataplane {
     pub fn iface_counters(&self, iface_slot: u32) -> Result<IfaceCounters, DataplaneError> {
         CounterReader::borrowed(self)?.iface_counters(iface_slot)
     }
+
+    /// Packets of a sprayed transport that arrived on interface slot `iface_slot` with a
+    /// header cut short, keyed on their 5-tuple (see [`CounterReader::spray_unkeyed`]).
+    pub fn spray_unkeyed(&self, iface_slot: u32) -> Result<u64, DataplaneError> {
+        CounterReader::borrowed(self)?.spray_unkeyed(iface_slot)
+    }
 }
 
 impl CounterReader<MapData> {
@@ -68,6 +75,7 @@ impl CounterReader<MapData> {
             classes: own_handle(dp, names::CLASS_COUNTERS, Map::PerCpuArray)?,
             ifaces: own_handle(dp, names::IFACE_COUNTERS, Map::PerCpuArray)?,
             forwarded: own_handle(dp, names::FORWARD_COUNTERS, Map::PerCpuArray)?,
+            spray_unkeyed: own_handle(dp, names::SPRAY_UNKEYED, Map::PerCpuArray)?,
         })
     }
 }
@@ -80,6 +88,7 @@ impl<'a> CounterReader<&'a MapData> {
             classes: typed(dp, names::CLASS_COUNTERS)?,
             ifaces: typed(dp, names::IFACE_COUNTERS)?,
             forwarded: typed(dp, names::FORWARD_COUNTERS)?,
+            spray_unkeyed: typed(dp, names::SPRAY_UNKEYED)?,
         })
     }
 }
@@ -106,6 +115,18 @@ impl<T: Borrow<MapData>> CounterReader<T> {
             names::IFACE_COUNTERS,
             iface_slot,
             IfaceCounters::add,
+        )
+    }
+
+    /// Packets of a sprayed transport (UET) that arrived on interface slot `iface_slot` with
+    /// a header cut short or of a reserved type, so keyed on their 5-tuple instead of their
+    /// connection (`dataplane_common::spray`), summed over CPUs.
+    pub fn spray_unkeyed(&self, iface_slot: u32) -> Result<u64, DataplaneError> {
+        sum_over_cpus(
+            &self.spray_unkeyed,
+            names::SPRAY_UNKEYED,
+            iface_slot,
+            |sum, n| *sum += n,
         )
     }
 

@@ -1220,6 +1220,7 @@ impl Dataplane {
     /// Zeroes the counters and link state of interface slot `slot` before it is first used.
     pub fn reset_iface(&mut self, slot: u32) -> Result<(), DataplaneError> {
         self.zero_per_cpu::<IfaceCounters>(names::IFACE_COUNTERS, slot)?;
+        self.zero_per_cpu::<u64>(names::SPRAY_UNKEYED, slot)?;
         for class in 0..MAX_CLASSES as u32 {
             self.zero_per_cpu::<ClassCounters>(
                 names::CLASS_COUNTERS,

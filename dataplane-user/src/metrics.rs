@@ -22,6 +22,7 @@
 //! | `dataplane_flow_cache_lookups_total` | iface, result (`hit`/`miss`) | |
 //! | `dataplane_route_lookups_total` | iface | route lookups of packets arriving there (none for a flow on a valid cached next hop) |
 //! | `dataplane_redirect_failures_total` | iface | frames forwarded out of it that it could not take |
+//! | `dataplane_spray_unkeyed_packets_total` | iface | packets of a sprayed transport (UET) whose header was cut short, keyed on their 5-tuple instead of their connection |
 //! | `dataplane_class_rate_bytes_per_second` | class | committed rate; 0 = no guarantee |
 //! | `dataplane_class_ceil_bytes_per_second` | class | peak rate; absent = unlimited |
 //! | `dataplane_class_priority` | class | 0 ..= 7 |
@@ -151,6 +152,8 @@ pub struct IfaceSample {
     pub attached: Option<AttachMode>,
     /// Per-reason and flow-cache counters, summed over CPUs.
     pub counters: IfaceCounters,
+    /// Packets of a sprayed transport keyed on their 5-tuple (a header cut short).
+    pub spray_unkeyed: u64,
     /// Per-class counters, in the order of [`MetricsSnapshot::classes`].
     pub classes: Vec<ClassSample>,
 }
@@ -254,6 +257,7 @@ pub fn snapshot(
                 name: iface.name.clone(),
                 attached: iface.attached,
                 counters: reader.iface_counters(iface.slot)?,
+                spray_unkeyed: reader.spray_unkeyed(iface.slot)?,
                 classes,
             })
         })
@@ -518,6 +522,18 @@ impl Collector for Exposition {
             }
         }
 
+        let mut family = encoder.encode_descriptor(
+            "dataplane_spray_unkeyed_packets",
+            "Packets of a sprayed transport (UET) whose header was cut short or of a reserved \
+             type, keyed on their 5-tuple instead of their connection.",
+            None,
+            MetricType::Counter,
+        )?;
+        for iface in &s.ifaces {
+            let labels = [("iface", iface.name.as_str())];
+            ConstCounter::new(iface.spray_unkeyed).encode(family.encode_family(&labels)?)?;
+        }
+
         for (name, help, value) in [
             (
                 "dataplane_class_rate_bytes_per_second",
@@ -729,6 +745,7 @@ mod tests {
                 name: "eth0".into(),
                 attached: Some(AttachMode::Generic),
                 counters: iface_counters,
+                spray_unkeyed: 3,
                 classes: vec![
                     ClassSample {
                         counters,
@@ -755,6 +772,7 @@ mod tests {
             r#"dataplane_flow_cache_lookups_total{iface="eth0",result="miss"} 0"#,
             r#"dataplane_route_lookups_total{iface="eth0"} 0"#,
             r#"dataplane_redirect_failures_total{iface="eth0"} 0"#,
+            r#"dataplane_spray_unkeyed_packets_total{iface="eth0"} 3"#,
             r#"dataplane_class_rate_bytes_per_second{class="bulk"} 1000"#,
             r#"dataplane_class_ceil_bytes_per_second{class="bulk"} 2000"#,
             r#"dataplane_class_priority{class="default"} 3"#,

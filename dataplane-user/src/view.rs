@@ -7,6 +7,8 @@ use dataplane_common::{
     fair::{epoch_of, flows_sharing_at},
     maps::{ClassCounters, FlowEntry, FlowKey, IfaceCounters, PolicerState},
     reason::Reason,
+    spray::UET_CONNECTIONLESS,
+    ROCEV2_UDP_PORT,
 };
 use serde::Serialize;
 
@@ -487,10 +489,15 @@ pub struct FlowRow {
     pub iface: String,
     /// "tcp", "udp" or the IP protocol number.
     pub protocol: String,
-    /// Source address and port.
+    /// Source address and port (only the address for a sprayed connection: its source
+    /// ports are entropy).
     pub src: String,
     /// Destination address and port.
     pub dst: String,
+    /// A sprayed transport's connection (see `dataplane_common::spray`): `qp 0x001234` for
+    /// RoCEv2, `pdc 42` (the source PDC id) or `no pdc` for UET; absent for other flows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
     /// Packets the flow offered since it entered the flow cache.
     pub packets: u64,
     /// Their bytes.
@@ -621,11 +628,12 @@ fn flow_row(e: &FlowEntry, ifaces: &[(String, u32)], bytes_per_sec: f64) -> Flow
             std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
         }
     };
-    let end = |a: &[u8; 16], port: u16| {
+    let sprayed = k.flags & FlowKey::FLAG_CONNECTION != 0;
+    let end = |a: &[u8; 16], port: Option<u16>| {
         let ip = addr(a);
-        match (k.flags & FlowKey::FLAG_PORTS != 0, ip) {
-            (false, ip) => ip.to_string(),
-            (true, ip) => std::net::SocketAddr::new(ip, port).to_string(),
+        match (k.flags & FlowKey::FLAG_PORTS != 0, port) {
+            (true, Some(port)) => std::net::SocketAddr::new(ip, port).to_string(),
+            _ => ip.to_string(),
         }
     };
     FlowRow {
@@ -638,8 +646,13 @@ fn flow_row(e: &FlowEntry, ifaces: &[(String, u32)], bytes_per_sec: f64) -> Flow
             17 => "udp".into(),
             p => p.to_string(),
         },
-        src: end(&k.src, k.src_port),
-        dst: end(&k.dst, k.dst_port),
+        src: end(&k.src, (!sprayed).then_some(k.src_port)),
+        dst: end(&k.dst, Some(k.dst_port)),
+        connection: sprayed.then(|| match (k.dst_port, k.connection) {
+            (ROCEV2_UDP_PORT, qp) => format!("qp {qp:#08x}"),
+            (_, UET_CONNECTIONLESS) => "no pdc".to_string(),
+            (_, pdc) => format!("pdc {pdc}"),
+        }),
         packets: e.state.packets,
         bytes: e.state.bytes,
         bytes_per_sec,
@@ -741,5 +754,26 @@ mod tests {
             (bulk.top[0].iface.as_str(), bulk.top[0].protocol.as_str()),
             ("g0", "tcp")
         );
+    }
+
+    #[test]
+    fn a_sprayed_connection_s_row_names_its_connection_not_a_source_port() {
+        let mut e = flow(0, 1, 2, 1000);
+        e.key.protocol = 17;
+        e.key.flags |= FlowKey::FLAG_CONNECTION;
+        for (port, connection, shown) in [
+            (4791, 0x12_3456, "qp 0x123456"),
+            (4793, 42, "pdc 42"),
+            (4793, UET_CONNECTIONLESS, "no pdc"),
+        ] {
+            e.key.dst_port = port;
+            e.key.connection = connection;
+            let row = flow_row(&e, &[], 0.0);
+            assert_eq!(row.src, "198.18.1.2", "no source port");
+            assert_eq!(row.dst, format!("198.19.0.2:{port}"));
+            assert_eq!(row.connection.as_deref(), Some(shown));
+        }
+        assert_eq!(flow_row(&flow(7, 1, 2, 1), &[], 0.0).connection, None);
+        assert_eq!(flow_row(&flow(7, 1, 2, 1), &[], 0.0).src, "198.18.1.2:7");
     }
 }

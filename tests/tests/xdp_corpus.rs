@@ -45,10 +45,26 @@ name = "icmp_drop"
 exceed = "drop"
 
 [[class]]
+name = "uet_ecn"
+exceed = "ecn"
+
+[[class]]
+name = "entropy"
+exceed = "pass"
+
+[[class]]
 name = "tcp_green"
 rate = "100Gbit"
 burst = "64MiB"
 dscp = 46
+
+# Ahead of RoCE and UET: the source ports of their corpus frames, which a sprayed
+# connection's packet never matches (its source port is entropy); a UET packet whose PDS
+# header is cut short is keyed on its 5-tuple and does.
+[[rule]]
+class = "entropy"
+protocol = "udp"
+src_port = "49152-49299"
 
 [[rule]]
 class = "cnp"
@@ -60,6 +76,11 @@ roce_opcode = "cnp"
 class = "roce_ecn"
 protocol = "udp"
 dst_port = 4791
+
+[[rule]]
+class = "uet_ecn"
+protocol = "udp"
+dst_port = 4793
 
 [[rule]]
 class = "https_remark"
@@ -79,9 +100,9 @@ protocol = "tcp"
 fn expected_action(class: &str, tos: u8) -> (u32, u8) {
     let ecn = tos & 0b11;
     match class {
-        "default" | "cnp" => (XDP_PASS, tos),
-        "roce_ecn" if ecn == 0 => (XDP_DROP, tos),
-        "roce_ecn" => (XDP_PASS, tos | 0b11),
+        "default" | "cnp" | "entropy" => (XDP_PASS, tos),
+        "roce_ecn" | "uet_ecn" if ecn == 0 => (XDP_DROP, tos),
+        "roce_ecn" | "uet_ecn" => (XDP_PASS, tos | 0b11),
         "https_remark" => (XDP_PASS, (10 << 2) | ecn),
         "icmp_drop" => (XDP_DROP, tos),
         "tcp_green" => (XDP_PASS, (46 << 2) | ecn),
@@ -92,6 +113,7 @@ fn expected_action(class: &str, tos: u8) -> (u32, u8) {
 struct Snapshot {
     classes: Vec<ClassCounters>,
     iface: IfaceCounters,
+    spray_unkeyed: u64,
 }
 
 fn snapshot(dp: &Dataplane, classes: usize) -> Snapshot {
@@ -100,6 +122,7 @@ fn snapshot(dp: &Dataplane, classes: usize) -> Snapshot {
             .map(|c| dp.class_counters(0, c).expect("class counters"))
             .collect(),
         iface: dp.iface_counters(0).expect("iface counters"),
+        spray_unkeyed: dp.spray_unkeyed(0).expect("spray counter"),
     }
 }
 
@@ -150,8 +173,13 @@ fn check_parsed(
         u64::from(remarked),
         "{ctx}: remarks"
     );
+    assert_eq!(
+        after.spray_unkeyed - before.spray_unkeyed,
+        u64::from(meta.spray_unkeyed),
+        "{ctx}: a UET header cut short is counted"
+    );
     let drop_reason = match (verdict, class_name.as_str()) {
-        (XDP_DROP, "roce_ecn") => Some(Reason::EcnNotCapable),
+        (XDP_DROP, "roce_ecn" | "uet_ecn") => Some(Reason::EcnNotCapable),
         (XDP_DROP, _) => Some(Reason::PolicyDrop),
         _ => None,
     };

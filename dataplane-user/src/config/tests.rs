@@ -81,6 +81,7 @@ fn default_policy_parses_with_the_ai_catalogue() {
     for want in [
         "roce_cnp",
         "rdma",
+        "uet",
         "collective",
         "inference",
         "storage",
@@ -102,6 +103,8 @@ fn default_policy_parses_with_the_ai_catalogue() {
     assert_eq!(class("rdma").exceed, ColourAction::ECN);
     assert_eq!(class("rdma").rate_bytes_per_sec, 5_000_000_000);
     assert_eq!(class("rdma").ceil_bytes_per_sec, Some(6_250_000_000));
+    assert_eq!(class("uet").priority, 6);
+    assert_eq!(class("uet").exceed, ColourAction::ECN);
     assert_eq!(class("collective").priority, 5);
     assert_eq!(class("inference").priority, 4);
     assert_eq!(class("storage").priority, 3);
@@ -121,6 +124,13 @@ fn default_policy_parses_with_the_ai_catalogue() {
         .expect("rdma rule");
     assert!(first_rdma > 0, "the CNP rule precedes the RoCE data rule");
     assert_eq!(p.rules[first_rdma].dst_ports, Some(Range::one(4791)));
+    let uet = p.class_id("uet").expect("uet");
+    assert!(
+        p.rules
+            .iter()
+            .any(|r| r.class == uet && r.dst_ports == Some(Range::one(4793))),
+        "UET is matched by its UDP port"
+    );
     let collective = p.class_id("collective").expect("collective");
     assert!(p
         .rules

@@ -79,7 +79,7 @@ pub struct Args {
     /// Copy each kernel's share (what its job wrote under /vm) to DIR/<kernel>.
     #[arg(long, value_name = "DIR")]
     collect: Option<PathBuf>,
-    /// Test suites to run [default: kernel corpus classifier policing flow_cache differential].
+    /// Test suites to run [default: kernel corpus classifier policing flow_cache differential spray].
     #[arg(value_name = "SUITE",
           value_parser = clap::builder::PossibleValuesParser::new(suites::names()))]
     suites: Vec<String>,

@@ -21,6 +21,7 @@ const SUITES: &[(&str, &str, &[&str])] = &[
     ("policing",     "policing",       &[]),
     ("flow_cache",   "flow_cache",     &[]),
     ("differential", "differential",   &[]),
+    ("spray",        "spray",          &[]),
     ("control",      "daemon",         &[]),
     ("forwarding",   "forwarding",     &[]),
     ("libbpf",       "libbpf_interop", &[]),
@@ -42,6 +43,7 @@ pub const DEFAULT: &[&str] = &[
     "policing",
     "flow_cache",
     "differential",
+    "spray",
 ];
 
 const TESTS_PACKAGE: &str = "dataplane-tests";

@@ -88,7 +88,10 @@ fn show(running: &Running, o: &TopArgs) -> Result<()> {
                 "  {:<5} {:<8} {:<46} {:>12} {:>6.1}% {:>10} {:>8} {:>8} {:>9}",
                 f.protocol,
                 f.iface,
-                format!("{} -> {}", f.src, f.dst),
+                match &f.connection {
+                    Some(c) => format!("{} -> {} {c}", f.src, f.dst),
+                    None => format!("{} -> {}", f.src, f.dst),
+                },
                 format_rate(f.bytes_per_sec as u64),
                 f.share * 100.0,
                 format_bytes(f.bytes),
