@@ -526,6 +526,10 @@ pub mod names {
     /// `PerCpuArray` of one parsed packet's room: the parser's scratch space (kernel only).
     pub const PACKET_SCRATCH: &str = "PACKET_SCRATCH";
 
+    /// Scratch space of one program run: never shared with another program (an upgrade's
+    /// new program takes its own, whatever its shape), and carrying nothing across packets.
+    pub const SCRATCH: [&str; 2] = [FIB_SCRATCH, PACKET_SCRATCH];
+
     /// The program's global (`.rodata`) holding log2 of each CPU's flow-table slots, set at
     /// load (`flow::cache_bits`). Not a map.
     pub const FLOW_CACHE_BITS: &str = "FLOW_CACHE_BITS";

@@ -138,7 +138,14 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     let mut answer = String::new();
     BufReader::new(&stream)
         .read_line(&mut answer)
-        .map_err(|e| protocol(e.to_string()))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => protocol(format!(
+                "no answer within {} s (the daemon may be busy with a large policy; the \
+                 request may still take effect: see `dataplane status`)",
+                CLIENT_TIMEOUT.as_secs()
+            )),
+            _ => protocol(e.to_string()),
+        })?;
     serde_json::from_str(&answer).map_err(|e| protocol(format!("bad response {answer:?}: {e}")))
 }
 

@@ -395,7 +395,8 @@ impl Dataplane {
         let mut shared = Vec::new();
         let mut refilled = Vec::new();
         if let Some(running) = running {
-            for (name, def) in object.maps.iter().filter(|(n, _)| is_user_map(n)) {
+            let shareable = |name: &str| is_user_map(name) && !names::SCRATCH.contains(&name);
+            for (name, def) in object.maps.iter().filter(|(n, _)| shareable(n)) {
                 let path = running.map(name);
                 if !path.exists() {
                     continue;
@@ -674,7 +675,8 @@ impl Dataplane {
     pub fn pin(&mut self, layout: &PinLayout) -> Result<(), DataplaneError> {
         layout.prepare()?;
         // With nothing attached from this layout, another map pinned here is what a crash
-        // half way through pinning left: replaced. With links, it is another dataplane's.
+        // half way through pinning left: replaced. With links, it is another dataplane's,
+        // unless it is scratch space, which each program has its own of (an upgrade's).
         let unattached = layout.attached().is_empty();
         for (name, map) in &self.maps {
             let path = layout.map(name);
@@ -683,7 +685,7 @@ impl Dataplane {
                 if map_id(map)? == Some(pinned.info().map_err(map_err(name))?.id()) {
                     continue;
                 }
-                if !unattached {
+                if !unattached && !names::SCRATCH.contains(&name.as_str()) {
                     return Err(PinError::Incompatible {
                         path,
                         what: "another dataplane's map is pinned there".into(),

@@ -11,7 +11,7 @@ use std::{
 };
 
 use dataplane::pins::PinLayout;
-use dataplane_lab::{daemon::Daemon, netns::VethNs, traffic};
+use dataplane_lab::{daemon::Daemon, netns::VethNs, rates::rate_scale, traffic};
 
 /// Traffic tests measure rates: on two cores they must not run at the same time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -1010,8 +1010,11 @@ fn memory_returns_to_baseline_after_big_rejected_reloads() {
         "[[class]]\nname = \"default\"\n# {}\n[[class]]\nname = 5\n",
         "x".repeat(14 << 20)
     );
+    // 200 000 classes (a tenth under the emulator, which parses them ten times slower and
+    // would keep the CLI waiting past its timeout).
+    let count = (200_000.0 * rate_scale()) as usize;
     let mut classes = String::from("[[class]]\nname = \"default\"\n");
-    for i in 0..200_000 {
+    for i in 0..count {
         classes.push_str(&format!("[[class]]\nname = \"c{i}\"\nrate = \"1Mbit\"\n"));
     }
     for text in [comment, classes] {
