@@ -18,7 +18,7 @@ const SUITES: &[(&str, &str, &[&str])] = &[
     ("kernel",       "kernel",         &[]),
     ("corpus",       "xdp_corpus",     &[]),
     ("classifier",   "classifier",     &[]),
-    ("policing",     "policing",       &[]),
+    ("policing",     "policing",       POLICING_IN_A_GUEST),
     ("flow_cache",   "flow_cache",     &[]),
     ("differential", "differential",   &[]),
     ("spray",        "spray",          &[]),
@@ -26,6 +26,17 @@ const SUITES: &[(&str, &str, &[&str])] = &[
     ("forwarding",   "forwarding",     &[]),
     ("libbpf",       "libbpf_interop", &[]),
     ("virtio",       "virtio",         &["--ignored"]),
+];
+
+/// The policing suite in a guest leaves out its two link-budget contention tests (they run
+/// on the host, in `cargo xtask test`): they need both senders running without pause, and
+/// the emulator's vCPUs stall, so the link share one leaves goes to the other (measured on
+/// 6.1: lo +9% of its guarantee, the link -1.8%).
+const POLICING_IN_A_GUEST: &[&str] = &[
+    "--skip",
+    "low_priority_loses_first_when_the_link_budget_runs_low",
+    "--skip",
+    "guaranteed_rates_hold_under_link_contention",
 ];
 
 /// Suites that need `--nics`.
