@@ -186,7 +186,12 @@ pub fn section(dir: Option<&Path>, host_per_packet: &[Table]) -> Result<Section>
                 None => "yes".into(),
                 Some(why) => format!("no: {why}"),
             },
-            r.kernel.variant.clone(),
+            // A kernel that refuses the dataplane runs no variant of it.
+            if r.refused.is_some() {
+                "–".into()
+            } else {
+                r.kernel.variant.clone()
+            },
             program
                 .and_then(|p| p.instructions)
                 .map_or("–".into(), |n| n.to_string()),
