@@ -969,7 +969,12 @@ fn an_attachment_removed_from_outside_is_restored() {
         "bpftool link detach: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!net.xdp_attached(), "the program left the device");
+    // The daemon may have restored it already (it did under an emulator, where bpftool
+    // takes longer to exit than the daemon's check): then its log says so.
+    assert!(
+        !net.xdp_attached() || d.log().contains("not on the device"),
+        "the program left the device"
+    );
     wait_until(&d, "attached again", &|| net.xdp_attached());
     assert!(d.log().contains("not on the device"), "{}", d.log());
     let (sent, received) = police_check(&net);
